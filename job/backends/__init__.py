@@ -1,0 +1,62 @@
+"""Backend registry: `provider/model` specs resolved to lazily imported factories.
+
+Importing this module imports no heavy library; each provider's module is
+imported only when a spec names it, and a missing extra is an error naming
+the `pip install` that fixes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from job.backends.base import Backend
+from job.errors import JobError
+
+
+@dataclass(frozen=True)
+class Provider:
+    module: str
+    factory: str
+    extra: str | None
+    """pip extra that provides the dependencies, if any."""
+    needs: tuple[str, ...] = ()
+    """top-level modules that must be importable"""
+    takes_model: bool = True
+
+
+PROVIDERS: dict[str, Provider] = {
+    "mock": Provider("job.backends.mock", "MockBackend", None),
+    "hf": Provider("job.backends.hf", "HFBackend", "hf", ("torch", "transformers")),
+    "hf-tiny": Provider("job.backends.hf", "tiny_backend", "hf", ("torch", "transformers"), takes_model=False),
+    "openai": Provider("job.backends.openai_api", "OpenAIBackend", None, ("openai",)),
+    "vllm": Provider("job.backends.vllm", "VLLMBackend", "vllm", ("vllm",)),
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'hf/./ckpt' -> ('hf', './ckpt'); 'hf-tiny' -> ('hf-tiny', '')."""
+    provider, sep, model = spec.partition("/")
+    if provider not in PROVIDERS:
+        known = ", ".join(f"{p}/<model>" if PROVIDERS[p].takes_model else p for p in PROVIDERS)
+        raise JobError(f"unknown model provider {provider!r} in {spec!r}; known: {known}")
+    if PROVIDERS[provider].takes_model and not model:
+        raise JobError(f"model spec {spec!r} names no model; write {provider}/<model>")
+    return provider, model
+
+
+def load_backend(spec: str, **options: Any) -> Backend:
+    """Build the backend for `spec`; options not used by the provider are ignored by it."""
+    provider, model = parse_spec(spec)
+    entry = PROVIDERS[provider]
+    for mod in entry.needs:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            fix = f"pip install 'mtbench-job[{entry.extra}]'" if entry.extra else f"pip install {mod}"
+            raise JobError(f"provider {provider!r} needs the Python package {mod!r}; run: {fix}") from None
+    module = importlib.import_module(entry.module)
+    factory = getattr(module, entry.factory)
+    backend: Backend = factory(spec=spec, model=model, **options)
+    return backend

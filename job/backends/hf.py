@@ -1,0 +1,211 @@
+"""transformers backend: chat template, left padding, length-sorted batched generate.
+
+Requests are grouped by sampling params (temperature, max tokens, seed), sorted
+by prompt length and cut into batches by a token budget, so padding stays small
+and there is no Python loop per question around `generate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from job.backends.base import GenRequest, GenResult, ProgressFn, SamplingParams
+from job.errors import JobError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise JobError(f"unknown --dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class HFBackend:
+    def __init__(
+        self,
+        spec: str,
+        model: str,
+        *,
+        chat_template: str | None = None,
+        system_prompt: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        **_: Any,
+    ):
+        self.spec = spec
+        self.system_prompt = system_prompt
+        path = Path(model).expanduser()
+        if not path.exists() and _looks_like_path(model):
+            raise JobError(f"model path {model!r} does not exist; check --model hf/<path-or-id>")
+        name = str(path) if path.exists() else model
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.token_budget = token_budget or (131072 if self.device.startswith("cuda") else 16384)
+        log.info("loading %s on %s (%s)", name, self.device, str(self.dtype).removeprefix("torch."))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=trust_remote_code, revision=revision, padding_side="left"
+            )
+            self.model = AutoModelForCausalLM.from_pretrained(
+                name, trust_remote_code=trust_remote_code, revision=revision, dtype=self.dtype
+            )
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise JobError(f"cannot load model {model!r}: {first}") from None
+        self.model.to(self.device).eval()
+        if chat_template:
+            try:
+                self.tokenizer.chat_template = Path(chat_template).read_text("utf-8")
+            except OSError as e:
+                raise JobError(f"--chat-template {chat_template}: {e.strerror}") from None
+        if not self.tokenizer.chat_template:
+            raise JobError(
+                f"model {model!r} has no chat template; pass --chat-template FILE (a Jinja chat template)"
+            )
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = self._eos_ids()
+        self._special = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                ids.add(src)
+            elif src:
+                ids.update(src)
+        if not ids:
+            raise JobError(f"{self.spec}: the model defines no EOS token; cannot stop generation")
+        return sorted(ids)
+
+    def render(self, req: GenRequest) -> str:
+        messages = req.messages
+        if self.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        text: str = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text
+
+    def _batches(self, lengths: list[tuple[int, int]], max_new: int) -> list[list[int]]:
+        """Cut (index, length) pairs, sorted by length, into batches under the token budget."""
+        if self.batch_size:
+            return [[i for i, _ in lengths[s : s + self.batch_size]] for s in range(0, len(lengths), self.batch_size)]
+        out: list[list[int]] = []
+        cur: list[int] = []
+        for i, n in lengths:
+            # padded rows all grow to the longest (= current, sorted ascending) length
+            if cur and (len(cur) + 1) * (n + max_new) > self.token_budget:
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            out.append(cur)
+        return out
+
+    def _clean(self, text: str) -> str:
+        for tok in self._special:
+            text = text.replace(tok, "")
+        return text.strip()
+
+    @torch.inference_mode()
+    def _run_batch(self, ids: list[list[int]], params: SamplingParams) -> list[GenResult]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        kwargs: dict[str, Any] = {"do_sample": not params.greedy}
+        if not params.greedy:
+            kwargs["temperature"] = params.temperature
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=pad,
+            use_cache=True,
+            **kwargs,
+        )
+        results = []
+        eos = set(self.eos_ids)
+        for row in out[:, width:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in eos), None)
+            toks = row if cut is None else row[:cut]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            results.append(
+                GenResult(self._clean(text), finish_reason="length" if cut is None else "stop", num_tokens=len(toks))
+            )
+        return results
+
+    def _run_safe(self, ids: list[list[int]], params: SamplingParams) -> list[GenResult]:
+        """Run a batch; on OOM split it in half, and record an error only for a single row."""
+        try:
+            return self._run_batch(ids, params)
+        except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+            if len(ids) > 1:
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                mid = len(ids) // 2
+                log.warning("batch of %d failed (%s); retrying as two halves", len(ids), str(e)[:120])
+                return self._run_safe(ids[:mid], params) + self._run_safe(ids[mid:], params)
+            return [GenResult("", status="error", error=f"{type(e).__name__}: {str(e)[:300]}")]
+
+    def generate(self, requests: list[GenRequest], progress: ProgressFn | None = None) -> list[GenResult]:
+        results: list[GenResult | None] = [None] * len(requests)
+        encoded = [self.tokenizer(self.render(r), add_special_tokens=False)["input_ids"] for r in requests]
+        groups: dict[SamplingParams, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[r.params].append(i)
+        for params, idxs in groups.items():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            by_len = sorted(((i, len(encoded[i])) for i in idxs), key=lambda x: (x[1], x[0]))
+            for batch in self._batches(by_len, params.max_new_tokens):
+                outs = self._run_safe([encoded[i] for i in batch], params)
+                for i, res in zip(batch, outs, strict=True):
+                    results[i] = res
+                if progress:
+                    progress(len(batch), sum(r.num_tokens for r in outs))
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        del self.model
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def tiny_backend(spec: str, model: str, **options: Any) -> HFBackend:
+    """`hf-tiny`: the built-in smoke model (built into the cache on first use)."""
+    from job.smoke_model import ensure_built
+
+    return HFBackend(spec, str(ensure_built()), **options)
+
+

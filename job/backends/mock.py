@@ -1,0 +1,76 @@
+"""Hermetic mock backend: no network, no weights; drives tests and smoke runs.
+
+Specs:
+- mock/echo               the last user message, prefixed "echo: "
+- mock/fixed:TEXT         always TEXT ("mock/fixed:Rating: [[7]]")
+- mock/script:FILE        replies taken in order from a JSON list (or JSONL of strings) in FILE,
+                          cycling; an entry {"error": "..."} yields an api_error result
+- mock/fail               every request fails with status api_error
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from job.backends.base import GenRequest, GenResult, ProgressFn
+from job.errors import JobError
+
+
+class MockBackend:
+    def __init__(self, spec: str, model: str, **_: Any):
+        self.spec = spec
+        self.behaviour, _, self.arg = model.partition(":")
+        self.calls: list[GenRequest] = []
+        self._script: list[Any] = []
+        if self.behaviour == "script":
+            self._script = _load_script(Path(self.arg))
+        elif self.behaviour not in ("echo", "fixed", "fail"):
+            raise JobError(f"unknown mock behaviour {self.behaviour!r}; use echo, fixed:TEXT, script:FILE or fail")
+
+    def _reply(self, req: GenRequest) -> GenResult:
+        if self.behaviour == "fail":
+            return GenResult("", status="api_error", error="mock/fail always fails")
+        if self.behaviour == "fixed":
+            text = self.arg
+        elif self.behaviour == "script":
+            item = self._script[(len(self.calls) - 1) % len(self._script)]
+            if isinstance(item, dict):
+                return GenResult("", status="api_error", error=str(item.get("error", "scripted error")))
+            text = str(item)
+        else:
+            last_user = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
+            text = f"echo: {last_user}"
+        # token count: whitespace words, enough for progress and manifests
+        return GenResult(text, finish_reason="stop", num_tokens=len(text.split()))
+
+    def generate(self, requests: list[GenRequest], progress: ProgressFn | None = None) -> list[GenResult]:
+        out = []
+        for req in requests:
+            self.calls.append(req)
+            res = self._reply(req)
+            out.append(res)
+            if progress:
+                progress(1, res.num_tokens)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _load_script(path: Path) -> list[Any]:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as e:
+        raise JobError(f"mock script {path}: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise JobError(f"mock script {path}: not a JSON list or JSONL ({e.msg})") from None
+    if not isinstance(data, list) or not data:
+        raise JobError(f"mock script {path}: expected a non-empty JSON list of replies")
+    return data

@@ -1,0 +1,1 @@
+"""One module per `job` subcommand: parse options, call the stage's run()."""

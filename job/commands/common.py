@@ -1,0 +1,36 @@
+"""Options shared by several commands, with the short env names the launchers use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bench_option(f: F) -> F:
+    return click.option(
+        "--bench", envvar="JOB_BENCH", required=True, show_envvar=True,
+        help="Bench name: mt_bench, japanese_mt_bench (Swallow v202411), japanese_mt_bench_v202407, "
+        "japanese_mt_bench_stability, smoke, or any folder under --bench-data.",
+    )(f)
+
+
+def bench_data_option(f: F) -> F:
+    return click.option(
+        "--bench-data", envvar="JOB_BENCH_DATA", show_envvar=True, type=click.Path(file_okay=False),
+        help="FastChat-layout data dir (default ~/.cache/mtbench-job/bench_data).",
+    )(f)
+
+
+def output_option(f: F) -> F:
+    return click.option(
+        "--output", envvar="JOB_OUTPUT", default="./runs", show_default=True, show_envvar=True,
+        help="Run root: a local dir or s3://bucket/prefix.",
+    )(f)
+
+
+def dry_run_option(f: F) -> F:
+    return click.option("--dry-run", is_flag=True, help="Print the plan; load and send nothing.")(f)

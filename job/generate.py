@@ -1,0 +1,378 @@
+"""`job generate`: answer the shard's (question, choice) conversations in batched waves.
+
+Turn 1 of every conversation in the shard goes to the backend as one batch;
+turn 2 (each conversation with its own turn-1 answer) is the next batch. The
+shard object and its manifest are written atomically at the end, so a crashed
+task leaves nothing half-written and a re-run of a finished shard is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from job.backends import load_backend, parse_spec
+from job.backends.base import Backend, GenRequest, GenResult, Message, SamplingParams
+from job.benches import Bench, resolve_bench, sha256_file, temperature_for
+from job.errors import JobError
+from job.jsonl import dumps_lines
+from job.layout import manifest_key, shard_key
+from job.names import check_name, default_model_name
+from job.provenance import git_revision, host, package_version, stable_hash
+from job.records import Question, QuestionId, ShardItem, ShardManifest, id_sort_key
+from job.sharding import resolve_shard, shard
+from job.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateConfig:
+    bench: str
+    model: str
+    model_name: str | None = None
+    num_choices: int = 1
+    max_new_tokens: int = 1024
+    question_ids: list[str] = field(default_factory=list)
+    first_n: int | None = None
+    output: str = "./runs"
+    bench_data: str | None = None
+    shard_index: int | None = None
+    num_shards: int | None = None
+    temperature: float | None = None
+    """Force one temperature for every question (FastChat --force-temperature)."""
+    category_temperature: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    """Choice i samples with seed `seed + i` (FastChat: torch.manual_seed(i))."""
+    system_prompt: str | None = None
+    chat_template: str | None = None
+    dedupe_greedy: bool = True
+    """Greedy requests with identical messages are generated once and copied."""
+    force: bool = False
+    dry_run: bool = False
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Conversation:
+    question: Question
+    choice: int
+    params: SamplingParams
+    answers: list[str] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    num_tokens: int = 0
+    status: str = "ok"
+    error: str | None = None
+
+    def messages_for_turn(self, turn: int) -> list[Message]:
+        msgs: list[Message] = []
+        for t in range(turn):
+            msgs.append({"role": "user", "content": self.question.turns[t]})
+            msgs.append({"role": "assistant", "content": self.answers[t]})
+        msgs.append({"role": "user", "content": self.question.turns[turn]})
+        return msgs
+
+
+def select_questions(questions: list[Question], ids: list[str], first_n: int | None) -> list[Question]:
+    """--question-ids (comma lists, ranges a-b) then --first-n, in file order."""
+    if ids:
+        wanted: list[str] = []
+        for part in ",".join(ids).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            if sep and lo.isdigit() and hi.isdigit():
+                wanted.extend(str(i) for i in range(int(lo), int(hi) + 1))
+            else:
+                wanted.append(part)
+        by_id = {str(q.question_id): q for q in questions}
+        missing = [w for w in wanted if w not in by_id]
+        if missing:
+            raise JobError(f"--question-ids: no question with id {', '.join(missing[:10])} in the bench")
+        keep = set(wanted)
+        questions = [q for q in questions if str(q.question_id) in keep]
+    if first_n is not None:
+        if first_n < 1:
+            raise JobError(f"--first-n must be >= 1, got {first_n}")
+        questions = questions[:first_n]
+    return questions
+
+
+def temperature_of(q: Question, cfg: GenerateConfig) -> float:
+    """Precedence as FastChat gen_api_answer: forced, question's own, category override, table."""
+    if cfg.temperature is not None:
+        return cfg.temperature
+    required = getattr(q, "required_temperature", None)
+    if isinstance(required, (int, float)):
+        return float(required)
+    return cfg.category_temperature.get(q.category, temperature_for(q.category))
+
+
+def work_items(questions: list[Question], num_choices: int) -> list[tuple[Question, int]]:
+    """Every (question, choice), sorted by question id then choice: the order shards cut."""
+    ordered = sorted(questions, key=lambda q: id_sort_key(q.question_id))
+    return [(q, c) for q in ordered for c in range(num_choices)]
+
+
+def run_config(cfg: GenerateConfig, bench: Bench, data_sha: str, questions: list[Question]) -> dict[str, Any]:
+    """Everything that changes the answers; its hash ties the shards of one run together."""
+    template_sha = sha256_file(Path(cfg.chat_template)) if cfg.chat_template else None
+    return {
+        "bench": bench.name,
+        "bench_data_sha256": data_sha,
+        "model": cfg.model,
+        "model_name": cfg.model_name,
+        "num_choices": cfg.num_choices,
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "category_temperature": dict(sorted(cfg.category_temperature.items())),
+        "temperatures": {str(q.question_id): temperature_of(q, cfg) for q in questions},
+        "seed": cfg.seed,
+        "system_prompt": cfg.system_prompt,
+        "chat_template_sha256": template_sha,
+        "dtype": cfg.backend_options.get("dtype"),
+        "question_ids": [q.question_id for q in sorted(questions, key=lambda q: id_sort_key(q.question_id))],
+    }
+
+
+class _Progress:
+    """tqdm over conversation turns with a tokens/s postfix; calm output when not a TTY."""
+
+    def __init__(self, total: int, desc: str):
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit="turn", mininterval=0.5 if tty else 10.0, file=sys.stderr)
+        self.tokens = 0
+        self.start = time.monotonic()
+
+    def __call__(self, done: int, tokens: int) -> None:
+        self.tokens += tokens
+        rate = self.tokens / max(time.monotonic() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.tokens} tok, {rate:.0f} tok/s", refresh=False)
+        self.bar.update(done)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_waves(backend: Backend, convs: list[Conversation], dedupe_greedy: bool, progress: Callable[[int, int], None]) -> None:
+    """Generate every turn of every conversation: one backend call per turn index."""
+    max_turns = max((len(c.question.turns) for c in convs), default=0)
+    for turn in range(max_turns):
+        live = [c for c in convs if c.status == "ok" and len(c.question.turns) > turn]
+        if not live:
+            continue
+        # identical greedy requests (e.g. choices of a temperature-0 question) are generated once
+        unique: dict[str, int] = {}
+        slot_of: list[int] = []
+        requests: list[GenRequest] = []
+        for c in live:
+            msgs = c.messages_for_turn(turn)
+            params = c.params
+            key = (
+                json.dumps([msgs, params.temperature, params.max_new_tokens], ensure_ascii=False)
+                if dedupe_greedy and params.greedy
+                else f"#{len(requests)}-{id(c)}"
+            )
+            if key not in unique:
+                unique[key] = len(requests)
+                requests.append(GenRequest(msgs, params, key=f"{c.question.question_id}/{c.choice}/t{turn + 1}"))
+            slot_of.append(unique[key])
+        t0 = time.monotonic()
+        results: list[GenResult] = backend.generate(requests, progress=progress)
+        if len(results) != len(requests):
+            raise JobError(f"backend {backend.spec} returned {len(results)} results for {len(requests)} requests")
+        if len(live) > len(requests):
+            progress(len(live) - len(requests), 0)
+        tokens = sum(r.num_tokens for r in results)
+        dt = time.monotonic() - t0
+        log.info(
+            "turn %d: %d conversations, %d requests, %d tokens in %.1fs (%.0f tok/s)",
+            turn + 1, len(live), len(requests), tokens, dt, tokens / max(dt, 1e-9),
+        )
+        counted: set[int] = set()
+        for c, slot in zip(live, slot_of, strict=True):
+            res = results[slot]
+            c.finish_reasons.append(res.finish_reason)
+            if not res.ok:
+                c.status, c.error = res.status, f"turn {turn + 1}: {res.error}"
+                continue
+            c.answers.append(res.text)
+            # a copied greedy answer costs nothing extra; count tokens once per request
+            if slot not in counted:
+                counted.add(slot)
+                c.num_tokens += res.num_tokens
+
+
+def _load_manifest(storage: Storage, key: str) -> ShardManifest | None:
+    if not storage.exists(key):
+        return None
+    try:
+        return ShardManifest.model_validate_json(storage.read_bytes(key))
+    except ValueError:
+        raise JobError(f"{storage.uri(key)}: corrupt shard manifest; delete it and re-run this shard") from None
+
+
+def plan(cfg: GenerateConfig) -> dict[str, Any]:
+    """Resolve everything that needs no model: bench, questions, shard slices, keys."""
+    parse_spec(cfg.model)
+    if cfg.num_choices < 1:
+        raise JobError(f"--num-choices must be >= 1, got {cfg.num_choices}")
+    if cfg.max_new_tokens < 1:
+        raise JobError(f"--max-new-tokens must be >= 1, got {cfg.max_new_tokens}")
+    cfg.model_name = check_name("model name", cfg.model_name or default_model_name(cfg.model))
+    bench = resolve_bench(cfg.bench, cfg.bench_data)
+    questions, data_sha = bench.load_questions()
+    questions = select_questions(questions, cfg.question_ids, cfg.first_n)
+    items = work_items(questions, cfg.num_choices)
+    indices, num_shards = resolve_shard(cfg.shard_index, cfg.num_shards)
+    rc = run_config(cfg, bench, data_sha, questions)
+    return {
+        "bench": bench,
+        "data_sha": data_sha,
+        "questions": questions,
+        "items": items,
+        "indices": indices,
+        "num_shards": num_shards,
+        "run_config": rc,
+        "config_hash": stable_hash(rc),
+    }
+
+
+def print_plan(cfg: GenerateConfig, p: dict[str, Any], storage: Storage) -> None:
+    items = p["items"]
+    n = p["num_shards"]
+    print(f"bench {p['bench'].name}: {len(p['questions'])} questions x {cfg.num_choices} choices = {len(items)} conversations")
+    print(f"model {cfg.model} -> answers named {cfg.model_name!r}; config {p['config_hash']}")
+    for i in p["indices"]:
+        part = shard(items, n, i)
+        span = f"{part[0][0].question_id}/{part[0][1]} .. {part[-1][0].question_id}/{part[-1][1]}" if part else "(empty)"
+        key = shard_key(p["bench"].name, cfg.model_name or "", i, n)
+        print(f"shard {i + 1}/{n} (index {i}): {len(part)} conversations [{span}] -> {storage.uri(key)}")
+    temps = sorted({(q.category, temperature_of(q, cfg)) for q in p["questions"]})
+    print("temperatures: " + ", ".join(f"{c}={t}" for c, t in temps))
+
+
+def generate_shard(
+    cfg: GenerateConfig, p: dict[str, Any], index: int, storage: Storage, backend: Backend
+) -> ShardManifest:
+    """Generate one shard and commit it (answers first, manifest last)."""
+    n = p["num_shards"]
+    bench: Bench = p["bench"]
+    assert cfg.model_name
+    key = shard_key(bench.name, cfg.model_name, index, n)
+    part = shard(p["items"], n, index)
+    started = time.time()
+    convs = [
+        Conversation(q, c, SamplingParams(temperature_of(q, cfg), cfg.max_new_tokens, cfg.seed + c))
+        for q, c in part
+    ]
+    log.info("shard %d/%d: %d conversations -> %s", index + 1, n, len(convs), storage.uri(key))
+    bar = _Progress(sum(len(c.question.turns) for c in convs), f"shard {index + 1}/{n}")
+    try:
+        run_waves(backend, convs, cfg.dedupe_greedy, bar)
+    finally:
+        bar.close()
+    now = time.time()
+    items = [
+        ShardItem(
+            question_id=c.question.question_id,
+            choice=c.choice,
+            turns=c.answers,
+            status=c.status,
+            error=c.error,
+            finish_reasons=c.finish_reasons,
+            num_tokens=c.num_tokens,
+            tstamp=now,
+        )
+        for c in convs
+    ]
+    storage.write_bytes(key, dumps_lines(i.model_dump(mode="json") for i in items))
+    manifest = ShardManifest(
+        bench=bench.name,
+        bench_data_sha256=p["data_sha"],
+        model=cfg.model,
+        model_name=cfg.model_name,
+        config_hash=p["config_hash"],
+        sampling=p["run_config"],
+        shard_index=index,
+        num_shards=n,
+        question_ids=[q.question_id for q in sorted(p["questions"], key=lambda q: id_sort_key(q.question_id))],
+        num_choices=cfg.num_choices,
+        num_items=len(items),
+        num_failed=sum(1 for i in items if i.status != "ok"),
+        tokens_generated=sum(i.num_tokens for i in items),
+        package_version=package_version(),
+        git_revision=git_revision(),
+        started_at=started,
+        finished_at=now,
+        wall_seconds=round(now - started, 3),
+        host=host(),
+    )
+    committed = storage.write_bytes(manifest_key(key), manifest.model_dump_json(indent=2).encode(), if_absent=not cfg.force)
+    if not committed:
+        log.warning("shard %d/%d was committed by another task first; keeping theirs", index + 1, n)
+    elif manifest.num_failed:
+        log.warning("shard %d/%d: %d of %d conversations failed (recorded with status)", index + 1, n, manifest.num_failed, len(items))
+    return manifest
+
+
+def run(cfg: GenerateConfig) -> list[ShardManifest]:
+    p = plan(cfg)
+    storage = open_storage(cfg.output)
+    if cfg.dry_run:
+        print_plan(cfg, p, storage)
+        return []
+    storage.check_writable()
+    assert cfg.model_name
+    todo = []
+    done: list[ShardManifest] = []
+    for i in p["indices"]:
+        mkey = manifest_key(shard_key(p["bench"].name, cfg.model_name, i, p["num_shards"]))
+        existing = _load_manifest(storage, mkey)
+        if existing and not cfg.force:
+            if existing.config_hash != p["config_hash"]:
+                raise JobError(
+                    f"{storage.uri(mkey)} holds a shard of a different run (config {existing.config_hash}, "
+                    f"now {p['config_hash']}); use another --model-name or --output, or --force to replace it"
+                )
+            log.info("shard %d/%d already complete (%d items); nothing to do", i + 1, p["num_shards"], existing.num_items)
+            done.append(existing)
+        else:
+            if existing and cfg.force:
+                storage.delete(mkey)
+            todo.append(i)
+    if not todo:
+        return done
+    options = dict(cfg.backend_options, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
+    backend = load_backend(cfg.model, **options)
+    try:
+        for i in todo:
+            done.append(generate_shard(cfg, p, i, storage, backend))
+    finally:
+        backend.close()
+    return done
+
+
+def parse_category_temperatures(pairs: tuple[str, ...] | list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs:
+        cat, sep, val = pair.partition("=")
+        try:
+            if not sep or not cat:
+                raise ValueError
+            out[cat] = float(val)
+        except ValueError:
+            raise JobError(f"--category-temperature {pair!r}: expected CATEGORY=FLOAT, e.g. writing=0.5") from None
+    return out
+
+
+__all__ = ["GenerateConfig", "run", "plan", "QuestionId"]

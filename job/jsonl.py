@@ -1,0 +1,44 @@
+"""Strict JSONL reading and writing.
+
+Every loader reports a malformed line as `file:line: reason`, and accepts a
+missing final newline (some upstream files have none).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from job.errors import JobError
+
+
+def iter_jsonl(data: bytes | str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line of `data`."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise JobError(f"{source}:{line}: not valid UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+    else:
+        text = data
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JobError(f"{source}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+        if not isinstance(obj, dict):
+            raise JobError(f"{source}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def dumps_line(obj: Any) -> str:
+    """One JSONL line. Non-ASCII kept as is, like FastChat's json.dumps(ensure_ascii=False)."""
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def dumps_lines(objs: Iterable[Any]) -> bytes:
+    return "".join(dumps_line(o) for o in objs).encode("utf-8")

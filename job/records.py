@@ -1,0 +1,133 @@
+"""FastChat's record formats (the contract) plus our shard manifest.
+
+Field names and meanings follow FastChat's llm_judge files exactly, so public
+question/answer/judgment files load unchanged and ours load in FastChat's tools.
+Extra fields are allowed and kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from job.errors import JobError
+from job.jsonl import iter_jsonl
+
+SCHEMA_VERSION = 1
+
+QuestionId = int | str
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=False)
+
+
+class Question(_Record):
+    question_id: QuestionId
+    """Stable id; MT-bench uses 81-160, Japanese MT-bench 1-80."""
+    category: str
+    """Drives temperature and whether the judge gets a reference answer."""
+    turns: list[str] = Field(min_length=1)
+    """User turns, in order."""
+
+    @field_validator("turns")
+    @classmethod
+    def _turns_are_text(cls, v: list[str]) -> list[str]:
+        if not all(isinstance(t, str) for t in v):
+            raise ValueError("every turn must be a string")
+        return v
+
+
+class Choice(_Record):
+    index: int
+    turns: list[str]
+
+
+class Answer(_Record):
+    """One line of model_answer/<model>.jsonl (reference answers use it too)."""
+
+    question_id: QuestionId
+    answer_id: str = ""
+    model_id: str = ""
+    choices: list[Choice] = Field(min_length=1)
+    tstamp: float = 0.0
+
+
+class ShardItem(_Record):
+    """One (question, choice) conversation as written into a shard object."""
+
+    question_id: QuestionId
+    choice: int
+    turns: list[str]
+    status: str = "ok"
+    """ok | api_error | error: failures are recorded, never turned into text."""
+    error: str | None = None
+    finish_reasons: list[str | None] = Field(default_factory=list)
+    num_tokens: int = 0
+    tstamp: float = 0.0
+
+
+class ShardManifest(_Record):
+    """Written after the shard's answers; its presence commits the shard."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: str = "generate-shard"
+    bench: str
+    bench_data_sha256: str
+    model: str
+    """The model spec (provider/model) used."""
+    model_name: str
+    config_hash: str
+    """Hash of everything that changes answers; shards of one run share it."""
+    sampling: dict[str, Any]
+    shard_index: int
+    num_shards: int
+    question_ids: list[QuestionId]
+    num_choices: int
+    num_items: int
+    num_failed: int = 0
+    tokens_generated: int = 0
+    package_version: str
+    git_revision: str | None = None
+    started_at: float
+    finished_at: float
+    wall_seconds: float
+    host: str | None = None
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def _describe(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "record"
+    return f"{where}: {err['msg']}"
+
+
+def parse_records(data: bytes | str, model: type[R], source: str) -> list[R]:
+    """Parse JSONL into records; a bad line is an error naming `source:line`."""
+    out: list[R] = []
+    for lineno, obj in iter_jsonl(data, source):
+        try:
+            out.append(model.model_validate(obj))
+        except ValidationError as e:
+            raise JobError(f"{source}:{lineno}: invalid {model.__name__.lower()} ({_describe(e)})") from None
+    return out
+
+
+def check_unique_ids(questions: list[Question], source: str) -> None:
+    seen: set[QuestionId] = set()
+    for q in questions:
+        if q.question_id in seen:
+            raise JobError(f"{source}: duplicate question_id {q.question_id!r}; ids must be unique")
+        seen.add(q.question_id)
+
+
+def id_sort_key(qid: QuestionId) -> tuple[int, int | str]:
+    """Sort ints numerically and before strings, so mixed ids still order stably."""
+    return (0, qid) if isinstance(qid, int) else (1, qid)
+
+
+def record_dict(rec: BaseModel) -> dict[str, Any]:
+    return rec.model_dump(mode="json", exclude_none=False)

@@ -1,0 +1,122 @@
+"""A tiny random Llama-style chat model, built offline in seconds.
+
+Used by `job smoke-model DIR`, the `hf-tiny` model spec and the tests, so the
+real transformers loading and generation code runs with no download. The
+output is gibberish by design; it checks plumbing, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>"]
+
+# Our own text, English and Japanese, so byte-level BPE learns merges for both.
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog while the lighthouse keeper counts umbrellas.",
+    "Please write a short answer, explain your reasoning step by step, and give the final result.",
+    "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i * i)",
+    "Seventeen times twenty-three is three hundred ninety-one; the digits add up to thirteen.",
+    "Libraries, museums and schools changed how people in cities learned about history and science.",
+    "今日は雨が降っています。散歩に行く前に傘を持っていきましょう。",
+    "日本語で答えてください。理由を簡潔に説明し、最後に結論を書いてください。",
+    "東京から大阪まで新幹線で約二時間半かかります。駅弁を食べるのが楽しみです。",
+    "プログラムを書いて、結果を確認しましょう。数学の問題も一緒に解きます。",
+]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("JOB_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbench-job"
+    return Path(base) / "smoke-model"
+
+
+def build(out_dir: str | os.PathLike[str], *, vocab_size: int = 2048, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Build the model into out_dir (deterministic for a given seed) and return the path."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # tokenizer: byte-level BPE trained in-process
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>"],
+        padding_side="left",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    # transformers 4.x reads the class name from tokenizer_config.json
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text("utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["chat_template"] = CHAT_TEMPLATE
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), "utf-8")
+
+    # model: random weights, initializer_range 0.2 so greedy output varies with the prompt
+    torch.manual_seed(seed)
+    ids = {t: fast.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<pad>"],
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<pad>"]
+    )
+    model.save_pretrained(out)
+    log.info("built tiny chat model in %s (%d parameters)", out, sum(p.numel() for p in model.parameters()))
+    return out
+
+
+def ensure_built(out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cached smoke model, built on first use."""
+    path = Path(out_dir) if out_dir else default_cache_dir()
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        build(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            # another process won the race; keep theirs
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -34,3 +34,25 @@ def output_option(f: F) -> F:
 
 def dry_run_option(f: F) -> F:
     return click.option("--dry-run", is_flag=True, help="Print the plan; load and send nothing.")(f)
+
+
+# keys of backend_options filled by api_options (openai/<model> backend)
+API_OPTION_KEYS = ("base_url", "concurrency", "request_timeout", "max_retries")
+
+
+def api_options(f: F) -> F:
+    """Options of OpenAI-compatible backends (generation and judging)."""
+    for deco in reversed(
+        [
+            click.option("--base-url", envvar="OPENAI_BASE_URL", show_envvar=True,
+                         help="OpenAI-compatible endpoint (vLLM, SGLang, transformers serve). Key: OPENAI_API_KEY."),
+            click.option("--concurrency", type=int, default=32, show_default=True,
+                         help="Requests in flight at once (API backends)."),
+            click.option("--request-timeout", type=float, default=600.0, show_default=True,
+                         help="Seconds per API request before it is retried."),
+            click.option("--max-retries", type=int, default=6, show_default=True,
+                         help="Retries on 429/5xx/timeouts/connection errors, with backoff."),
+        ]
+    ):
+        f = deco(f)
+    return f

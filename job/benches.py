@@ -37,7 +37,9 @@ DEFAULT_TEMPERATURE = 0.7
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
 
 SMOKE_BENCH = "smoke"
-DEFAULT_DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbench-job" / "bench_data"
+DEFAULT_DATA_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbench-job" / "bench_data"
+)
 
 
 def temperature_for(category: str) -> float:
@@ -147,7 +149,9 @@ def resolve_bench(name: str, bench_data: str | os.PathLike[str] | None = None) -
     if name == SMOKE_BENCH:
         return Bench(name, packaged_data_dir(), default_reference="smoke-reference")
     if bench_data and not data_dir.is_dir():
-        raise JobError(f"bench data dir {data_dir} does not exist; pass --bench-data DIR or set JOB_BENCH_DATA")
+        raise JobError(
+            f"bench data dir {data_dir} does not exist; pass --bench-data DIR or set JOB_BENCH_DATA"
+        )
     known = ", ".join(sorted([*reg, SMOKE_BENCH]))
     raise JobError(
         f"unknown bench {name!r}: not registered and no {data_dir / name / 'question.jsonl'}; known: {known}"

@@ -56,7 +56,9 @@ class LazyGroup(click.Group):
             ctx.exit(e.exit_code)
 
 
-@click.group(cls=LazyGroup, context_settings={"auto_envvar_prefix": "JOB", "help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, context_settings={"auto_envvar_prefix": "JOB", "help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="mtbench-job")
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def cli(log_level: str) -> None:

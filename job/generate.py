@@ -149,7 +149,9 @@ class _Progress:
 
     def __init__(self, total: int, desc: str):
         tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, unit="turn", mininterval=0.5 if tty else 10.0, file=sys.stderr)
+        self.bar = tqdm(
+            total=total, desc=desc, unit="turn", mininterval=0.5 if tty else 10.0, file=sys.stderr
+        )
         self.tokens = 0
         self.start = time.monotonic()
 
@@ -163,7 +165,9 @@ class _Progress:
         self.bar.close()
 
 
-def run_waves(backend: Backend, convs: list[Conversation], dedupe_greedy: bool, progress: Callable[[int, int], None]) -> None:
+def run_waves(
+    backend: Backend, convs: list[Conversation], dedupe_greedy: bool, progress: Callable[[int, int], None]
+) -> None:
     """Generate every turn of every conversation: one backend call per turn index."""
     max_turns = max((len(c.question.turns) for c in convs), default=0)
     for turn in range(max_turns):
@@ -184,19 +188,28 @@ def run_waves(backend: Backend, convs: list[Conversation], dedupe_greedy: bool, 
             )
             if key not in unique:
                 unique[key] = len(requests)
-                requests.append(GenRequest(msgs, params, key=f"{c.question.question_id}/{c.choice}/t{turn + 1}"))
+                requests.append(
+                    GenRequest(msgs, params, key=f"{c.question.question_id}/{c.choice}/t{turn + 1}")
+                )
             slot_of.append(unique[key])
         t0 = time.monotonic()
         results: list[GenResult] = backend.generate(requests, progress=progress)
         if len(results) != len(requests):
-            raise JobError(f"backend {backend.spec} returned {len(results)} results for {len(requests)} requests")
+            raise JobError(
+                f"backend {backend.spec} returned {len(results)} results for {len(requests)} requests"
+            )
         if len(live) > len(requests):
             progress(len(live) - len(requests), 0)
         tokens = sum(r.num_tokens for r in results)
         dt = time.monotonic() - t0
         log.info(
             "turn %d: %d conversations, %d requests, %d tokens in %.1fs (%.0f tok/s)",
-            turn + 1, len(live), len(requests), tokens, dt, tokens / max(dt, 1e-9),
+            turn + 1,
+            len(live),
+            len(requests),
+            tokens,
+            dt,
+            tokens / max(dt, 1e-9),
         )
         counted: set[int] = set()
         for c, slot in zip(live, slot_of, strict=True):
@@ -218,7 +231,9 @@ def _load_manifest(storage: Storage, key: str) -> ShardManifest | None:
     try:
         return ShardManifest.model_validate_json(storage.read_bytes(key))
     except ValueError:
-        raise JobError(f"{storage.uri(key)}: corrupt shard manifest; delete it and re-run this shard") from None
+        raise JobError(
+            f"{storage.uri(key)}: corrupt shard manifest; delete it and re-run this shard"
+        ) from None
 
 
 def plan(cfg: GenerateConfig) -> dict[str, Any]:
@@ -250,11 +265,17 @@ def plan(cfg: GenerateConfig) -> dict[str, Any]:
 def print_plan(cfg: GenerateConfig, p: dict[str, Any], storage: Storage) -> None:
     items = p["items"]
     n = p["num_shards"]
-    print(f"bench {p['bench'].name}: {len(p['questions'])} questions x {cfg.num_choices} choices = {len(items)} conversations")
+    print(
+        f"bench {p['bench'].name}: {len(p['questions'])} questions x {cfg.num_choices} choices = {len(items)} conversations"
+    )
     print(f"model {cfg.model} -> answers named {cfg.model_name!r}; config {p['config_hash']}")
     for i in p["indices"]:
         part = shard(items, n, i)
-        span = f"{part[0][0].question_id}/{part[0][1]} .. {part[-1][0].question_id}/{part[-1][1]}" if part else "(empty)"
+        span = (
+            f"{part[0][0].question_id}/{part[0][1]} .. {part[-1][0].question_id}/{part[-1][1]}"
+            if part
+            else "(empty)"
+        )
         key = shard_key(p["bench"].name, cfg.model_name or "", i, n)
         print(f"shard {i + 1}/{n} (index {i}): {len(part)} conversations [{span}] -> {storage.uri(key)}")
     temps = sorted({(q.category, temperature_of(q, cfg)) for q in p["questions"]})
@@ -305,7 +326,9 @@ def generate_shard(
         sampling=p["run_config"],
         shard_index=index,
         num_shards=n,
-        question_ids=[q.question_id for q in sorted(p["questions"], key=lambda q: id_sort_key(q.question_id))],
+        question_ids=[
+            q.question_id for q in sorted(p["questions"], key=lambda q: id_sort_key(q.question_id))
+        ],
         num_choices=cfg.num_choices,
         num_items=len(items),
         num_failed=sum(1 for i in items if i.status != "ok"),
@@ -317,11 +340,19 @@ def generate_shard(
         wall_seconds=round(now - started, 3),
         host=host(),
     )
-    committed = storage.write_bytes(manifest_key(key), manifest.model_dump_json(indent=2).encode(), if_absent=not cfg.force)
+    committed = storage.write_bytes(
+        manifest_key(key), manifest.model_dump_json(indent=2).encode(), if_absent=not cfg.force
+    )
     if not committed:
         log.warning("shard %d/%d was committed by another task first; keeping theirs", index + 1, n)
     elif manifest.num_failed:
-        log.warning("shard %d/%d: %d of %d conversations failed (recorded with status)", index + 1, n, manifest.num_failed, len(items))
+        log.warning(
+            "shard %d/%d: %d of %d conversations failed (recorded with status)",
+            index + 1,
+            n,
+            manifest.num_failed,
+            len(items),
+        )
     return manifest
 
 
@@ -344,7 +375,12 @@ def run(cfg: GenerateConfig) -> list[ShardManifest]:
                     f"{storage.uri(mkey)} holds a shard of a different run (config {existing.config_hash}, "
                     f"now {p['config_hash']}); use another --model-name or --output, or --force to replace it"
                 )
-            log.info("shard %d/%d already complete (%d items); nothing to do", i + 1, p["num_shards"], existing.num_items)
+            log.info(
+                "shard %d/%d already complete (%d items); nothing to do",
+                i + 1,
+                p["num_shards"],
+                existing.num_items,
+            )
             done.append(existing)
         else:
             if existing and cfg.force:
@@ -371,7 +407,9 @@ def parse_category_temperatures(pairs: tuple[str, ...] | list[str]) -> dict[str,
                 raise ValueError
             out[cat] = float(val)
         except ValueError:
-            raise JobError(f"--category-temperature {pair!r}: expected CATEGORY=FLOAT, e.g. writing=0.5") from None
+            raise JobError(
+                f"--category-temperature {pair!r}: expected CATEGORY=FLOAT, e.g. writing=0.5"
+            ) from None
     return out
 
 

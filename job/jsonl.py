@@ -20,16 +20,20 @@ def iter_jsonl(data: bytes | str, source: str) -> Iterator[tuple[int, dict[str, 
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
-            raise JobError(f"{source}:{line}: not valid UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+            raise JobError(
+                f"{source}:{line}: not valid UTF-8 ({e.reason}); re-save the file as UTF-8"
+            ) from None
     else:
         text = data
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise JobError(f"{source}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+            raise JobError(
+                f"{source}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line"
+            ) from None
         if not isinstance(obj, dict):
             raise JobError(f"{source}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj

@@ -42,6 +42,9 @@ class Question(_Record):
 class Choice(_Record):
     index: int
     turns: list[str]
+    status: str | None = None
+    """Only on failed generations kept with --allow-failed; FastChat files have none."""
+    error: str | None = None
 
 
 class Answer(_Record):

@@ -61,7 +61,9 @@ def answer_id(model_name: str, config_hash: str, qid: QuestionId) -> str:
     return str(shortuuid.uuid(name=f"mtbench-job/{model_name}/{config_hash}/{qid}"))[:22]
 
 
-def to_answers(model_name: str, config_hash: str, merged: dict[tuple[QuestionId, int], ShardItem]) -> list[Answer]:
+def to_answers(
+    model_name: str, config_hash: str, merged: dict[tuple[QuestionId, int], ShardItem]
+) -> list[Answer]:
     by_q: dict[QuestionId, list[ShardItem]] = defaultdict(list)
     for (qid, _), item in merged.items():
         by_q[qid].append(item)
@@ -70,11 +72,11 @@ def to_answers(model_name: str, config_hash: str, merged: dict[tuple[QuestionId,
         items = sorted(by_q[qid], key=lambda i: i.choice)
         choices = []
         for it in items:
-            ch = Choice(index=it.choice, turns=it.turns)
-            if it.status != "ok":
+            if it.status == "ok":
+                choices.append(Choice(index=it.choice, turns=it.turns))
+            else:
                 # kept visible with its status; never judged as an answer
-                ch = Choice(index=it.choice, turns=it.turns, status=it.status, error=it.error)
-            choices.append(ch)
+                choices.append(Choice(index=it.choice, turns=it.turns, status=it.status, error=it.error))
         out.append(
             Answer(
                 question_id=qid,
@@ -94,7 +96,9 @@ def _manifests(storage: Storage, bench: str, model: str) -> list[tuple[str, Shar
             try:
                 out.append((key, ShardManifest.model_validate_json(storage.read_bytes(key))))
             except ValueError:
-                raise JobError(f"{storage.uri(key)}: corrupt shard manifest; delete it and re-run that shard") from None
+                raise JobError(
+                    f"{storage.uri(key)}: corrupt shard manifest; delete it and re-run that shard"
+                ) from None
     return out
 
 
@@ -114,7 +118,9 @@ def _missing_report(manifests: list[ShardManifest], missing: list[tuple[Question
 def merge_model(storage: Storage, bench: str, model: str, allow_failed: bool) -> Merged:
     found = _manifests(storage, bench, model)
     if not found:
-        raise IncompleteError(f"no committed shards for model {model!r} under {storage.uri(shards_prefix(bench, model))}; run `job generate` first")
+        raise IncompleteError(
+            f"no committed shards for model {model!r} under {storage.uri(shards_prefix(bench, model))}; run `job generate` first"
+        )
     hashes = sorted({m.config_hash for _, m in found})
     if len(hashes) > 1:
         raise JobError(
@@ -133,7 +139,9 @@ def merge_model(storage: Storage, bench: str, model: str, allow_failed: bool) ->
     missing = [k for k in expected if k not in merged]
     if missing:
         raise IncompleteError(f"model {model!r}: {_missing_report(manifests, missing)}")
-    failed = sorted((k for k, v in merged.items() if v.status != "ok"), key=lambda k: (id_sort_key(k[0]), k[1]))
+    failed = sorted(
+        (k for k, v in merged.items() if v.status != "ok"), key=lambda k: (id_sort_key(k[0]), k[1])
+    )
     if failed and not allow_failed:
         sample = ", ".join(f"{q}/choice {c} ({merged[(q, c)].error})" for q, c in failed[:5])
         raise JobError(
@@ -158,7 +166,10 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
             log.info("waiting for shards of %s: %s", model, e)
             time.sleep(min(cfg.poll_interval, max(deadline - time.monotonic(), 0.1)))
     ref = merged.manifests[0]
-    storage.write_bytes(answer_key(cfg.bench, model), dumps_lines(a.model_dump(mode="json") for a in merged.answers))
+    storage.write_bytes(
+        answer_key(cfg.bench, model),
+        dumps_lines(a.model_dump(mode="json", exclude_none=True) for a in merged.answers),
+    )
     summary = {
         "kind": "model-answer",
         "bench": cfg.bench,
@@ -178,10 +189,15 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
         "reduced_at": time.time(),
     }
 
-
-    storage.write_bytes(answer_manifest_key(cfg.bench, model), json.dumps(summary, indent=2, ensure_ascii=False).encode())
+    storage.write_bytes(
+        answer_manifest_key(cfg.bench, model), json.dumps(summary, indent=2, ensure_ascii=False).encode()
+    )
     log.info(
-        "%s: %d questions x %d choices -> %s", model, len(merged.answers), ref.num_choices, storage.uri(answer_key(cfg.bench, model))
+        "%s: %d questions x %d choices -> %s",
+        model,
+        len(merged.answers),
+        ref.num_choices,
+        storage.uri(answer_key(cfg.bench, model)),
     )
     return merged
 
@@ -192,7 +208,11 @@ def run(cfg: ReduceConfig) -> dict[str, Merged]:
     models = [check_name("model name", m) for m in cfg.model_names]
     if not models:
         prefix = f"{cfg.bench}/shards/"
-        models = sorted({k[len(prefix):].split("/", 1)[0] for k in storage.list(prefix) if SHARD_RE.search(k)})
+        models = sorted(
+            {k[len(prefix) :].split("/", 1)[0] for k in storage.list(prefix) if SHARD_RE.search(k)}
+        )
         if not models:
-            raise JobError(f"no shards under {storage.uri(prefix)}; run `job generate` first or check --output/--bench")
+            raise JobError(
+                f"no shards under {storage.uri(prefix)}; run `job generate` first or check --output/--bench"
+            )
     return {m: reduce_model(cfg, storage, m) for m in models}

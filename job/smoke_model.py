@@ -38,11 +38,21 @@ _CORPUS = [
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("JOB_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbench-job"
+    base = (
+        os.environ.get("JOB_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbench-job"
+    )
     return Path(base) / "smoke-model"
 
 
-def build(out_dir: str | os.PathLike[str], *, vocab_size: int = 2048, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build(
+    out_dir: str | os.PathLike[str],
+    *,
+    vocab_size: int = 2048,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
     """Build the model into out_dir (deterministic for a given seed) and return the path."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

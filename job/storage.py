@@ -106,7 +106,9 @@ class LocalStorage(Storage):
             with tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-check-"):
                 pass
         except OSError as e:
-            raise JobError(f"output dir {self.path} is not writable ({e.strerror}); pass a writable --output") from None
+            raise JobError(
+                f"output dir {self.path} is not writable ({e.strerror}); pass a writable --output"
+            ) from None
 
 
 def open_storage(root: str) -> Storage:

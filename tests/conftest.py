@@ -51,11 +51,17 @@ RunJob = Callable[..., subprocess.CompletedProcess[str]]
 def run_job(job_env: dict[str, str], tmp_path: Path) -> RunJob:
     """Run the real `job` command; returns the CompletedProcess (check=False by default)."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 240
+    ) -> subprocess.CompletedProcess[str]:
         full_env = dict(job_env, **(env or {}))
         return subprocess.run(
             [sys.executable, "-c", "from job.cli import main; main()", *args],
-            capture_output=True, text=True, env=full_env, cwd=cwd or tmp_path, timeout=timeout,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=cwd or tmp_path,
+            timeout=timeout,
         )
 
     return run

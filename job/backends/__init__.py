@@ -29,7 +29,9 @@ class Provider:
 PROVIDERS: dict[str, Provider] = {
     "mock": Provider("job.backends.mock", "MockBackend", None),
     "hf": Provider("job.backends.hf", "HFBackend", "hf", ("torch", "transformers")),
-    "hf-tiny": Provider("job.backends.hf", "tiny_backend", "hf", ("torch", "transformers"), takes_model=False),
+    "hf-tiny": Provider(
+        "job.backends.hf", "tiny_backend", "hf", ("torch", "transformers"), takes_model=False
+    ),
     "openai": Provider("job.backends.openai_api", "OpenAIBackend", None, ("openai",)),
     "vllm": Provider("job.backends.vllm", "VLLMBackend", "vllm", ("vllm",)),
 }

@@ -118,7 +118,10 @@ class HFBackend:
     def _batches(self, lengths: list[tuple[int, int]], max_new: int) -> list[list[int]]:
         """Cut (index, length) pairs, sorted by length, into batches under the token budget."""
         if self.batch_size:
-            return [[i for i, _ in lengths[s : s + self.batch_size]] for s in range(0, len(lengths), self.batch_size)]
+            return [
+                [i for i, _ in lengths[s : s + self.batch_size]]
+                for s in range(0, len(lengths), self.batch_size)
+            ]
         out: list[list[int]] = []
         cur: list[int] = []
         for i, n in lengths:
@@ -161,7 +164,9 @@ class HFBackend:
             toks = row if cut is None else row[:cut]
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
             results.append(
-                GenResult(self._clean(text), finish_reason="length" if cut is None else "stop", num_tokens=len(toks))
+                GenResult(
+                    self._clean(text), finish_reason="length" if cut is None else "stop", num_tokens=len(toks)
+                )
             )
         return results
 
@@ -207,5 +212,3 @@ def tiny_backend(spec: str, model: str, **options: Any) -> HFBackend:
     from job.smoke_model import ensure_built
 
     return HFBackend(spec, str(ensure_built()), **options)
-
-

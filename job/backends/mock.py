@@ -5,11 +5,13 @@ Specs:
 - mock/fixed:TEXT         always TEXT ("mock/fixed:Rating: [[7]]")
 - mock/script:FILE        replies taken in order from a JSON list (or JSONL of strings) in FILE,
                           cycling; an entry {"error": "..."} yields an api_error result
+- mock/digest             a short sha256 of the whole conversation (tests that turn 2 sees turn 1)
 - mock/fail               every request fails with status api_error
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,15 +21,17 @@ from job.errors import JobError
 
 
 class MockBackend:
-    def __init__(self, spec: str, model: str, **_: Any):
+    def __init__(self, spec: str, model: str, **_options: Any):
         self.spec = spec
-        self.behaviour, _, self.arg = model.partition(":")
+        self.behaviour, _sep, self.arg = model.partition(":")
         self.calls: list[GenRequest] = []
         self._script: list[Any] = []
         if self.behaviour == "script":
             self._script = _load_script(Path(self.arg))
-        elif self.behaviour not in ("echo", "fixed", "fail"):
-            raise JobError(f"unknown mock behaviour {self.behaviour!r}; use echo, fixed:TEXT, script:FILE or fail")
+        elif self.behaviour not in ("echo", "fixed", "digest", "fail"):
+            raise JobError(
+                f"unknown mock behaviour {self.behaviour!r}; use echo, fixed:TEXT, script:FILE, digest or fail"
+            )
 
     def _reply(self, req: GenRequest) -> GenResult:
         if self.behaviour == "fail":
@@ -35,10 +39,12 @@ class MockBackend:
         if self.behaviour == "fixed":
             text = self.arg
         elif self.behaviour == "script":
-            item = self._script[(len(self.calls) - 1) % len(self._script)]
+            item: Any = self._script[(len(self.calls) - 1) % len(self._script)]
             if isinstance(item, dict):
                 return GenResult("", status="api_error", error=str(item.get("error", "scripted error")))
             text = str(item)
+        elif self.behaviour == "digest":
+            text = conversation_digest(req.messages)
         else:
             last_user = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
             text = f"echo: {last_user}"
@@ -74,3 +80,9 @@ def _load_script(path: Path) -> list[Any]:
     if not isinstance(data, list) or not data:
         raise JobError(f"mock script {path}: expected a non-empty JSON list of replies")
     return data
+
+
+def conversation_digest(messages: list[dict[str, str]]) -> str:
+    """What mock/digest answers: a hash of every message, so tests can check the history sent."""
+    blob = json.dumps(messages, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return "digest " + hashlib.sha256(blob).hexdigest()[:16]

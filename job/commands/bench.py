@@ -29,8 +29,11 @@ def list_cmd(bench_data: str | None) -> None:
 @bench.command()
 @click.argument("names", nargs=-1)
 @bench_data_option
-@click.option("--base-url", envvar="JOB_BENCH_BASE_URL",
-              help="Mirror in FastChat data/ layout (default: the pinned upstream URLs).")
+@click.option(
+    "--base-url",
+    envvar="JOB_BENCH_BASE_URL",
+    help="Mirror in FastChat data/ layout (default: the pinned upstream URLs).",
+)
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 def pull(names: tuple[str, ...], bench_data: str | None, base_url: str | None, timeout: float) -> None:
     """Download and checksum NAMES (default: all registered benches)."""

@@ -12,7 +12,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def bench_option(f: F) -> F:
     return click.option(
-        "--bench", envvar="JOB_BENCH", required=True, show_envvar=True,
+        "--bench",
+        envvar="JOB_BENCH",
+        required=True,
+        show_envvar=True,
         help="Bench name: mt_bench, japanese_mt_bench (Swallow v202411), japanese_mt_bench_v202407, "
         "japanese_mt_bench_stability, smoke, or any folder under --bench-data.",
     )(f)
@@ -20,14 +23,21 @@ def bench_option(f: F) -> F:
 
 def bench_data_option(f: F) -> F:
     return click.option(
-        "--bench-data", envvar="JOB_BENCH_DATA", show_envvar=True, type=click.Path(file_okay=False),
+        "--bench-data",
+        envvar="JOB_BENCH_DATA",
+        show_envvar=True,
+        type=click.Path(file_okay=False),
         help="FastChat-layout data dir (default ~/.cache/mtbench-job/bench_data).",
     )(f)
 
 
 def output_option(f: F) -> F:
     return click.option(
-        "--output", envvar="JOB_OUTPUT", default="./runs", show_default=True, show_envvar=True,
+        "--output",
+        envvar="JOB_OUTPUT",
+        default="./runs",
+        show_default=True,
+        show_envvar=True,
         help="Run root: a local dir or s3://bucket/prefix.",
     )(f)
 
@@ -44,14 +54,33 @@ def api_options(f: F) -> F:
     """Options of OpenAI-compatible backends (generation and judging)."""
     for deco in reversed(
         [
-            click.option("--base-url", envvar="OPENAI_BASE_URL", show_envvar=True,
-                         help="OpenAI-compatible endpoint (vLLM, SGLang, transformers serve). Key: OPENAI_API_KEY."),
-            click.option("--concurrency", type=int, default=32, show_default=True,
-                         help="Requests in flight at once (API backends)."),
-            click.option("--request-timeout", type=float, default=600.0, show_default=True,
-                         help="Seconds per API request before it is retried."),
-            click.option("--max-retries", type=int, default=6, show_default=True,
-                         help="Retries on 429/5xx/timeouts/connection errors, with backoff."),
+            click.option(
+                "--base-url",
+                envvar="OPENAI_BASE_URL",
+                show_envvar=True,
+                help="OpenAI-compatible endpoint (vLLM, SGLang, transformers serve). Key: OPENAI_API_KEY.",
+            ),
+            click.option(
+                "--concurrency",
+                type=int,
+                default=32,
+                show_default=True,
+                help="Requests in flight at once (API backends).",
+            ),
+            click.option(
+                "--request-timeout",
+                type=float,
+                default=600.0,
+                show_default=True,
+                help="Seconds per API request before it is retried.",
+            ),
+            click.option(
+                "--max-retries",
+                type=int,
+                default=6,
+                show_default=True,
+                help="Retries on 429/5xx/timeouts/connection errors, with backoff.",
+            ),
         ]
     ):
         f = deco(f)

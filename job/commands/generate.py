@@ -7,35 +7,68 @@ from job.commands.common import bench_data_option, bench_option, dry_run_option,
 
 @click.command(context_settings={"show_default": True})
 @bench_option
-@click.option("--model", envvar="JOB_MODEL", required=True, show_envvar=True,
-              help="provider/model: hf/<path-or-id>, hf-tiny, vllm/<path>, openai/<name>, mock/echo.")
-@click.option("--model-name", envvar="JOB_MODEL_NAME", show_envvar=True,
-              help="Answer file stem (default: last part of the model path).")
-@click.option("--num-choices", envvar="JOB_NUM_CHOICES", type=int, default=1, show_envvar=True,
-              help="Independent 2-turn conversations per question (Swallow: 5).")
+@click.option(
+    "--model",
+    envvar="JOB_MODEL",
+    required=True,
+    show_envvar=True,
+    help="provider/model: hf/<path-or-id>, hf-tiny, vllm/<path>, openai/<name>, mock/echo.",
+)
+@click.option(
+    "--model-name",
+    envvar="JOB_MODEL_NAME",
+    show_envvar=True,
+    help="Answer file stem (default: last part of the model path).",
+)
+@click.option(
+    "--num-choices",
+    envvar="JOB_NUM_CHOICES",
+    type=int,
+    default=1,
+    show_envvar=True,
+    help="Independent 2-turn conversations per question (Swallow: 5).",
+)
 @click.option("--max-new-tokens", type=int, default=1024)
 @click.option("--question-ids", multiple=True, help="Only these ids: '81,82' or ranges '81-90'. Repeatable.")
 @click.option("--first-n", type=int, help="Only the first N questions of the file.")
 @output_option
 @bench_data_option
-@click.option("--shard-index", type=int,
-              help="This task's shard (default: SLURM_ARRAY_TASK_ID, then JOB_COMPLETION_INDEX; none: all shards).")
-@click.option("--num-shards", envvar="JOB_NUM_SHARDS", type=int, show_envvar=True,
-              help="Shard count (default: SLURM_ARRAY_TASK_COUNT, else 1).")
+@click.option(
+    "--shard-index",
+    type=int,
+    help="This task's shard (default: SLURM_ARRAY_TASK_ID, then JOB_COMPLETION_INDEX; none: all shards).",
+)
+@click.option(
+    "--num-shards",
+    envvar="JOB_NUM_SHARDS",
+    type=int,
+    show_envvar=True,
+    help="Shard count (default: SLURM_ARRAY_TASK_COUNT, else 1).",
+)
 @click.option("--temperature", type=float, help="Force one temperature for all questions.")
-@click.option("--category-temperature", multiple=True, metavar="CAT=T",
-              help="Override the FastChat category table, e.g. writing=0.5. Repeatable.")
+@click.option(
+    "--category-temperature",
+    multiple=True,
+    metavar="CAT=T",
+    help="Override the FastChat category table, e.g. writing=0.5. Repeatable.",
+)
 @click.option("--seed", type=int, default=0, help="Choice i samples with seed SEED+i.")
 @click.option("--system-prompt", help="System message prepended to every conversation.")
-@click.option("--chat-template", type=click.Path(exists=True, dir_okay=False),
-              help="Jinja chat template file (hf/vllm) for models without one.")
+@click.option(
+    "--chat-template",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Jinja chat template file (hf/vllm) for models without one.",
+)
 @click.option("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (hf/vllm).")
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (hf).")
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @click.option("--token-budget", type=int, help="Padded tokens per batch for automatic batch size (hf).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model repos to run their own code.")
-@click.option("--dedupe-greedy/--no-dedupe-greedy", default=True,
-              help="Generate identical greedy requests (temperature-0 choices) once.")
+@click.option(
+    "--dedupe-greedy/--no-dedupe-greedy",
+    default=True,
+    help="Generate identical greedy requests (temperature-0 choices) once.",
+)
 @click.option("--force", is_flag=True, help="Regenerate shards that are already complete.")
 @dry_run_option
 def generate(**kw: object) -> None:

@@ -7,10 +7,17 @@ from job.commands.common import bench_option, output_option
 
 @click.command("reduce", context_settings={"show_default": True})
 @bench_option
-@click.option("--model-name", "model_names", multiple=True, envvar="JOB_MODEL_NAME",
-              help="Model(s) to reduce (default: every model with shards).")
+@click.option(
+    "--model-name",
+    "model_names",
+    multiple=True,
+    envvar="JOB_MODEL_NAME",
+    help="Model(s) to reduce (default: every model with shards).",
+)
 @output_option
-@click.option("--allow-failed", is_flag=True, help="Keep failed conversations (marked with status) instead of failing.")
+@click.option(
+    "--allow-failed", is_flag=True, help="Keep failed conversations (marked with status) instead of failing."
+)
 @click.option("--wait", type=float, default=0.0, help="Seconds to poll for shards still running.")
 @click.option("--poll-interval", type=float, default=10.0, help="Seconds between polls with --wait.")
 def reduce_cmd(**kw: object) -> None:

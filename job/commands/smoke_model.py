@@ -17,6 +17,8 @@ def smoke_model(directory: str, seed: int) -> None:
     try:
         from job.smoke_model import build
     except ImportError:
-        raise JobError("smoke-model needs torch and transformers; run: pip install 'mtbench-job[hf]'") from None
+        raise JobError(
+            "smoke-model needs torch and transformers; run: pip install 'mtbench-job[hf]'"
+        ) from None
     path = build(directory, seed=seed)
     click.echo(str(path))

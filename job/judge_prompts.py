@@ -1,0 +1,114 @@
+"""Judge prompt files: FastChat's judge_prompts.jsonl (8 prompts), loaded and checked.
+
+A prompt is used with Python `str.format` exactly as FastChat does, so the file's
+placeholders must be the ones FastChat fills for that prompt kind.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from job.benches import sha256_bytes
+from job.errors import JobError
+from job.jsonl import iter_jsonl
+
+# (mode, turn, needs reference) -> prompt name, as in FastChat gen_judgment.make_judge_*
+SINGLE_NAMES = {
+    (1, False): "single-v1",
+    (1, True): "single-math-v1",
+    (2, False): "single-v1-multi-turn",
+    (2, True): "single-math-v1-multi-turn",
+}
+PAIR_NAMES = {
+    (1, False): "pair-v2",
+    (1, True): "pair-math-v1",
+    (2, False): "pair-v2-multi-turn",
+    (2, True): "pair-math-v1-multi-turn",
+}
+REQUIRED_FIELDS = ("name", "type", "system_prompt", "prompt_template", "output_format")
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    name: str
+    type: str
+    """single | pairwise"""
+    system_prompt: str
+    prompt_template: str
+    output_format: str
+    """[[rating]] | [[A]]"""
+
+    @property
+    def placeholders(self) -> set[str]:
+        return {f for _, f, _, _ in string.Formatter().parse(self.prompt_template) if f}
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    path: str
+    sha256: str
+    prompts: dict[str, JudgePrompt]
+
+    def get(self, name: str) -> JudgePrompt:
+        p = self.prompts.get(name)
+        if p is None:
+            have = ", ".join(sorted(self.prompts)) or "none"
+            raise JobError(
+                f"{self.path}: judge prompt {name!r} is missing (has: {have}); "
+                "add it or pass --judge-prompts with a complete 8-prompt file"
+            )
+        return p
+
+
+def load_prompt_set(path: str | Path) -> PromptSet:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise JobError(f"judge prompt file {p}: {e.strerror}; pass --judge-prompts FILE") from None
+    prompts: dict[str, JudgePrompt] = {}
+    for lineno, obj in iter_jsonl(data, str(p)):
+        missing = [k for k in REQUIRED_FIELDS if not isinstance(obj.get(k), str)]
+        if missing:
+            raise JobError(f"{p}:{lineno}: judge prompt lacks {', '.join(missing)}")
+        prompts[obj["name"]] = JudgePrompt(**{k: obj[k] for k in REQUIRED_FIELDS})
+    return PromptSet(str(p), sha256_bytes(data), prompts)
+
+
+def expected_placeholders(mode: str, turn: int, ref: bool) -> set[str]:
+    """The keyword arguments FastChat passes to .format() for this prompt kind."""
+    if mode == "single":
+        base = {"question", "answer"} if turn == 1 else {"question_1", "question_2", "answer_1", "answer_2"}
+    elif turn == 1:
+        base = {"question", "answer_a", "answer_b"}
+    else:
+        base = {"question_1", "question_2", "answer_a_1", "answer_a_2", "answer_b_1", "answer_b_2"}
+    if ref:
+        base |= {"ref_answer_1"} | ({"ref_answer_2"} if turn == 2 else set())
+    return base
+
+
+def prompt_name(mode: str, turn: int, ref: bool) -> str:
+    return (SINGLE_NAMES if mode == "single" else PAIR_NAMES)[(turn, ref)]
+
+
+def select(pset: PromptSet, mode: str, kinds: set[tuple[int, bool]]) -> dict[tuple[int, bool], JudgePrompt]:
+    """The prompts needed for the (turn, needs-ref) kinds in play, each checked for its format."""
+    out = {}
+    want_type, want_fmt = ("single", "[[rating]]") if mode == "single" else ("pairwise", "[[A]]")
+    for turn, ref in sorted(kinds):
+        name = prompt_name(mode, turn, ref)
+        jp = pset.get(name)
+        if jp.type != want_type or jp.output_format != want_fmt:
+            raise JobError(
+                f"{pset.path}: prompt {name!r} has type {jp.type!r} / output_format "
+                f"{jp.output_format!r}; expected {want_type!r} / {want_fmt!r}"
+            )
+        # str.format ignores unused kwargs but fails on unknown ones: check both ways
+        unknown = jp.placeholders - expected_placeholders(mode, turn, ref)
+        if unknown:
+            raise JobError(f"{pset.path}: prompt {name!r} uses unknown placeholders {sorted(unknown)}")
+        out[(turn, ref)] = jp
+    return out

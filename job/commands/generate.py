@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import click
 
-from job.commands.common import bench_data_option, bench_option, dry_run_option, output_option
+from job.commands.common import (
+    API_OPTION_KEYS,
+    api_options,
+    bench_data_option,
+    bench_option,
+    dry_run_option,
+    output_option,
+)
 
 
 @click.command(context_settings={"show_default": True})
@@ -64,12 +71,19 @@ from job.commands.common import bench_data_option, bench_option, dry_run_option,
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @click.option("--token-budget", type=int, help="Padded tokens per batch for automatic batch size (hf).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model repos to run their own code.")
+@click.option("--tensor-parallel-size", type=int, default=1, help="GPUs per model replica (vllm).")
+@click.option("--max-model-len", type=int, help="Context length of the engine (vllm; default: the model's).")
+@click.option("--gpu-memory-utilization", type=float, default=0.9, help="GPU memory share (vllm).")
+@click.option(
+    "--enforce-eager", is_flag=True, help="Disable CUDA graphs (vllm; faster start, slower decode)."
+)
 @click.option(
     "--dedupe-greedy/--no-dedupe-greedy",
     default=True,
     help="Generate identical greedy requests (temperature-0 choices) once.",
 )
 @click.option("--force", is_flag=True, help="Regenerate shards that are already complete.")
+@api_options
 @dry_run_option
 def generate(**kw: object) -> None:
     """Generate answers for this task's shard of (question, choice) conversations.
@@ -80,8 +94,9 @@ def generate(**kw: object) -> None:
     """
     from job.generate import GenerateConfig, parse_category_temperatures, run
 
-    backend_keys = ("dtype", "device", "batch_size", "token_budget", "trust_remote_code")
-    backend_options = {k: kw.pop(k) for k in backend_keys}
+    backend_keys: tuple[str, ...] = ("dtype", "device", "batch_size", "token_budget", "trust_remote_code")
+    backend_keys += ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager")
+    backend_options = {k: kw.pop(k) for k in (*backend_keys, *API_OPTION_KEYS)}
     kw["category_temperature"] = parse_category_temperatures(kw.pop("category_temperature"))  # type: ignore[arg-type]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     cfg = GenerateConfig(**kw, backend_options=backend_options)  # type: ignore[arg-type]

@@ -1,0 +1,286 @@
+"""vLLM backend against a fake `vllm` module that records every engine call, plus a
+real-vLLM test for machines with a GPU (marked `gpu`, excluded from CI)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from job.backends import load_backend
+from job.backends.base import GenRequest, SamplingParams
+from job.errors import JobError
+from job.generate import GenerateConfig, run
+from job.smoke_model import CHAT_TEMPLATE
+
+FAKES = Path(__file__).parent / "fakes"
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Put tests/fakes first on sys.path so `import vllm` finds the recording fake."""
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delitem(sys.modules, "job.backends.vllm", raising=False)
+    monkeypatch.syspath_prepend(str(FAKES))
+    import vllm
+
+    assert getattr(vllm, "FAKE", False)
+    vllm.CALLS.clear()
+    return vllm
+
+
+def _generate_calls(vllm: Any) -> list[dict[str, Any]]:
+    return [c for c in vllm.CALLS if c["event"] == "generate"]
+
+
+def test_engine_args_are_passed_exactly(fake_vllm: Any, tiny_model: Path) -> None:
+    load_backend(
+        f"vllm/{tiny_model}",
+        tensor_parallel_size=2,
+        dtype="bfloat16",
+        max_model_len=2048,
+        gpu_memory_utilization=0.5,
+        enforce_eager=True,
+        device="cuda",  # an hf option: ignored
+    )
+    init = fake_vllm.CALLS[0]
+    assert init == {
+        "event": "init",
+        "model": str(tiny_model),
+        "tensor_parallel_size": 2,
+        "dtype": "bfloat16",
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.5,
+        "enforce_eager": True,
+        "trust_remote_code": False,
+    }
+
+
+def test_defaults_leave_context_to_model_and_remote_code_off(fake_vllm: Any, tiny_model: Path) -> None:
+    load_backend(f"vllm/{tiny_model}")
+    init = fake_vllm.CALLS[0]
+    assert "max_model_len" not in init
+    assert init["trust_remote_code"] is False
+    assert init["enforce_eager"] is False
+    assert init["gpu_memory_utilization"] == 0.9
+
+
+def test_one_engine_call_per_wave_with_per_request_sampling(
+    fake_vllm: Any, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    # questions 81.. cover writing (0.7) and, further on, math (0.0): take a mixed set
+    cfg = GenerateConfig(
+        bench="mt_bench",
+        model=f"vllm/{tiny_model}",
+        model_name="m",
+        num_choices=2,
+        max_new_tokens=8,
+        question_ids=["81", "111", "131"],
+        output=str(tmp_path / "runs"),
+        bench_data=str(shared_bench_data),
+    )
+    (manifest,) = run(cfg)
+    calls = _generate_calls(fake_vllm)
+    assert len(calls) == 2, "one engine call for turn 1 and one for turn 2"
+    questions = {
+        str(q["question_id"]): q
+        for q in map(json.loads, (shared_bench_data / "mt_bench/question.jsonl").read_text().splitlines())
+    }
+    temps = {
+        qid: (0.7 if questions[qid]["category"] in ("writing", "roleplay") else None) for qid in questions
+    }
+    for call in calls:
+        sampled = [s for s in call["sampling"] if s["temperature"] > 0]
+        greedy = [s for s in call["sampling"] if s["temperature"] == 0.0]
+        assert all(s["max_tokens"] == 8 for s in call["sampling"])
+        assert all("seed" not in s for s in greedy), "greedy requests need no seed"
+        # question 81 is writing: its two choices sample with seeds 0 and 1
+        assert sorted(s["seed"] for s in sampled) == [0, 1]
+        assert all(s["temperature"] == 0.7 for s in sampled)
+        # greedy choices of the same question are deduplicated before the engine
+        assert len(call["sampling"]) == 2 + sum(1 for q in ("111", "131") if temps[q] is None)
+    # prompts are the chat template of the conversation; turn 2 carries the turn-1 answer
+    t1 = calls[0]["texts"]
+    assert any(
+        t == f"<s><|im_start|>user\n{questions['81']['turns'][0]}<|im_end|>\n<|im_start|>assistant\n"
+        for t in t1
+    )
+    shard = (tmp_path / "runs/mt_bench/shards/m/shard-00000-of-00001.jsonl").read_text().splitlines()
+    items = [json.loads(line) for line in shard]
+    assert len(items) == 6 and all(i["status"] == "ok" for i in items)
+    for item in items:
+        first = item["turns"][0]
+        assert first.startswith("fake-")
+        turn2_prompts = [t for t in calls[1]["texts"] if first in t]
+        assert turn2_prompts, "turn 2 must include the conversation's own turn-1 answer"
+        assert set(item["finish_reasons"]) <= {"stop", "length"}
+        # a deduplicated greedy copy costs no tokens; the first choice always does
+        assert item["num_tokens"] > 0 or item["choice"] > 0
+    assert manifest.tokens_generated == sum(i["num_tokens"] for i in items)
+
+
+def test_finish_reasons_and_token_counts(fake_vllm: Any, tiny_model: Path) -> None:
+    backend = load_backend(f"vllm/{tiny_model}")
+    reqs = [
+        GenRequest([{"role": "user", "content": f"question {i}"}], SamplingParams(0.0, max_new_tokens=6))
+        for i in range(40)
+    ]
+    results = backend.generate(reqs)
+    assert {r.finish_reason for r in results} == {"stop", "length"}
+    for r in results:
+        n = int(r.text.split("(")[1].split()[0])
+        assert r.num_tokens == n
+        assert (r.finish_reason == "length") == (n == 6)
+
+
+def test_judge_requests_system_and_user(fake_vllm: Any, tiny_model: Path) -> None:
+    backend = load_backend(f"vllm/{tiny_model}", system_prompt="ignored when the request has one")
+    req = GenRequest(
+        [{"role": "system", "content": "You are a judge."}, {"role": "user", "content": "Rate this."}],
+        SamplingParams(temperature=0.0, max_new_tokens=2048),
+    )
+    (res,) = backend.generate([req])
+    assert res.ok and res.text.startswith("fake-")
+    (call,) = _generate_calls(fake_vllm)
+    assert call["sampling"] == [{"max_tokens": 2048, "temperature": 0.0}]
+    assert call["texts"][0] == (
+        "<s><|im_start|>system\nYou are a judge.<|im_end|>\n<|im_start|>user\nRate this.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_system_prompt_option_is_prepended(fake_vllm: Any, tiny_model: Path) -> None:
+    backend = load_backend(f"vllm/{tiny_model}", system_prompt="Be brief.")
+    backend.generate([GenRequest([{"role": "user", "content": "hi"}])])
+    (call,) = _generate_calls(fake_vllm)
+    assert call["texts"][0].startswith("<s><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi")
+
+
+def test_missing_chat_template_is_a_clear_error(fake_vllm: Any, tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(JobError, match="no chat template; pass --chat-template"):
+        load_backend(f"vllm/{bare}")
+    # a template file fixes it, and is what renders the prompt
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text(CHAT_TEMPLATE.replace("<|im_start|>", "[").replace("<|im_end|>", "]"))
+    backend = load_backend(f"vllm/{bare}", chat_template=str(tpl))
+    backend.generate([GenRequest([{"role": "user", "content": "hello"}])])
+    assert _generate_calls(fake_vllm)[0]["texts"][0] == "<s>[user\nhello]\n[assistant\n"
+
+
+def test_too_long_prompt_fails_alone(fake_vllm: Any, tiny_model: Path) -> None:
+    backend = load_backend(f"vllm/{tiny_model}", max_model_len=40)
+    reqs = [
+        GenRequest([{"role": "user", "content": "short"}]),
+        GenRequest([{"role": "user", "content": "long " * 200}]),
+    ]
+    ok, bad = backend.generate(reqs)
+    assert ok.ok
+    assert bad.status == "error" and "context is 40" in (bad.error or "")
+    (call,) = _generate_calls(fake_vllm)
+    assert len(call["prompts"]) == 1
+
+
+def test_engine_failure_is_recorded_not_raised(
+    fake_vllm: Any, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_VLLM_RAISE", "1")
+    backend = load_backend(f"vllm/{tiny_model}")
+    results = backend.generate(
+        [
+            GenRequest([{"role": "user", "content": "fine"}]),
+            GenRequest([{"role": "user", "content": "RAISE"}]),
+        ]
+    )
+    assert [r.status for r in results] == ["error", "error"]
+    assert all("out of memory" in (r.error or "") and r.text == "" for r in results)
+
+
+def test_min_new_tokens_is_passed_as_min_tokens(fake_vllm: Any, tiny_model: Path) -> None:
+    backend = load_backend(f"vllm/{tiny_model}", min_new_tokens=16)
+    (res,) = backend.generate(
+        [GenRequest([{"role": "user", "content": "x"}], SamplingParams(0.7, 16, seed=3))]
+    )
+    (call,) = _generate_calls(fake_vllm)
+    assert call["sampling"] == [{"max_tokens": 16, "temperature": 0.7, "seed": 3, "min_tokens": 16}]
+    assert res.num_tokens == 16 and res.finish_reason == "length"
+
+
+def test_cli_passes_vllm_options(
+    run_job: Any, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "vllm.jsonl"
+    r = run_job(
+        "generate",
+        "--bench", "mt_bench",
+        "--bench-data", str(shared_bench_data),
+        "--model", f"vllm/{tiny_model}",
+        "--model-name", "v",
+        "--first-n", "3",
+        "--max-new-tokens", "4",
+        "--output", str(tmp_path / "runs"),
+        "--tensor-parallel-size", "2",
+        "--max-model-len", "1024",
+        "--gpu-memory-utilization", "0.6",
+        "--enforce-eager",
+        "--dtype", "float16",
+        env={"PYTHONPATH": str(FAKES), "FAKE_VLLM_LOG": str(log)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events[0] == {
+        "event": "init",
+        "model": str(tiny_model),
+        "tensor_parallel_size": 2,
+        "dtype": "float16",
+        "max_model_len": 1024,
+        "gpu_memory_utilization": 0.6,
+        "enforce_eager": True,
+        "trust_remote_code": False,
+    }
+    assert [e["event"] for e in events] == ["init", "generate", "generate"]
+    assert len(events[1]["prompts"]) == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(900)
+def test_real_vllm_tiny_model(tmp_path: Path) -> None:
+    """Real vLLM on a GPU: a tiny Llama (head dim 64, which every attention backend supports)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    real = pytest.importorskip("vllm")
+    assert not getattr(real, "FAKE", False)
+    from job.smoke_model import build
+
+    model = build(tmp_path / "tiny256", hidden=256)
+    backend = load_backend(
+        f"vllm/{model}", max_model_len=2048, gpu_memory_utilization=0.3, enforce_eager=True
+    )
+    try:
+        reqs = [
+            GenRequest([{"role": "user", "content": f"Tell me about number {i}."}], SamplingParams(0.0, 12))
+            for i in range(8)
+        ] + [
+            GenRequest([{"role": "user", "content": "Write."}], SamplingParams(0.7, 12, seed=s))
+            for s in (0, 0, 1)
+        ]
+        results = backend.generate(reqs)
+        again = backend.generate(reqs)
+    finally:
+        backend.close()
+    assert all(r.ok and 0 < r.num_tokens <= 12 for r in results)
+    assert all(r.finish_reason in ("stop", "length") for r in results)
+    assert [r.text for r in results] == [r.text for r in again], "greedy and seeded sampling are reproducible"
+    assert results[8].text == results[9].text

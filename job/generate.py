@@ -169,6 +169,11 @@ def run_waves(
     backend: Backend, convs: list[Conversation], dedupe_greedy: bool, progress: Callable[[int, int], None]
 ) -> None:
     """Generate every turn of every conversation: one backend call per turn index."""
+    if hasattr(backend, "generate_conversations"):
+        # API backends: each conversation's turn 2 goes out when its own turn 1 returns
+        from job.conversations import run_conversations
+
+        return run_conversations(backend, convs, dedupe_greedy, progress)
     max_turns = max((len(c.question.turns) for c in convs), default=0)
     for turn in range(max_turns):
         live = [c for c in convs if c.status == "ok" and len(c.question.turns) > turn]
@@ -302,6 +307,9 @@ def generate_shard(
         run_waves(backend, convs, cfg.dedupe_greedy, bar)
     finally:
         bar.close()
+    fatal = getattr(backend, "fatal_error", None)
+    if fatal:  # bad key / model / endpoint: commit nothing, so a re-run redoes the shard
+        raise JobError(f"{fatal}; shard {index + 1}/{n} was not written")
     now = time.time()
     items = [
         ShardItem(

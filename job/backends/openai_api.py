@@ -1,0 +1,363 @@
+"""`openai/<model>`: any OpenAI-compatible chat-completions endpoint, fanned out with
+bounded async concurrency.
+
+Retries live here, once, for every API use (generation and judging): the client's
+own retries are off so that backoff, Retry-After and the fail-fast rules are ours:
+
+- 429, 408, 5xx, timeouts, connection errors, malformed or empty responses: retried
+  with exponential backoff and full jitter (or the server's Retry-After), then the
+  item gets status `api_error` and a one-line `error`. Nothing like `$ERROR$` is
+  ever returned as text.
+- other 4xx: fail at once. 401/403/404 concern the key, the model or the endpoint,
+  not one request: the first one aborts the rest of the run (no retry storm) and is
+  kept in `fatal_error` so callers can stop before committing anything.
+
+The API key comes from OPENAI_API_KEY and is scrubbed from every error and log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import logging
+import os
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from job.backends.base import GenRequest, GenResult, Message, ProgressFn
+from job.errors import JobError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FollowUp = Callable[[int, GenResult], "GenRequest | None"]
+"""follow_up(conversation_index, result) -> that conversation's next request, or None."""
+
+FATAL_STATUS = (401, 403, 404)
+"""Statuses about the key, the model or the endpoint: every other request would fail too."""
+RETRY_STATUS = (408, 429)
+"""4xx statuses worth retrying (request timeout, rate limit); 5xx always are."""
+MAX_BAD_RESPONSE_RETRIES = 2
+"""Empty choices / null content / garbage JSON: retried, but fewer times than overload."""
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way a later attempt may not (carries the wait hint)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, bad_response: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.bad_response = bad_response
+
+
+class _Failed(Exception):
+    """An attempt failed for good (no retry)."""
+
+    def __init__(self, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date; None if absent or unparsable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _public_url(url: str | None) -> str:
+    """The endpoint for logs, without any user:password@ part."""
+    if not url:
+        return "api.openai.com"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, also where a loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    # called from async code (a notebook, an async caller): a private loop in a thread
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="openai-backend") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+class OpenAIBackend:
+    """Chat completions through the official `openai` client (AsyncOpenAI)."""
+
+    def __init__(
+        self,
+        spec: str,
+        model: str,
+        *,
+        base_url: str | None = None,
+        concurrency: int = 32,
+        request_timeout: float = 600.0,
+        max_retries: int = 6,
+        system_prompt: str | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float = 60.0,
+        retry_after_max: float = 300.0,
+        **_: Any,
+    ):
+        if concurrency < 1:
+            raise JobError(f"--concurrency must be >= 1, got {concurrency}")
+        if request_timeout <= 0:
+            raise JobError(f"--request-timeout must be > 0, got {request_timeout}")
+        if max_retries < 0:
+            raise JobError(f"--max-retries must be >= 0, got {max_retries}")
+        self.spec = spec
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = os.environ.get("OPENAI_API_KEY") or ""
+        if not key:
+            if not self.base_url:
+                raise JobError(
+                    f"{spec}: OPENAI_API_KEY is not set; export it, or pass --base-url "
+                    "(OPENAI_BASE_URL) for a local server that needs no key"
+                )
+            key = "EMPTY"  # local servers (vLLM, SGLang) accept any key
+        self._key = key
+        self.concurrency = concurrency
+        self.request_timeout = float(request_timeout)
+        self.max_retries = max_retries
+        self.system_prompt = system_prompt
+        # JOB_API_BACKOFF_BASE: tests and impatient users shrink the first backoff step
+        env_base = os.environ.get("JOB_API_BACKOFF_BASE")
+        self.backoff_base = backoff_base if backoff_base is not None else float(env_base or 1.0)
+        self.backoff_max = backoff_max
+        self.retry_after_max = retry_after_max
+        self.fatal_error: str | None = None
+        """Set when a 401/403/404 aborted the run; callers should stop, not commit."""
+        self.stats: Counter[str] = Counter()
+        """requests, ok, failed, retries, retry:<reason> over this backend's life."""
+        self.endpoint = _public_url(self.base_url)
+        for name in ("httpx", "httpx2"):  # they log every request at INFO
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        log.info(
+            "openai backend: model %s at %s (concurrency %d, timeout %.0fs, %d retries)",
+            model, self.endpoint, concurrency, self.request_timeout, max_retries,
+        )  # fmt: skip
+
+    # -- public API ------------------------------------------------------------------
+
+    def generate(self, requests: list[GenRequest], progress: ProgressFn | None = None) -> list[GenResult]:
+        """One result per request, in order; failures come back with status api_error."""
+        runs = self.generate_conversations(requests, lambda i, r: None, progress)
+        return [r[0] for r in runs]
+
+    def generate_conversations(
+        self,
+        first: list[GenRequest],
+        follow_up: FollowUp,
+        progress: ProgressFn | None = None,
+    ) -> list[list[GenResult]]:
+        """Run len(first) independent conversations, each advancing on its own.
+
+        After each result of conversation i, `follow_up(i, result)` returns its next
+        request (e.g. turn 2 carrying that turn-1 answer) or None when it is done, so a
+        conversation's next turn is sent as soon as its own previous turn returns and no
+        wave waits on the slowest request. Callbacks run one at a time on the backend's
+        event-loop thread. Returns every result of each conversation, in order.
+        """
+        if not first:
+            return []
+        return _run_sync(lambda: self._run(first, follow_up, progress))
+
+    def close(self) -> None:
+        pass  # a client lives only for one generate call (it is bound to that event loop)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """One line, bounded, with the key (or any masked echo of it) removed."""
+        text = " ".join(str(text).split())
+        if self._key and self._key != "EMPTY":
+            text = text.replace(self._key, "***")
+        text = re.sub(r"\bsk-[A-Za-z0-9_*\-]{3,}", "sk-***", text)
+        return text[:300]
+
+    def _client(self) -> Any:
+        from openai import AsyncOpenAI
+
+        # retries are ours (max_retries=0); our own deadline wraps each call too
+        return AsyncOpenAI(
+            api_key=self._key, base_url=self.base_url, max_retries=0, timeout=self.request_timeout
+        )
+
+    async def _run(
+        self, first: list[GenRequest], follow_up: FollowUp, progress: ProgressFn | None
+    ) -> list[list[GenResult]]:
+        client = self._client()
+        sem = asyncio.Semaphore(self.concurrency)
+        out: list[list[GenResult]] = [[] for _ in first]
+        t0 = time.monotonic()
+        before = Counter(self.stats)
+
+        async def conversation(i: int) -> None:
+            req: GenRequest | None = first[i]
+            while req is not None:
+                res = await self._request(client, sem, req)
+                out[i].append(res)
+                if progress:
+                    progress(1, res.num_tokens)
+                req = follow_up(i, res)
+
+        try:
+            await asyncio.gather(*(conversation(i) for i in range(len(first))))
+        finally:
+            await client.close()
+        done = self.stats - before
+        dt = time.monotonic() - t0
+        log.info(
+            "%s: %d requests in %.1fs (%.1f/s), %d retries, %d failed",
+            self.spec, done["requests"], dt, done["requests"] / max(dt, 1e-9),
+            done["retries"], done["failed"],
+        )  # fmt: skip
+        return out
+
+    async def _request(self, client: Any, sem: asyncio.Semaphore, req: GenRequest) -> GenResult:
+        """One request with our retry loop; never raises for an API failure."""
+        self.stats["requests"] += 1
+        attempt = 0
+        bad_responses = 0
+        while True:
+            if self.fatal_error:
+                return self._fail(f"not sent: {self.fatal_error}")
+            try:
+                async with sem:
+                    if self.fatal_error:
+                        return self._fail(f"not sent: {self.fatal_error}")
+                    res = await self._attempt(client, req)
+                self.stats["ok"] += 1
+                return res
+            except _Failed as e:
+                msg = self._scrub(str(e))
+                if e.fatal and not self.fatal_error:
+                    self.fatal_error = f"{self.spec} at {self.endpoint}: {msg}"
+                    log.error("%s; aborting the remaining requests", self.fatal_error)
+                return self._fail(msg)
+            except _Retryable as e:
+                msg = self._scrub(str(e))
+                bad_responses += e.bad_response
+                bad_limit = min(self.max_retries, MAX_BAD_RESPONSE_RETRIES)
+                if attempt >= self.max_retries or bad_responses > bad_limit:
+                    tries = attempt + 1
+                    return self._fail(f"{msg} (gave up after {tries} attempt{'s' * (tries > 1)})")
+                delay = self._delay(attempt, e.retry_after)
+                if delay is None:
+                    return self._fail(f"{msg} (Retry-After {e.retry_after:.0f}s is too long to wait)")
+                attempt += 1
+                self.stats["retries"] += 1
+                self.stats[f"retry:{msg.split(':')[0]}"] += 1
+                log.debug("%s: %s; retry %d in %.2fs", req.key or "request", msg, attempt, delay)
+                await asyncio.sleep(delay)
+
+    def _fail(self, error: str) -> GenResult:
+        self.stats["failed"] += 1
+        return GenResult("", status="api_error", error=error)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Retry-After if the server gave one, else full jitter: U(0, min(cap, base * 2^n))."""
+        if retry_after is not None:
+            if retry_after > self.retry_after_max:
+                return None
+            return retry_after
+        return random.uniform(0.0, min(self.backoff_max, self.backoff_base * (2.0**attempt)))
+
+    def _messages(self, req: GenRequest) -> list[Message]:
+        msgs = list(req.messages)
+        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return msgs
+
+    async def _attempt(self, client: Any, req: GenRequest) -> GenResult:
+        import openai
+
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(req),
+            "temperature": req.params.temperature,
+            "max_tokens": req.params.max_new_tokens,
+            "n": 1,
+        }
+        if req.params.seed is not None:
+            kwargs["seed"] = req.params.seed
+        try:
+            resp = await asyncio.wait_for(
+                client.chat.completions.create(**kwargs), self.request_timeout + 1.0
+            )
+        except openai.APIStatusError as e:
+            code = e.status_code
+            retry_after = parse_retry_after(e.response.headers.get("retry-after"))
+            detail = f"HTTP {code}: {_error_message(e)}"
+            if code in RETRY_STATUS or code >= 500:
+                raise _Retryable(detail, retry_after) from None
+            if code == 401:
+                detail += " (invalid API key? check OPENAI_API_KEY)"
+            raise _Failed(detail, fatal=code in FATAL_STATUS) from None
+        except (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError):
+            raise _Retryable(f"timeout: no reply within {self.request_timeout:g}s") from None
+        except openai.APIConnectionError as e:
+            raise _Retryable(f"connection error: {e.__cause__ or e}") from None
+        except (openai.APIResponseValidationError, ValueError) as e:
+            raise _Retryable(f"malformed response: {type(e).__name__}: {e}", bad_response=True) from None
+        return _to_result(resp)
+
+
+def _error_message(e: Any) -> str:
+    """The server's own message ({"error": {"message": ...}}), else the client's."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict):
+            body = inner
+        if body.get("message"):
+            return str(body["message"])
+    return str(getattr(e, "message", "") or e)
+
+
+def _to_result(resp: Any) -> GenResult:
+    """A ChatCompletion -> GenResult; responses no caller can use are retryable errors."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list):
+        raise _Retryable(
+            f"malformed response: not a chat completion ({type(resp).__name__})", bad_response=True
+        )
+    if not choices:
+        raise _Retryable("bad response: no choices", bad_response=True)
+    choice = choices[0]
+    finish = choice.finish_reason
+    content = choice.message.content if choice.message is not None else None
+    usage = getattr(resp, "usage", None)
+    tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    if finish == "content_filter" and not content:
+        raise _Failed("content_filter: the provider filtered the reply and returned no text")
+    if content is None:
+        refusal = getattr(choice.message, "refusal", None)
+        reason = f"refusal: {refusal}" if refusal else f"null content (finish_reason {finish})"
+        raise _Retryable(f"bad response: {reason}", bad_response=True)
+    return GenResult(content, finish_reason=finish, num_tokens=tokens)

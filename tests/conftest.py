@@ -14,6 +14,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_BENCH_DATA = Path(os.environ.get("JOB_TEST_BENCH_DATA", REPO.parent / "shared" / "bench_data"))
 
+# shared fixture plugins (modules beside this file; tests/ is on pythonpath):
+# moto_s3 = a real S3 endpoint (moto server on 127.0.0.1): moto_server, s3
+pytest_plugins = ["moto_s3"]
+
 # no test may reach a model hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,7 +32,22 @@ def bench_data_option(f: F) -> F:
     )(f)
 
 
+def _set_s3_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # one process-wide setting read by job.storage_s3, so no stage config has to carry it
+    if value:
+        os.environ["JOB_S3_ENDPOINT_URL"] = value
+
+
 def output_option(f: F) -> F:
+    """--output plus --s3-endpoint-url (MinIO, Ceph, R2; default: AWS_ENDPOINT_URL or AWS)."""
+    f = click.option(
+        "--s3-endpoint-url",
+        envvar="JOB_S3_ENDPOINT_URL",
+        show_envvar=True,
+        expose_value=False,
+        callback=_set_s3_endpoint,
+        help="S3-compatible endpoint for s3:// outputs (default: AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL, else AWS).",
+    )(f)
     return click.option(
         "--output",
         envvar="JOB_OUTPUT",

@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "reduce": "job.commands.reduce:reduce_cmd",
     "bench": "job.commands.bench:bench",
     "smoke-model": "job.commands.smoke_model:smoke_model",
+    "judge": "job.commands.judge:judge",
+    "report": "job.commands.report:report",
 }
 
 HELP = {
@@ -26,6 +28,8 @@ HELP = {
     "reduce": "Merge a model's shards into FastChat's model_answer file.",
     "bench": "List, download and verify bench data.",
     "smoke-model": "Build the tiny offline smoke-test chat model into a directory.",
+    "judge": "Judge answers with FastChat's prompts (single or pairwise); resumable.",
+    "report": "Aggregate judgments: FastChat show_result numbers, Swallow N-sample means, CIs.",
 }
 
 

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import click
+
+from job.commands.common import (
+    API_OPTION_KEYS,
+    api_options,
+    bench_data_option,
+    bench_option,
+    dry_run_option,
+    output_option,
+)
+
+
+@click.command(context_settings={"show_default": True})
+@bench_option
+@click.option(
+    "--judge-model",
+    envvar="JOB_JUDGE_MODEL",
+    required=True,
+    show_envvar=True,
+    help="Judge backend spec: openai/gpt-4o-2024-08-06, hf/<path>, vllm/<path>, mock/fixed:TEXT.",
+)
+@click.option("--judge-name", help="Name in records and file names (default: last part of the judge spec).")
+@click.option("--mode", type=click.Choice(["single", "pairwise-baseline", "pairwise-all"]), default="single")
+@click.option(
+    "--baseline-model", default="gpt-3.5-turbo", help="Baseline answer file stem (pairwise-baseline)."
+)
+@click.option(
+    "--model-list", multiple=True, help="Models (answer file stems) to judge; default: all. Repeatable."
+)
+@click.option("--reference", help="Reference answer set (reference_answer/<NAME>.jsonl); default per bench.")
+@click.option(
+    "--judge-prompts", type=click.Path(dir_okay=False), help="Judge prompt file (default: the bench's)."
+)
+@click.option("--question-ids", multiple=True, help="Only these ids: '81,82' or ranges '81-90'. Repeatable.")
+@click.option("--first-n", type=int, help="Only the first N questions of the file.")
+@output_option
+@click.option(
+    "--answers-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="A FastChat model_answer folder to read instead of <output>/<bench>/model_answer/.",
+)
+@bench_data_option
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Skip questions a model has no answer for (listed) instead of failing.",
+)
+@click.option(
+    "--batch-size", type=int, default=64, help="Judge calls per batch; results are stored after each batch."
+)
+@api_options
+@dry_run_option
+@click.option(
+    "--dump", type=click.Path(dir_okay=False), help="With --dry-run: write every request as a JSON line here."
+)
+def judge(**kw: object) -> None:
+    """Judge answers with FastChat's prompts (single or pairwise) and store every judgment.
+
+    Writes <output>/<bench>/model_judgment/<judge>_single.jsonl (or _pair.jsonl) in FastChat's
+    format plus choice, status and error. Every choice is judged. Re-running skips judgments
+    already stored, so an interrupted run is completed without duplicates.
+    """
+    from job.judge_run import JudgeConfig, run
+
+    backend_options = {k: kw.pop(k) for k in API_OPTION_KEYS}
+    kw["model_list"] = list(kw.pop("model_list"))  # type: ignore[call-overload]
+    kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
+    run(JudgeConfig(**kw, backend_options=backend_options))  # type: ignore[arg-type]

@@ -1,0 +1,346 @@
+"""`job judge`: load answers, references and prompts, build FastChat's matches, send the
+games not yet stored to the judge backend in batches, and append the judgments as they
+arrive. Re-running completes an interrupted run without duplicate rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from job.backends import load_backend
+from job.backends.base import GenRequest, SamplingParams
+from job.benches import Bench, resolve_bench, sha256_bytes
+from job.errors import JobError
+from job.generate import select_questions
+from job.judge import (
+    JUDGE_MAX_TOKENS,
+    JUDGE_TEMPERATURE,
+    MODES,
+    GameKey,
+    GameResult,
+    Match,
+    build_judge_prompt,
+    build_matches,
+    game_key,
+    game_result,
+    judge_messages,
+    make_record,
+    needs_ref,
+    stored_games,
+)
+from job.judge_prompts import load_prompt_set, select
+from job.judgment_store import JudgmentStore
+from job.layout import judgment_dir
+from job.names import check_name, default_model_name
+from job.provenance import git_revision, package_version
+from job.records import Answer, Question, QuestionId, parse_records
+from job.storage import LocalStorage, Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JudgeConfig:
+    bench: str
+    judge_model: str
+    judge_name: str | None = None
+    mode: str = "single"
+    baseline_model: str = "gpt-3.5-turbo"
+    model_list: list[str] = field(default_factory=list)
+    reference: str | None = None
+    judge_prompts: str | None = None
+    question_ids: list[str] = field(default_factory=list)
+    first_n: int | None = None
+    output: str = "./runs"
+    answers_dir: str | None = None
+    bench_data: str | None = None
+    allow_missing: bool = False
+    dry_run: bool = False
+    dump: str | None = None
+    batch_size: int = 64
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+
+def judge_name_of(cfg: JudgeConfig) -> str:
+    return check_name("judge name (set --judge-name)", cfg.judge_name or default_model_name(cfg.judge_model))
+
+
+def judgment_key(bench: str, judge: str, mode: str) -> str:
+    return f"{judgment_dir(bench)}{judge}_{'single' if mode == 'single' else 'pair'}.jsonl"
+
+
+def load_answers(cfg: JudgeConfig) -> tuple[dict[str, list[Answer]], str]:
+    """model name -> answer records, from --answers-dir or <output>/<bench>/model_answer/."""
+    storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
+    prefix = "" if cfg.answers_dir else f"{cfg.bench}/model_answer/"
+    keys = [k for k in storage.list(prefix) if k.endswith(".jsonl") and "/" not in k[len(prefix) :]]
+    out = {}
+    for k in keys:
+        name = k[len(prefix) : -len(".jsonl")]
+        out[name] = parse_records(storage.read_bytes(k), Answer, storage.uri(k))
+    return out, storage.uri(prefix)
+
+
+def index_answers(
+    questions: list[Question],
+    models: list[str],
+    loaded: dict[str, list[Answer]],
+    where: str,
+    allow_missing: bool,
+) -> tuple[dict[str, dict[QuestionId, Answer]], dict[str, list[str]]]:
+    """Answers keyed by question (last line wins, as FastChat); missing ones listed."""
+    unknown = [m for m in models if m not in loaded]
+    if unknown:
+        have = ", ".join(sorted(loaded)) or "none"
+        raise JobError(
+            f"no answer file for model(s) {', '.join(unknown)} in {where} (have: {have}); run `job reduce`"
+        )
+    answers: dict[str, dict[QuestionId, Answer]] = {}
+    missing: dict[str, list[str]] = {}
+    for m in models:
+        by_id = {str(a.question_id): a for a in loaded[m]}
+        answers[m] = {
+            q.question_id: by_id[str(q.question_id)] for q in questions if str(q.question_id) in by_id
+        }
+        lost = [str(q.question_id) for q in questions if str(q.question_id) not in by_id]
+        if lost:
+            missing[m] = lost
+    if missing and not allow_missing:
+        detail = "; ".join(
+            f"{m}: {', '.join(ids[:20])}{' …' if len(ids) > 20 else ''}" for m, ids in missing.items()
+        )
+        raise JobError(f"answers missing in {where} for {detail}; generate them or pass --allow-missing")
+    return answers, missing
+
+
+def load_references(
+    bench: Bench, name: str, questions: list[Question]
+) -> tuple[dict[QuestionId, Answer], str | None]:
+    need = [q for q in questions if needs_ref(q)]
+    if not need:
+        return {}, None
+    path = bench.reference_path(name)
+    data = bench.read_verified(path, f"reference_answer/{name}")
+    by_id = {str(a.question_id): a for a in parse_records(data, Answer, str(path))}
+    lost = [str(q.question_id) for q in need if str(q.question_id) not in by_id]
+    if lost:
+        raise JobError(
+            f"{path}: no reference answer for question(s) {', '.join(lost)} (categories need one); "
+            "pick another set with --reference NAME"
+        )
+    return {q.question_id: by_id[str(q.question_id)] for q in need}, sha256_bytes(data)
+
+
+@dataclass
+class Plan:
+    matches: list[Match]
+    requests: list[tuple[Match, int, str]]
+    """(match, game, user prompt) of every game still to be asked"""
+    cached: dict[GameKey, GameResult]
+    provenance: dict[str, Any]
+    missing: dict[str, list[str]]
+
+
+def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan:
+    if cfg.mode not in MODES:
+        raise JobError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    bench = resolve_bench(cfg.bench, cfg.bench_data)
+    questions, data_sha = bench.load_questions()
+    questions = select_questions(questions, cfg.question_ids, cfg.first_n)
+    loaded, where = load_answers(cfg)
+    models = [check_name("model name", m) for m in cfg.model_list] or sorted(loaded)
+    if not models:
+        raise JobError(
+            f"no answer files in {where}; run `job generate` and `job reduce` first, or pass --answers-dir"
+        )
+    pairwise = cfg.mode != "single"
+    if cfg.mode == "pairwise-baseline":
+        models = [*models, cfg.baseline_model] if cfg.baseline_model not in models else models
+    answers, missing = index_answers(questions, models, loaded, where, cfg.allow_missing)
+    if cfg.mode == "pairwise-baseline":
+        models = [m for m in models if m != cfg.baseline_model]
+    kinds = {(t, needs_ref(q)) for q in questions for t in (1, 2) if t == 1 or len(q.turns) == 2}
+    pset = load_prompt_set(cfg.judge_prompts or bench.judge_prompts_path)
+    prompts = select(pset, "pairwise" if pairwise else "single", kinds)
+    ref_name = cfg.reference or bench.default_reference
+    refs: dict[QuestionId, Answer] = {}
+    ref_sha = None
+    if any(needs_ref(q) for q in questions):
+        if not ref_name:
+            raise JobError(f"bench {bench.name!r} has no default reference set; pass --reference NAME")
+        refs, ref_sha = load_references(bench, ref_name, questions)
+    # a model without an answer to a question has no match for it (--allow-missing)
+    present = [q for q in questions if all(q.question_id in answers[m] for m in answers)]
+    matches = build_matches(present, models, answers, prompts, refs, cfg.mode, cfg.baseline_model)
+    cached = {
+        k: r for rec in (store.read(repair=not cfg.dry_run) if store else []) for k, r in stored_games(rec)
+    }
+    requests = [
+        (m, g, build_judge_prompt(m, g))
+        for m in matches
+        if m.failed is None
+        for g in m.games
+        if game_key(judge, m, g) not in cached
+    ]
+    prov = {
+        "bench": bench.name, "bench_data_sha256": data_sha, "judge": judge, "judge_model": cfg.judge_model,
+        "mode": cfg.mode, "baseline_model": cfg.baseline_model if cfg.mode == "pairwise-baseline" else None,
+        "models": models, "judge_prompts": pset.path, "judge_prompts_sha256": pset.sha256,
+        "reference": ref_name if refs else None, "reference_sha256": ref_sha,
+        "num_questions": len(questions), "temperature": JUDGE_TEMPERATURE, "max_tokens": JUDGE_MAX_TOKENS,
+    }  # fmt: skip
+    return Plan(matches, requests, cached, prov, missing)
+
+
+def _dump_line(judge: str, m: Match, game: int, user: str) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "question_id": m.question.question_id, "turn": m.turn, "choice": m.choice, "prompt_name": m.prompt.name,
+        "system_prompt": m.prompt.system_prompt, "user_prompt": user,
+    }  # fmt: skip
+    if m.pairwise:
+        d.update(model_1=m.models[0], model_2=m.models[1], game=game)
+    else:
+        d["model"] = m.models[0]
+    return d
+
+
+def dry_run(cfg: JudgeConfig, plan: Plan, judge: str) -> None:
+    chars = sum(len(m.prompt.system_prompt) + len(u) for m, _, u in plan.requests)
+    print(
+        f"judge {cfg.judge_model} ({cfg.mode}): {len(plan.matches)} matches, {len(plan.requests)} calls to send "
+        f"({len(plan.cached)} already stored), ~{chars // 4} prompt tokens (chars/4)"
+    )
+    if cfg.dump:
+        with open(cfg.dump, "w", encoding="utf-8") as f:
+            for m, g, u in plan.requests:
+                f.write(json.dumps(_dump_line(judge, m, g, u), ensure_ascii=False) + "\n")
+        print(f"wrote {len(plan.requests)} requests to {cfg.dump}")
+
+
+def _batches(plan: Plan, size: int) -> list[list[tuple[Match, int, str]]]:
+    """Batches of whole matches, so both games of a pair are stored together."""
+    out: list[list[tuple[Match, int, str]]] = [[]]
+    for i, req in enumerate(plan.requests):
+        starts_match = i == 0 or plan.requests[i - 1][0] is not req[0]
+        if starts_match and len(out[-1]) >= size:
+            out.append([])
+        out[-1].append(req)
+    return [b for b in out if b]
+
+
+def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    # answers that failed in generation are recorded once, without a judge call
+    done_failed = [m for m in plan.matches if m.failed and game_key(judge, m, m.games[0]) not in plan.cached]
+    if done_failed:
+        store.append(
+            [
+                make_record(
+                    judge,
+                    m,
+                    {
+                        g: GameResult("", "", "answer_error", m.failed, "error" if m.pairwise else -1)
+                        for g in m.games
+                    },
+                )
+                for m in done_failed
+            ]
+        )
+        counts["answer_error"] += len(done_failed)
+    if not plan.requests:
+        return counts
+    backend = load_backend(cfg.judge_model, **cfg.backend_options)
+    params = SamplingParams(temperature=JUDGE_TEMPERATURE, max_new_tokens=JUDGE_MAX_TOKENS)
+    bar = tqdm(
+        total=len(plan.requests),
+        desc=f"judge {judge}",
+        unit="call",
+        file=sys.stderr,
+        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+    )
+    try:
+        for batch in _batches(plan, cfg.batch_size):
+            reqs = [
+                GenRequest(
+                    judge_messages(m.prompt.system_prompt, u),
+                    params,
+                    key=f"{m.question.question_id}/t{m.turn}/c{m.choice}/g{g}",
+                )
+                for m, g, u in batch
+            ]
+            results = backend.generate(reqs, progress=lambda n, _t: bar.update(n))
+            if len(results) != len(reqs):
+                raise JobError(
+                    f"judge backend {cfg.judge_model} returned {len(results)} results for {len(reqs)} requests"
+                )
+            if counts["ok"] + counts["parse_error"] == 0 and all(r.status != "ok" for r in results):
+                # every call failed and none ever worked (bad key, wrong URL): stop, store nothing
+                raise JobError(
+                    f"judge {cfg.judge_model} failed on all {len(reqs)} requests of a batch: {results[0].error}; check the model name, --base-url and OPENAI_API_KEY"
+                )
+            got: dict[int, dict[int, GameResult]] = {}
+            for (m, g, u), r in zip(batch, results, strict=True):
+                got.setdefault(id(m), {})[g] = game_result(m, u, r.text, r.status, r.error)
+            records = []
+            for m in dict.fromkeys(m for m, _, _ in batch):
+                games = {g: plan.cached.get(game_key(judge, m, g)) or got[id(m)][g] for g in m.games}
+                rec = make_record(judge, m, games)
+                counts[rec["status"]] += 1
+                records.append(rec)
+            store.append(records)
+    finally:
+        bar.close()
+        backend.close()
+    return counts
+
+
+def run(cfg: JudgeConfig) -> Counter[str]:
+    judge = judge_name_of(cfg)
+    key = judgment_key(cfg.bench, judge, cfg.mode)
+    storage = open_storage(cfg.output)
+    store = JudgmentStore(storage, key)
+    if cfg.batch_size < 1:
+        raise JobError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    dump_path_ok(cfg.dump)
+    plan = make_plan(cfg, store, judge)
+    for m, ids in plan.missing.items():
+        log.warning("answers missing for %s: %s (skipped, --allow-missing)", m, ", ".join(ids))
+    if cfg.dry_run:
+        dry_run(cfg, plan, judge)
+        return Counter()
+    storage.check_writable()
+    manifest = {**plan.provenance, "kind": "judgment", "file": key, "missing": plan.missing,
+                "package_version": package_version(), "git_revision": git_revision(), "started_at": time.time()}  # fmt: skip
+    storage.write_bytes(
+        key.removesuffix(".jsonl") + ".manifest.json",
+        json.dumps(manifest, indent=2, ensure_ascii=False).encode(),
+    )
+    log.info(
+        "%d matches, %d calls to send, %d games already stored -> %s",
+        len(plan.matches),
+        len(plan.requests),
+        len(plan.cached),
+        store.uri,
+    )
+    try:
+        counts = execute(cfg, plan, judge, store)
+    finally:
+        store.compact()
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing new"
+    print(
+        f"judged {cfg.bench} with {judge}: {summary}; {len(plan.cached)} games were already stored -> {store.uri}"
+    )
+    return counts
+
+
+def dump_path_ok(path: str | None) -> None:
+    if path and not Path(path).parent.exists():
+        raise JobError(f"--dump {path}: directory does not exist")

@@ -1,0 +1,110 @@
+"""Judgment files that grow safely as results arrive, locally and on object storage.
+
+Local directory: the FastChat file `<bench>/model_judgment/<judge>_single.jsonl` is
+appended in batches with flush + fsync. A run killed mid-write can leave a torn last
+line (no final newline); it was never a complete record, so it is cut before the next
+append and ignored by readers that resume.
+
+Object storage (no append): each batch is its own object under
+`<file>.parts/part-<ns>-<pid>-<seq>.jsonl`; readers merge the main object and the
+parts. At the end of a run the parts are compacted into the main object (one PUT) and
+deleted. Compaction skips part lines already present verbatim in the main object, so
+a crash between the PUT and the deletes never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from job.errors import JobError
+from job.jsonl import dumps_lines, iter_jsonl
+from job.storage import LocalStorage, Storage
+
+log = logging.getLogger(__name__)
+
+
+def parts_prefix(key: str) -> str:
+    return f"{key}.parts/"
+
+
+class JudgmentStore:
+    def __init__(self, storage: Storage, key: str, use_parts: bool | None = None):
+        self.storage = storage
+        self.key = key
+        self.use_parts = not isinstance(storage, LocalStorage) if use_parts is None else use_parts
+        self._seq = 0
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri(self.key)
+
+    def _local_path(self) -> Path:
+        assert isinstance(self.storage, LocalStorage)
+        return self.storage.path / self.key
+
+    def read(self, repair: bool = False) -> list[dict[str, Any]]:
+        """Every stored record. A torn final line is dropped (and cut from a local file if
+        `repair`); any other malformed line is an error naming file and line."""
+        out: list[dict[str, Any]] = []
+        sources = [self.key] if self.storage.exists(self.key) else []
+        if self.use_parts:
+            sources += self.storage.list(parts_prefix(self.key))
+        for src in sources:
+            data = self.storage.read_bytes(src)
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                log.warning(
+                    "%s: ignoring a torn last line (%d bytes) from an interrupted run",
+                    self.storage.uri(src),
+                    len(data) - cut,
+                )
+                data = data[:cut]
+                if repair and src == self.key and not self.use_parts:
+                    os.truncate(self._local_path(), cut)
+            out.extend(obj for _, obj in iter_jsonl(data, self.storage.uri(src)))
+        return out
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        blob = dumps_lines(records)
+        if self.use_parts:
+            self._seq += 1
+            part = f"{parts_prefix(self.key)}part-{time.time_ns()}-{os.getpid()}-{self._seq:06d}.jsonl"
+            self.storage.write_bytes(part, blob)
+            return
+        path = self._local_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise JobError(f"cannot append to {path}: {e.strerror}; choose a writable --output") from None
+
+    def compact(self) -> None:
+        """Fold part objects into the main object (object storage only)."""
+        if not self.use_parts:
+            return
+        parts = self.storage.list(parts_prefix(self.key))
+        if not parts:
+            return
+        main = self.storage.read_bytes(self.key) if self.storage.exists(self.key) else b""
+        if main and not main.endswith(b"\n"):
+            main = main[: main.rfind(b"\n") + 1]
+        have = set(main.split(b"\n"))
+        new = bytearray(main)
+        for p in parts:
+            data = self.storage.read_bytes(p)
+            for line in data.split(b"\n"):
+                if line.strip() and line not in have:
+                    new += line + b"\n"
+                    have.add(line)
+        self.storage.write_bytes(self.key, bytes(new))
+        for p in parts:
+            self.storage.delete(p)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import click
+
+from job.commands.common import bench_data_option, bench_option, output_option
+
+
+@click.command(context_settings={"show_default": True})
+@bench_option
+@click.option("--mode", type=click.Choice(["single", "pairwise-baseline", "pairwise-all"]), default="single")
+@click.option(
+    "--baseline-model", default="gpt-3.5-turbo", help="Baseline for pairwise-baseline (as show_result)."
+)
+@click.option(
+    "--model-list", multiple=True, help="Only these models (pairwise: filters model_1, as FastChat)."
+)
+@click.option(
+    "--judgments",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Judgment file(s), ours or FastChat's (default: <output>/<bench>/model_judgment/). Repeatable.",
+)
+@click.option("--judge-name", help="Pick one judge's files when several are stored.")
+@output_option
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    help="Where to write scores.csv, pairwise.csv, report.json, report.md (default <output>/<bench>/reports/).",
+)
+@click.option(
+    "--answers-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="FastChat model_answer folder for the Japanese character share.",
+)
+@bench_data_option
+@click.option(
+    "--ja-chars/--no-ja-chars",
+    default=None,
+    help="Japanese character share (default: on for Japanese benches).",
+)
+@click.option("--seed", type=int, default=0, help="Bootstrap seed.")
+def report(**kw: object) -> None:
+    """Aggregate judgments: FastChat show_result numbers, Swallow N-choice means and std,
+    per category n_scored / n_failed and 95% bootstrap CIs."""
+    from job.report_run import ReportConfig, run
+
+    for k in ("model_list", "judgments"):
+        kw[k] = list(kw[k])  # type: ignore[call-overload]
+    run(ReportConfig(**kw))  # type: ignore[arg-type]

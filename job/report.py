@@ -1,0 +1,179 @@
+"""Aggregation, pure: judgment records in, DataFrames out (no I/O, no printing).
+
+- `fastchat_single` / `fastchat_pairwise` reproduce FastChat show_result.py's numbers
+  exactly (failed rows dropped, duplicates kept, pooled average, pairwise quirks).
+- `score_table` is the long table of scores.csv: per model, category (and `all`) and turn
+  (1, 2, `all`), the Swallow convention (mean of the per-choice-run means, sample std across
+  runs; for one choice it equals FastChat's pooled mean), n_scored / n_failed, and a 95%
+  bootstrap CI that resamples questions (all choices and turns of a question together).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from job.errors import JobError
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+SINGLE_COLUMNS = ["model", "category", "turn", "mean", "std", "n_scored", "n_failed", "ci_low", "ci_high"]
+PAIR_COLUMNS = ["model", "win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"]
+
+
+def single_frame(records: Iterable[dict[str, Any]], categories: dict[str, str]) -> pd.DataFrame:
+    """One row per single-mode judgment: model, question_id, category, turn, choice, score, ok, key.
+
+    A failed row of ours that a later run re-judged successfully (same key) is superseded:
+    it is neither scored nor counted as failed. FastChat's rows (no status) are kept as they are.
+    """
+    rows = []
+    for r in records:
+        score = r.get("score", -1)
+        status = r.get("status") or ("ok" if score != -1 else "parse_error")
+        judge = r.get("judge") or ["", ""]
+        rows.append({
+            "model": str(r["model"]), "question_id": str(r["question_id"]), "turn": int(r["turn"]),
+            "choice": int(r.get("choice", 0) or 0), "score": float(score) if score is not None else -1.0,
+            "ok": status == "ok" and score != -1, "ours": "status" in r,
+            "judge": str(judge[0]), "prompt": str(judge[1]) if len(judge) > 1 else "",
+        })  # fmt: skip
+    cols = ["model", "question_id", "turn", "choice", "score", "ok", "ours", "judge", "prompt"]
+    df = pd.DataFrame(rows, columns=cols)
+    df["category"] = df["question_id"].map(categories).fillna("unknown")
+    key = ["judge", "prompt", "question_id", "turn", "model", "choice"]
+    done = df[df["ok"]].groupby(key).size().rename("n_ok").reset_index()
+    df = df.merge(done, on=key, how="left")
+    superseded = df["ours"] & ~df["ok"] & df["n_ok"].fillna(0).gt(0)
+    return df[~superseded].drop(columns=["n_ok"]).reset_index(drop=True)
+
+
+def fastchat_single(df: pd.DataFrame, model_list: Sequence[str] | None = None) -> dict[str, pd.Series]:
+    """show_result.py single mode: drop failed rows, keep duplicates; turn 1, turn 2 and the
+    average over all remaining rows of both turns pooled (not the mean of the turn means)."""
+    d = df[df["ok"]]
+    if model_list:
+        d = d[d["model"].isin(model_list)]
+    out = {
+        "turn1": d[d["turn"] == 1].groupby("model")["score"].mean(),
+        "turn2": d[d["turn"] == 2].groupby("model")["score"].mean(),
+        "average": d.groupby("model")["score"].mean(),
+    }
+    return {k: v.sort_values(ascending=False) for k, v in out.items()}
+
+
+def _run_means(d: pd.DataFrame) -> pd.Series:
+    return d[d["ok"]].groupby("choice")["score"].mean()
+
+
+def _bootstrap_ci(d: pd.DataFrame, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile CI of the pooled mean, resampling questions with replacement."""
+    ok = d[d["ok"]]
+    if ok.empty:
+        return math.nan, math.nan
+    g = ok.groupby("question_id")["score"].agg(["sum", "count"])
+    sums, counts = g["sum"].to_numpy(), g["count"].to_numpy()
+    idx = rng.integers(0, len(g), size=(BOOTSTRAP_SAMPLES, len(g)))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def score_table(
+    df: pd.DataFrame, model_list: Sequence[str] | None = None, seed: int = BOOTSTRAP_SEED
+) -> pd.DataFrame:
+    """scores.csv: one row per (model, category|all, turn 1|2|all)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    models = [m for m in (model_list or sorted(df["model"].unique())) if m in set(df["model"])]
+    for model in models:
+        dm = df[df["model"] == model]
+        for cat in ["all", *sorted(dm["category"].unique())]:
+            dc = dm if cat == "all" else dm[dm["category"] == cat]
+            for turn in ("1", "2", "all"):
+                dt = dc if turn == "all" else dc[dc["turn"] == int(turn)]
+                if dt.empty:
+                    continue
+                runs = _run_means(dt)
+                lo, hi = _bootstrap_ci(dt, rng)
+                rows.append({
+                    "model": model, "category": cat, "turn": turn,
+                    "mean": float(runs.mean()) if len(runs) else math.nan,
+                    "std": float(runs.std(ddof=1)) if len(runs) > 1 else math.nan,
+                    "n_scored": int(dt["ok"].sum()), "n_failed": int((~dt["ok"]).sum()),
+                    "ci_low": lo, "ci_high": hi, "n_runs": int(len(runs)),
+                })  # fmt: skip
+    return pd.DataFrame(rows, columns=[*SINGLE_COLUMNS, "n_runs"])
+
+
+def run_means(df: pd.DataFrame, model: str, turn: str = "all", category: str = "all") -> list[float]:
+    """Each choice-run's mean for one model (Swallow: one number per sample index)."""
+    d = df[df["model"] == model]
+    if category != "all":
+        d = d[d["category"] == category]
+    if turn != "all":
+        d = d[d["turn"] == int(turn)]
+    return [float(x) for x in _run_means(d)]
+
+
+def pair_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    cols = ["model_1", "model_2", "g1_winner", "g2_winner", "question_id", "turn", "choice"]
+    rows = [
+        {
+            "model_1": str(r["model_1"]),
+            "model_2": str(r["model_2"]),
+            "g1_winner": str(r["g1_winner"]),
+            "g2_winner": str(r["g2_winner"]),
+            "question_id": str(r.get("question_id")),
+            "turn": int(r.get("turn", 1)),
+            "choice": int(r.get("choice", 0) or 0),
+        }  # fmt: skip
+        for r in records
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def fastchat_pairwise(
+    df: pd.DataFrame, mode: str, baseline: str | None, model_list: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, int]:
+    """show_result.py pairwise: (table sorted by win_rate_adjusted, rows dropped as error).
+
+    Quirks kept: --model-list filters model_1 only; a tie or inconsistent pair of games is a
+    tie for both; pairwise-all ignores the baseline; the baseline's own row is dropped.
+    """
+    if mode == "pairwise-all":
+        baseline = None
+    bad = (df["g1_winner"] == "error") | (df["g2_winner"] == "error")
+    d = df[~bad]
+    res = []
+    for r in d.itertuples(index=False):
+        if model_list and r.model_1 not in model_list:
+            continue
+        if baseline is not None and baseline not in (r.model_1, r.model_2):
+            continue
+        if r.g1_winner == "tie" or r.g1_winner != r.g2_winner:
+            res += [(r.model_1, 0, 0, 1), (r.model_2, 0, 0, 1)]
+        else:
+            win, lose = (r.model_1, r.model_2) if r.g1_winner == "model_1" else (r.model_2, r.model_1)
+            res += [(win, 1, 0, 0), (lose, 0, 1, 0)]
+    if not res:
+        return pd.DataFrame(columns=PAIR_COLUMNS), int(bad.sum())
+    t = pd.DataFrame(res, columns=["model", "win", "loss", "tie"]).groupby("model").sum()
+    if baseline is not None:
+        t = t[t.index != baseline]
+    n = t["win"] + t["loss"] + t["tie"]
+    t["win_rate"] = t["win"] / n
+    t["loss_rate"] = t["loss"] / n
+    t["win_rate_adjusted"] = (t["win"] + 0.5 * t["tie"]) / n
+    t = t.sort_values(by="win_rate_adjusted", ascending=False).reset_index()
+    return t[PAIR_COLUMNS], int(bad.sum())
+
+
+def check_fields(rec: dict[str, Any], needed: Sequence[str], where: str) -> None:
+    missing = [k for k in needed if k not in rec]
+    if missing:
+        raise JobError(f"{where}: judgment lacks {', '.join(missing)}; is this a FastChat judgment file?")

@@ -1,0 +1,230 @@
+"""`job report`: read judgment files (ours or FastChat's, unchanged), aggregate with
+job.report, write scores.csv / pairwise.csv / report.json / report.md, print a
+show_result-like table."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from job import report as agg
+from job.benches import Bench, resolve_bench, sha256_bytes
+from job.errors import JobError
+from job.jachars import count_chars, share
+from job.jsonl import iter_jsonl
+from job.judgment_store import JudgmentStore
+from job.layout import judgment_dir, reports_dir
+from job.provenance import git_revision, package_version
+from job.records import Answer, parse_records
+from job.report_md import render_markdown
+from job.storage import LocalStorage, Storage, open_storage
+
+SINGLE_FIELDS = ("question_id", "model", "score", "turn")
+PAIR_FIELDS = ("question_id", "model_1", "model_2", "g1_winner", "g2_winner")
+
+
+@dataclass
+class ReportConfig:
+    bench: str
+    mode: str = "single"
+    baseline_model: str = "gpt-3.5-turbo"
+    model_list: list[str] = field(default_factory=list)
+    judgments: list[str] = field(default_factory=list)
+    judge_name: str | None = None
+    output: str = "./runs"
+    output_dir: str | None = None
+    answers_dir: str | None = None
+    bench_data: str | None = None
+    ja_chars: bool | None = None
+    """None: on for Japanese benches"""
+    seed: int = agg.BOOTSTRAP_SEED
+
+
+@dataclass
+class Loaded:
+    records: list[dict[str, Any]]
+    files: list[dict[str, Any]]
+    manifests: list[dict[str, Any]]
+
+
+def _check(recs: list[tuple[int, dict[str, Any]]], fields: tuple[str, ...], src: str) -> list[dict[str, Any]]:
+    for lineno, r in recs:
+        agg.check_fields(r, fields, f"{src}:{lineno}")
+    return [r for _, r in recs]
+
+
+def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
+    fields = SINGLE_FIELDS if cfg.mode == "single" else PAIR_FIELDS
+    suffix = "_single.jsonl" if cfg.mode == "single" else "_pair.jsonl"
+    out = Loaded([], [], [])
+    if cfg.judgments:
+        for f in cfg.judgments:
+            p = Path(f)
+            try:
+                data = p.read_bytes()
+            except OSError as e:
+                raise JobError(f"--judgments {p}: {e.strerror}") from None
+            out.records += _check(list(iter_jsonl(data, str(p))), fields, str(p))
+            out.files.append({"path": str(p), "sha256": sha256_bytes(data)})
+            man = p.with_name(p.name.removesuffix(".jsonl") + ".manifest.json")
+            if man.is_file():
+                out.manifests.append(json.loads(man.read_text("utf-8")))
+        return out
+    prefix = judgment_dir(cfg.bench)
+    keys = sorted(
+        {k.split(".parts/")[0] for k in storage.list(prefix) if k.split(".parts/")[0].endswith(suffix)}
+    )
+    if cfg.judge_name:
+        keys = [k for k in keys if k == f"{prefix}{cfg.judge_name}{suffix}"]
+    if not keys:
+        raise JobError(
+            f"no *{suffix} judgments under {storage.uri(prefix)}; run `job judge` or pass --judgments FILE"
+        )
+    if len(keys) > 1:
+        names = ", ".join(k[len(prefix) : -len(suffix)] for k in keys)
+        raise JobError(
+            f"judgments of several judges under {storage.uri(prefix)} ({names}); pick one with --judge-name"
+        )
+    for key in keys:
+        store = JudgmentStore(storage, key)
+        recs = store.read()
+        out.records += _check(list(enumerate(recs, 1)), fields, store.uri)
+        out.files.append({"path": store.uri, "rows": len(recs)})
+        mkey = key.removesuffix(".jsonl") + ".manifest.json"
+        if storage.exists(mkey):
+            out.manifests.append(json.loads(storage.read_bytes(mkey)))
+    return out
+
+
+def japanese_share(
+    bench: Bench, answers: dict[str, list[Answer]], categories: dict[str, str]
+) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for model, recs in answers.items():
+        per: dict[str, list[tuple[int, int]]] = {}
+        for a in recs:
+            cat = categories.get(str(a.question_id), "unknown")
+            for ch in a.choices:
+                if (getattr(ch, "status", "ok") or "ok") != "ok":
+                    continue
+                pairs = [count_chars(t) for t in ch.turns]
+                per.setdefault(cat, []).extend(pairs)
+                per.setdefault("all", []).extend(pairs)
+        out[model] = {c: share(v) for c, v in sorted(per.items())}
+    return out
+
+
+def _answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
+    storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
+    prefix = "" if cfg.answers_dir else f"{cfg.bench}/model_answer/"
+    out = {}
+    for m in models:
+        key = f"{prefix}{m}.jsonl"
+        if storage.exists(key):
+            out[m] = parse_records(storage.read_bytes(key), Answer, storage.uri(key))
+    return out
+
+
+def provenance(
+    cfg: ReportConfig, bench: Bench, data_sha: str, loaded: Loaded, judges: list[str], n_runs: dict[str, int]
+) -> dict[str, Any]:
+    man = loaded.manifests[0] if loaded.manifests else {}
+    prov: dict[str, Any] = {
+        "bench": bench.name, "mode": cfg.mode, "judges": judges,
+        "judge_model": man.get("judge_model"), "judgment_files": loaded.files,
+        "bench_data_sha256": man.get("bench_data_sha256", data_sha),
+        "judge_prompts_sha256": man.get("judge_prompts_sha256"), "reference": man.get("reference"),
+        "reference_sha256": man.get("reference_sha256"), "num_choices": n_runs,
+        "source": "judge manifest" if man else "no judge manifest (FastChat file?): prompt/reference hashes are the bench defaults",
+        "package_version": package_version(), "git_revision": git_revision(), "created_at": time.time(),
+        "bootstrap": {"samples": agg.BOOTSTRAP_SAMPLES, "seed": cfg.seed, "unit": "question"},
+    }  # fmt: skip
+    if not man:
+        if bench.judge_prompts_path.is_file():
+            prov["judge_prompts_sha256"] = sha256_bytes(bench.judge_prompts_path.read_bytes())
+        if bench.default_reference and bench.reference_path(bench.default_reference).is_file():
+            prov["reference"] = bench.default_reference
+            prov["reference_sha256"] = sha256_bytes(
+                bench.reference_path(bench.default_reference).read_bytes()
+            )
+    return prov
+
+
+def _clean(obj: Any) -> Any:
+    """NaN -> null for JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def print_fastchat(cfg: ReportConfig, res: dict[str, Any], inputs: list[str]) -> None:
+    print(f"Mode: {cfg.mode}")
+    print(f"Input file: {', '.join(inputs)}")
+    if cfg.mode != "single":
+        print(res["pairwise_table"].set_index("model").to_string())
+        return
+    for title, key in (("First turn", "turn1"), ("Second turn", "turn2"), ("Average", "average")):
+        print(f"\n########## {title} ##########")
+        print(res["fastchat"][key].to_frame("score").to_string())
+
+
+def run(cfg: ReportConfig) -> dict[str, Any]:
+    if cfg.mode not in ("single", "pairwise-baseline", "pairwise-all"):
+        raise JobError(f"--mode must be single, pairwise-baseline or pairwise-all, got {cfg.mode!r}")
+    bench = resolve_bench(cfg.bench, cfg.bench_data)
+    questions, data_sha = bench.load_questions()
+    categories = {str(q.question_id): q.category for q in questions}
+    storage = open_storage(cfg.output)
+    loaded = load_judgments(cfg, storage)
+    judges = sorted({str((r.get("judge") or ["?"])[0]) for r in loaded.records})
+    res: dict[str, Any] = {}
+    out: dict[str, bytes] = {}
+    if cfg.mode == "single":
+        df = agg.single_frame(loaded.records, categories)
+        res["fastchat"] = agg.fastchat_single(df, cfg.model_list or None)
+        table = agg.score_table(df, cfg.model_list or None, seed=cfg.seed)
+        models = list(dict.fromkeys(table["model"]))
+        n_runs = {m: int(df[(df["model"] == m)]["choice"].nunique()) for m in models}
+        runs = {m: {t: agg.run_means(df, m, t) for t in ("1", "2", "all")} for m in models}
+        out["scores.csv"] = table[agg.SINGLE_COLUMNS].to_csv(index=False).encode()
+        res.update(scores=table, runs=runs)
+    else:
+        pdf = agg.pair_frame(loaded.records)
+        base = cfg.baseline_model if cfg.mode == "pairwise-baseline" else None
+        ptable, n_err = agg.fastchat_pairwise(pdf, cfg.mode, base, cfg.model_list or None)
+        models = list(ptable["model"])
+        n_runs = {
+            m: int(pdf[(pdf["model_1"] == m) | (pdf["model_2"] == m)]["choice"].nunique()) for m in models
+        }
+        out["pairwise.csv"] = ptable.to_csv(index=False).encode()
+        res.update(pairwise_table=ptable, n_error_rows=n_err)
+    want_ja = cfg.ja_chars if cfg.ja_chars is not None else bench.name.startswith("japanese")
+    ja = japanese_share(bench, _answers(cfg, models), categories) if want_ja else {}
+    prov = provenance(cfg, bench, data_sha, loaded, judges, n_runs)
+    doc = {
+        "provenance": prov,
+        "fastchat": {k: v.to_dict() for k, v in res.get("fastchat", {}).items()},
+        "scores": res["scores"].to_dict(orient="records") if "scores" in res else [],
+        "runs": res.get("runs", {}),
+        "pairwise": res["pairwise_table"].to_dict(orient="records") if "pairwise_table" in res else [],
+        "japanese_char_share": ja,
+    }
+    doc = _clean(doc)
+    out["report.json"] = json.dumps(doc, indent=2, ensure_ascii=False).encode()
+    out["report.md"] = render_markdown(doc).encode()
+    dest: Storage = LocalStorage(cfg.output_dir) if cfg.output_dir else storage
+    prefix = "" if cfg.output_dir else reports_dir(cfg.bench)
+    for name, data in out.items():
+        dest.write_bytes(prefix + name, data)
+    print_fastchat(cfg, res, [f["path"] for f in loaded.files])
+    print(render_markdown(doc, stdout=True))
+    print(f"\nwrote {', '.join(out)} to {dest.uri(prefix) if prefix else dest.root}")
+    return doc

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import shortuuid
 
@@ -202,17 +202,29 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
     return merged
 
 
+def _discover_models(storage: Storage, bench: str) -> list[str]:
+    prefix = f"{bench}/shards/"
+    models = sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list(prefix) if SHARD_RE.search(k)})
+    if not models:
+        raise IncompleteError(
+            f"no shards under {storage.uri(prefix)}; run `job generate` first or check --output/--bench"
+        )
+    return models
+
+
 def run(cfg: ReduceConfig) -> dict[str, Merged]:
     check_name("bench name", cfg.bench)
     storage = open_storage(cfg.output)
     models = [check_name("model name", m) for m in cfg.model_names]
-    if not models:
-        prefix = f"{cfg.bench}/shards/"
-        models = sorted(
-            {k[len(prefix) :].split("/", 1)[0] for k in storage.list(prefix) if SHARD_RE.search(k)}
-        )
-        if not models:
-            raise JobError(
-                f"no shards under {storage.uri(prefix)}; run `job generate` first or check --output/--bench"
-            )
+    deadline = time.monotonic() + cfg.wait
+    while not models:
+        # a reducer started before any task committed (k8s, Slurm without a dependency) waits too
+        try:
+            models = _discover_models(storage, cfg.bench)
+        except IncompleteError as e:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("waiting for shards: %s", e)
+            time.sleep(min(cfg.poll_interval, max(deadline - time.monotonic(), 0.1)))
+    cfg = replace(cfg, wait=max(deadline - time.monotonic(), 0.0))
     return {m: reduce_model(cfg, storage, m) for m in models}

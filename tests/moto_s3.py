@@ -118,7 +118,7 @@ class S3Env:
             region_name="us-east-1",
         ).client("s3", endpoint_url=self.endpoint)
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
 

@@ -296,6 +296,10 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
                 counts[rec["status"]] += 1
                 records.append(rec)
             store.append(records)
+            fatal = getattr(backend, "fatal_error", None)
+            if fatal:
+                # 401/403/404: every further call would fail the same way; stored work is kept
+                raise JobError(f"judge {cfg.judge_model} stopped: {fatal}")
     finally:
         bar.close()
         backend.close()

@@ -53,12 +53,16 @@ def test_sends_what_the_request_says(make_openai_server) -> None:
     assert [r.text for r in res] == ["roses are red", "roses are red", "a b c d"]
     assert [r.finish_reason for r in res] == ["stop", "stop", "length"]
     assert [r.num_tokens for r in res] == [3, 3, 4]
-    bodies = sorted((r.body for r in srv.requests), key=lambda b: b["messages"][-1]["content"])
-    assert bodies[0]["messages"] == [
+    # arrival order is not request order: sort by (last user message, system message)
+    bodies = sorted(
+        (r.body for r in srv.requests),
+        key=lambda b: (b["messages"][-1]["content"], b["messages"][0]["content"]),
+    )
+    assert bodies[0]["messages"] == with_system.messages  # its own system message, not doubled
+    assert bodies[1]["messages"] == [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "a poem"},
     ]
-    assert bodies[1]["messages"] == with_system.messages  # its own system message, not doubled
     for b in bodies[:2]:
         assert (b["model"], b["temperature"], b["max_tokens"], b["seed"], b["n"]) == (
             "test-model",
@@ -209,7 +213,7 @@ def test_each_conversation_advances_on_its_own(make_openai_server) -> None:
         return Reply(f"answer to {body['messages'][-1]['content']}")
 
     srv = make_openai_server(reply=reply)
-    slow_first = {"A1": 1.0}
+    slow_first = {"A1": 2.0}
     srv.latency = 0.0
 
     original = srv._sleep
@@ -238,7 +242,7 @@ def test_each_conversation_advances_on_its_own(make_openai_server) -> None:
     ]
     by = {r.last_user: r for r in srv.requests}
     assert by["B2"].messages[1]["content"] == "answer to B1"
-    assert by["A1"].end is not None and by["B2"].start < by["A1"].end - 0.5
+    assert by["A1"].end is not None and by["B2"].start < by["A1"].end - 1.0
 
 
 def test_needs_a_key_or_a_base_url(monkeypatch: pytest.MonkeyPatch, openai_server: OpenAIServer) -> None:

@@ -118,12 +118,16 @@ class S3Env:
             region_name="us-east-1",
         ).client("s3", endpoint_url=self.endpoint)
 
-    def list_keys(self, prefix: str = "") -> list[str]:
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+    def list_keys(self, prefix: str = "", bucket: str | None = None) -> list[str]:
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket or self.bucket, Prefix=prefix)
+        )
         return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
 
-    def get(self, key: str) -> bytes:
-        data: bytes = self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+    def get(self, key: str, bucket: str | None = None) -> bytes:
+        data: bytes = self.client().get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
         return data
 
 

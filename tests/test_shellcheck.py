@@ -43,7 +43,7 @@ def shell_scripts() -> list[Path]:
         candidates = [REPO / line for line in r.stdout.splitlines()]
     else:  # not a git checkout (e.g. an sdist)
         candidates = [p for p in REPO.rglob("*") if p.is_file()]
-    return sorted(p for p in candidates if p.is_file() and not _skipped(p.relative_to(REPO)) and _is_shell(p))
+    return sorted(p for p in candidates if not _skipped(p.relative_to(REPO)) and p.is_file() and _is_shell(p))
 
 
 def shellcheck_bin() -> str:

@@ -364,15 +364,15 @@ def generate_shard(
     return manifest
 
 
-def run(cfg: GenerateConfig) -> list[ShardManifest]:
-    p = plan(cfg)
-    storage = open_storage(cfg.output)
-    if cfg.dry_run:
-        print_plan(cfg, p, storage)
-        return []
-    storage.check_writable()
+def pending_shards(
+    cfg: GenerateConfig, p: dict[str, Any], storage: Storage
+) -> tuple[list[int], list[ShardManifest]]:
+    """(shard indices still to generate, manifests of shards already complete).
+
+    Shared by every executor (local loop, Ray actors) so they skip exactly the same shards.
+    """
     assert cfg.model_name
-    todo = []
+    todo: list[int] = []
     done: list[ShardManifest] = []
     for i in p["indices"]:
         mkey = manifest_key(shard_key(p["bench"].name, cfg.model_name, i, p["num_shards"]))
@@ -394,10 +394,25 @@ def run(cfg: GenerateConfig) -> list[ShardManifest]:
             if existing and cfg.force:
                 storage.delete(mkey)
             todo.append(i)
+    return todo, done
+
+
+def backend_options(cfg: GenerateConfig) -> dict[str, Any]:
+    """Keyword options for load_backend (the same for every executor)."""
+    return dict(cfg.backend_options, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
+
+
+def run(cfg: GenerateConfig) -> list[ShardManifest]:
+    p = plan(cfg)
+    storage = open_storage(cfg.output)
+    if cfg.dry_run:
+        print_plan(cfg, p, storage)
+        return []
+    storage.check_writable()
+    todo, done = pending_shards(cfg, p, storage)
     if not todo:
         return done
-    options = dict(cfg.backend_options, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
-    backend = load_backend(cfg.model, **options)
+    backend = load_backend(cfg.model, **backend_options(cfg))
     try:
         for i in todo:
             done.append(generate_shard(cfg, p, i, storage, backend))
@@ -421,4 +436,4 @@ def parse_category_temperatures(pairs: tuple[str, ...] | list[str]) -> dict[str,
     return out
 
 
-__all__ = ["GenerateConfig", "run", "plan", "QuestionId"]
+__all__ = ["GenerateConfig", "run", "plan", "pending_shards", "backend_options", "QuestionId"]

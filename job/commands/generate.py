@@ -83,6 +83,16 @@ from job.commands.common import (
     help="Generate identical greedy requests (temperature-0 choices) once.",
 )
 @click.option("--force", is_flag=True, help="Regenerate shards that are already complete.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    envvar="JOB_EXECUTOR",
+    show_envvar=True,
+    help="local: this process runs its shards; ray: Ray actors (one model replica each) run them.",
+)
+@click.option("--num-replicas", type=int, help="Ray actors (default: GPUs // tensor-parallel size, or 1).")
+@click.option("--cpus-per-replica", type=float, default=1.0, help="CPUs reserved per Ray actor.")
 @api_options
 @dry_run_option
 def generate(**kw: object) -> None:
@@ -99,5 +109,12 @@ def generate(**kw: object) -> None:
     backend_options = {k: kw.pop(k) for k in (*backend_keys, *API_OPTION_KEYS)}
     kw["category_temperature"] = parse_category_temperatures(kw.pop("category_temperature"))  # type: ignore[arg-type]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
+    executor, replicas, cpus = kw.pop("executor"), kw.pop("num_replicas"), kw.pop("cpus_per_replica")
     cfg = GenerateConfig(**kw, backend_options=backend_options)  # type: ignore[arg-type]
-    run(cfg)
+    if executor == "ray":
+        from job.ray_runner import RayOptions, run_ray
+
+        tp, device = backend_options["tensor_parallel_size"], backend_options["device"]
+        run_ray(cfg, RayOptions(replicas, cpus, tp, device))  # type: ignore[arg-type]
+    else:
+        run(cfg)

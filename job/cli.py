@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "smoke-model": "job.commands.smoke_model:smoke_model",
     "judge": "job.commands.judge:judge",
     "report": "job.commands.report:report",
+    "run": "job.commands.run:run_cmd",
+    "compare": "job.commands.compare:compare",
 }
 
 HELP = {
@@ -30,6 +32,8 @@ HELP = {
     "smoke-model": "Build the tiny offline smoke-test chat model into a directory.",
     "judge": "Judge answers with FastChat's prompts (single or pairwise); resumable.",
     "report": "Aggregate judgments: FastChat show_result numbers, Swallow N-sample means, CIs.",
+    "run": "generate -> reduce -> judge -> report in one command; gate on a baseline (exit 3).",
+    "compare": "Per-category score deltas with CIs between two report.json files.",
 }
 
 

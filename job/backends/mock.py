@@ -7,6 +7,9 @@ Specs:
                           cycling; an entry {"error": "..."} yields an api_error result
 - mock/digest             a short sha256 of the whole conversation (tests that turn 2 sees turn 1)
 - mock/fail               every request fails with status api_error
+- mock/judge              a deterministic judge with varied verdicts: "Rating: [[k]]" (k = 1..10
+                          from a hash of the prompt), or [[A]]/[[B]]/[[C]] for pairwise prompts;
+                          smoke runs and report tests get spread-out scores without an API
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ class MockBackend:
         self._script: list[Any] = []
         if self.behaviour == "script":
             self._script = _load_script(Path(self.arg))
-        elif self.behaviour not in ("echo", "fixed", "digest", "fail"):
+        elif self.behaviour not in ("echo", "fixed", "digest", "fail", "judge"):
             raise JobError(
-                f"unknown mock behaviour {self.behaviour!r}; use echo, fixed:TEXT, script:FILE, digest or fail"
+                f"unknown mock behaviour {self.behaviour!r}; use echo, fixed:TEXT, script:FILE, digest, judge or fail"
             )
 
     def _reply(self, req: GenRequest) -> GenResult:
@@ -45,6 +48,8 @@ class MockBackend:
             text = str(item)
         elif self.behaviour == "digest":
             text = conversation_digest(req.messages)
+        elif self.behaviour == "judge":
+            text = mock_verdict(req.messages)
         else:
             last_user = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
             text = f"echo: {last_user}"
@@ -86,3 +91,12 @@ def conversation_digest(messages: list[dict[str, str]]) -> str:
     """What mock/digest answers: a hash of every message, so tests can check the history sent."""
     blob = json.dumps(messages, ensure_ascii=False, sort_keys=True).encode("utf-8")
     return "digest " + hashlib.sha256(blob).hexdigest()[:16]
+
+
+def mock_verdict(messages: list[dict[str, str]]) -> str:
+    """What mock/judge answers: a verdict that depends on the whole prompt (so on the answer)."""
+    h = int(hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode("utf-8")).hexdigest()[:8], 16)
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    if "[[A]]" in system:
+        return f"Mock comparison. [[{'ABC'[h % 3]}]]"
+    return f"Mock explanation of the rating. Rating: [[{1 + h % 10}]]"

@@ -39,6 +39,13 @@ from job.commands.common import bench_data_option, bench_option, output_option
     help="Japanese character share (default: on for Japanese benches).",
 )
 @click.option("--seed", type=int, default=0, help="Bootstrap seed.")
+# report.html + plots and publishing (job/report_publish.py)
+@click.option("--html/--no-html", default=True, help="Also write report.html and the chart PNGs.")
+@click.option(
+    "--publish",
+    metavar="DIR|s3://...",
+    help="Copy the report files to DIR/<bench>/<run-id>/ and write DIR/latest/<bench>/<model>.json.",
+)
 def report(**kw: object) -> None:
     """Aggregate judgments: FastChat show_result numbers, Swallow N-choice means and std,
     per category n_scored / n_failed and 95% bootstrap CIs."""
@@ -46,4 +53,12 @@ def report(**kw: object) -> None:
 
     for k in ("model_list", "judgments"):
         kw[k] = list(kw[k])  # type: ignore[call-overload]
-    run(ReportConfig(**kw))  # type: ignore[arg-type]
+    html, publish_to = kw.pop("html"), kw.pop("publish")
+    cfg = ReportConfig(**kw)  # type: ignore[arg-type]
+    doc = run(cfg)
+    if html or publish_to:
+        from job.report_publish import publish, write_html
+
+        storage, prefix, names = write_html(cfg, doc)
+        if publish_to:
+            publish(str(publish_to), storage, prefix, names, doc)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import click
+
+from job.commands.common import (
+    API_OPTION_KEYS,
+    api_options,
+    bench_data_option,
+    bench_option,
+    dry_run_option,
+    output_option,
+)
+
+HF_KEYS = ("dtype", "device", "batch_size", "trust_remote_code")
+VLLM_KEYS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")
+
+
+@click.command("run", context_settings={"show_default": True})
+@bench_option
+@click.option(
+    "--model",
+    envvar="JOB_MODEL",
+    required=True,
+    show_envvar=True,
+    help="Model spec (hf/..., vllm/..., openai/..., hf-tiny, mock/...).",
+)
+@click.option(
+    "--model-name",
+    envvar="JOB_MODEL_NAME",
+    show_envvar=True,
+    help="Answer file stem (default: last part of the model path).",
+)
+@click.option(
+    "--num-choices",
+    envvar="JOB_NUM_CHOICES",
+    type=int,
+    default=1,
+    show_envvar=True,
+    help="Conversations per question (Swallow: 5).",
+)
+@click.option("--max-new-tokens", type=int, default=1024)
+@click.option("--question-ids", multiple=True, help="Only these ids: '81,82' or ranges '81-90'. Repeatable.")
+@click.option("--first-n", type=int, help="Only the first N questions.")
+@click.option(
+    "--num-shards", type=int, help="Generate in this many shards, one after another (resume points)."
+)
+@click.option("--seed", type=int, default=0, help="Choice i samples with seed SEED+i.")
+@click.option("--temperature", type=float, help="Force one temperature for all questions.")
+@click.option("--system-prompt", help="System message prepended to every conversation.")
+@click.option(
+    "--chat-template", type=click.Path(exists=True, dir_okay=False), help="Jinja chat template (hf/vllm)."
+)
+@click.option("--dtype", default="auto", help="hf/vllm dtype.")
+@click.option("--device", default="auto", help="hf device.")
+@click.option("--batch-size", type=int, help="hf rows per generate call.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model repos to run their own code.")
+@click.option("--tensor-parallel-size", type=int, default=1, help="GPUs per replica (vllm).")
+@click.option("--max-model-len", type=int, help="Engine context length (vllm).")
+@click.option("--gpu-memory-utilization", type=float, default=0.9, help="GPU memory share (vllm).")
+@api_options
+@click.option(
+    "--judge-model",
+    envvar="JOB_JUDGE_MODEL",
+    required=True,
+    show_envvar=True,
+    help="Judge spec: openai/gpt-4o-2024-08-06, vllm/<path>, mock/judge, mock/fixed:TEXT.",
+)
+@click.option("--judge-name", help="Judge name in records and file names (default: from the spec).")
+@click.option("--reference", help="Reference answer set (default per bench).")
+@click.option(
+    "--judge-base-url",
+    envvar="JOB_JUDGE_BASE_URL",
+    show_envvar=True,
+    help="OpenAI-compatible endpoint of the judge (key: OPENAI_API_KEY).",
+)
+@click.option("--judge-concurrency", type=int, default=32, help="Judge requests in flight.")
+@click.option(
+    "--allow-failed",
+    is_flag=True,
+    help="Keep failed conversations (counted, not scored) instead of stopping.",
+)
+@output_option
+@bench_data_option
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    help="Write report files here (default <output>/<bench>/reports/).",
+)
+@click.option(
+    "--publish",
+    metavar="DIR|s3://...",
+    help="Also publish the report (html, json, md, csv, plots) and latest/<bench>/<model>.json.",
+)
+@click.option(
+    "--baseline",
+    metavar="REPORT",
+    help="Baseline report.json (path, s3:// or a latest pointer) to gate against.",
+)
+@click.option(
+    "--baseline-name",
+    help="Model in the baseline report to compare with (default: same name, or its only model).",
+)
+@click.option(
+    "--max-drop", type=float, help="Largest allowed drop of the average (points on the 1-10 scale)."
+)
+@click.option("--junit-xml", type=click.Path(dir_okay=False), help="Write the gate result as JUnit XML.")
+@dry_run_option
+@click.pass_context
+def run_cmd(ctx: click.Context, **kw: object) -> None:
+    """generate -> reduce -> judge -> report in one command, then gate against a baseline.
+
+    Exit codes: 0 pass; 3 regression (the model's average dropped by more than --max-drop
+    points below the baseline, or nothing was scored); 2 bad input; 1 any other failure.
+    The last stdout line is a one-line summary for CI logs (GATE PASS / GATE FAIL / RESULT).
+    """
+    from job.generate import GenerateConfig
+    from job.pipeline import RunConfig, run
+
+    opts = {k: kw.pop(k) for k in (*HF_KEYS, *VLLM_KEYS, *API_OPTION_KEYS)}
+    judge_opts = {
+        "base_url": kw.pop("judge_base_url"), "concurrency": kw.pop("judge_concurrency"),
+        "request_timeout": opts["request_timeout"], "max_retries": opts["max_retries"],
+    }  # fmt: skip
+    run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
+    run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml")
+    rkw = {k: kw.pop(k) for k in run_keys}
+    kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
+    gcfg = GenerateConfig(**kw, backend_options=opts)  # type: ignore[arg-type]
+    res = run(RunConfig(generate=gcfg, judge_backend_options=judge_opts, **rkw))  # type: ignore[arg-type]
+    ctx.exit(res.exit_code)

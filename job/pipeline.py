@@ -1,0 +1,133 @@
+"""`job run`: generate -> reduce -> judge -> report (-> publish) -> gate, on one machine,
+by calling each stage's own run() with its own config. Every stage stays resumable, so a
+re-run after a crash only does the missing work.
+
+The gate compares the new report with a baseline report.json (or a `latest` pointer) and
+returns the exit code (job.gate: 0 pass, 3 regression); bad input raises JobError (exit 2).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from job import gate as g
+from job.errors import JobError
+from job.generate import GenerateConfig
+from job.names import check_name, default_model_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    generate: GenerateConfig
+    judge_model: str
+    judge_name: str | None = None
+    reference: str | None = None
+    judge_backend_options: dict[str, Any] = field(default_factory=dict)
+    allow_failed: bool = False
+    report_dir: str | None = None
+    """Where report files go (default <output>/<bench>/reports/)."""
+    publish: str | None = None
+    baseline: str | None = None
+    baseline_name: str | None = None
+    max_drop: float | None = None
+    junit_xml: str | None = None
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    doc: dict[str, Any] | None = None
+    gate: list[g.GateResult] = field(default_factory=list)
+    summary: str = ""
+
+
+def model_name(cfg: RunConfig) -> str:
+    return check_name(
+        "model name (set --model-name)", cfg.generate.model_name or default_model_name(cfg.generate.model)
+    )
+
+
+def check(cfg: RunConfig) -> dict[str, Any] | None:
+    """Everything that can be wrong with the input, before a model is loaded; returns the baseline."""
+    if cfg.max_drop is not None and not cfg.baseline:
+        raise JobError(
+            "--max-drop needs --baseline REPORT (a report.json or a latest/<bench>/<model>.json pointer)"
+        )
+    if cfg.baseline and cfg.max_drop is None:
+        raise JobError(
+            "--baseline needs --max-drop POINTS (the largest allowed drop of the average, 1-10 scale)"
+        )
+    if cfg.junit_xml and not Path(cfg.junit_xml).resolve().parent.is_dir():
+        raise JobError(f"--junit-xml {cfg.junit_xml}: directory does not exist")
+    if not cfg.baseline:
+        return None
+    from job.report_publish import load_report
+
+    base = load_report(cfg.baseline)
+    g.pair_models(base, {"scores": [{"model": model_name(cfg)}]}, cfg.baseline_name, None)
+    return base
+
+
+def run(cfg: RunConfig) -> RunResult:
+    from job import generate, judge_run, reduce, report_run
+    from job.report_publish import publish, write_html
+
+    gcfg = replace(cfg.generate, model_name=model_name(cfg))
+    name = str(gcfg.model_name)
+    baseline = check(cfg)
+    if gcfg.dry_run:
+        generate.run(gcfg)
+        print(f"then: reduce {name}; judge with {cfg.judge_model}; report" + (f"; publish to {cfg.publish}" if cfg.publish else "")
+              + (f"; gate against {cfg.baseline} (max drop {cfg.max_drop:g})" if baseline else ""))  # fmt: skip
+        return RunResult(g.EXIT_OK)
+    log.info("[1/4] generate %s on %s -> %s", gcfg.model, gcfg.bench, gcfg.output)
+    generate.run(gcfg)
+    log.info("[2/4] reduce %s", name)
+    reduce.run(
+        reduce.ReduceConfig(
+            bench=gcfg.bench, model_names=[name], output=gcfg.output, allow_failed=cfg.allow_failed
+        )
+    )
+    log.info("[3/4] judge %s with %s", name, cfg.judge_model)
+    jcfg = judge_run.JudgeConfig(
+        bench=gcfg.bench, judge_model=cfg.judge_model, judge_name=cfg.judge_name, model_list=[name],
+        reference=cfg.reference, question_ids=list(gcfg.question_ids), first_n=gcfg.first_n,
+        output=gcfg.output, bench_data=gcfg.bench_data, backend_options=cfg.judge_backend_options,
+    )  # fmt: skip
+    judge_run.run(jcfg)
+    log.info("[4/4] report")
+    rcfg = report_run.ReportConfig(
+        bench=gcfg.bench, model_list=[name], judge_name=judge_run.judge_name_of(jcfg), output=gcfg.output,
+        output_dir=cfg.report_dir, bench_data=gcfg.bench_data,
+    )  # fmt: skip
+    doc = report_run.run(rcfg)
+    storage, prefix, names = write_html(rcfg, doc)
+    if cfg.publish:
+        publish(cfg.publish, storage, prefix, names, doc)
+    return finish(cfg, doc, baseline)
+
+
+def finish(cfg: RunConfig, doc: dict[str, Any], baseline: dict[str, Any] | None) -> RunResult:
+    """Gate, one summary line, JUnit XML: the parts CI reads."""
+    bench = str(doc["provenance"].get("bench"))
+    if baseline is None:
+        by = {(s["model"], s["category"], s["turn"]): s for s in doc["scores"]}
+        results = [
+            g.GateResult(m, "-", g.Delta("all", None, by.get((m, "all", "all"))), float("inf"))
+            for m in g.models_of(doc)
+        ]
+        line = "RESULT (no baseline): " + "; ".join(r.line() for r in results)
+        code = g.EXIT_REGRESSION if any(r.regressed for r in results) else g.EXIT_OK
+    else:
+        results = g.gate(baseline, doc, float(cfg.max_drop or 0.0), cfg.baseline_name)
+        line = g.summary(results)
+        code = g.EXIT_REGRESSION if any(r.regressed for r in results) else g.EXIT_OK
+    if cfg.junit_xml:
+        Path(cfg.junit_xml).write_bytes(g.junit_xml(results, bench))
+    print(line, flush=True)
+    return RunResult(code, doc, results, line)

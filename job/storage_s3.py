@@ -92,6 +92,7 @@ class S3Storage(Storage):
             retries={"mode": "standard", "max_attempts": attempts},
             connect_timeout=10,
             read_timeout=120,
+            max_pool_connections=32,  # reduce reads shards concurrently
         )
         # a private session: thread-safe client, nothing shared with other code
         self.client: Any = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from job.backends.base import GenRequest, GenResult, ProgressFn, SamplingParams
+from job.backends.base import GenRequest, GenResult, ProgressFn
 from job.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,40 @@ def _pick_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+class RowTemperature(LogitsProcessor):
+    """Per-row temperature; greedy rows (temperature 0) keep only their argmax token.
+
+    generate() places custom processors after its own (repetition penalty, min length)
+    and before top-k/top-p, which is exactly where TemperatureLogitsWarper would sit,
+    so sampled rows see the usual HF order and greedy rows get HF's greedy token.
+    """
+
+    def __init__(self, temps: list[float], device: str):
+        self.greedy = torch.tensor([t == 0.0 for t in temps], device=device)
+        self.temps = torch.tensor([t if t > 0 else 1.0 for t in temps], device=device).unsqueeze(1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        best = scores.argmax(dim=-1, keepdim=True)
+        scaled = scores / self.temps
+        only_best = torch.full_like(scores, float("-inf")).scatter_(1, best, 0.0)
+        out: torch.FloatTensor = torch.where(self.greedy.unsqueeze(1), only_best, scaled)  # type: ignore[assignment]
+        return out
+
+
+def sampling_kwargs(temps: list[float], device: str) -> dict[str, Any]:
+    """generate() arguments for a batch whose rows have these temperatures (0 = greedy)."""
+    if all(t == 0.0 for t in temps):
+        return {"do_sample": False}
+    if len(set(temps)) == 1:
+        return {"do_sample": True, "temperature": temps[0]}
+    # temperature=1.0 keeps generate() from adding its own TemperatureLogitsWarper
+    return {
+        "do_sample": True,
+        "temperature": 1.0,
+        "logits_processor": LogitsProcessorList([RowTemperature(temps, device)]),
+    }
+
+
 class HFBackend:
     def __init__(
         self,
@@ -58,9 +92,12 @@ class HFBackend:
         token_budget: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        min_new_tokens: int | None = None,
         **_: Any,
     ):
         self.spec = spec
+        self.min_new_tokens = min_new_tokens
+        """Benchmarks only: force at least this many new tokens (masks EOS) for equal token counts."""
         self.system_prompt = system_prompt
         path = Path(model).expanduser()
         if not path.exists() and _looks_like_path(model):
@@ -140,18 +177,18 @@ class HFBackend:
         return text.strip()
 
     @torch.inference_mode()
-    def _run_batch(self, ids: list[list[int]], params: SamplingParams) -> list[GenResult]:
+    def _run_batch(self, ids: list[list[int]], temps: list[float], max_new: int) -> list[GenResult]:
         pad = self.tokenizer.pad_token_id
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
-        kwargs: dict[str, Any] = {"do_sample": not params.greedy}
-        if not params.greedy:
-            kwargs["temperature"] = params.temperature
+        kwargs: dict[str, Any] = sampling_kwargs(temps, self.device)
+        if self.min_new_tokens:
+            kwargs["min_new_tokens"] = min(self.min_new_tokens, max_new)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
-            max_new_tokens=params.max_new_tokens,
+            max_new_tokens=max_new,
             eos_token_id=self.eos_ids,
             pad_token_id=pad,
             use_cache=True,
@@ -170,31 +207,36 @@ class HFBackend:
             )
         return results
 
-    def _run_safe(self, ids: list[list[int]], params: SamplingParams) -> list[GenResult]:
+    def _run_safe(self, ids: list[list[int]], temps: list[float], max_new: int) -> list[GenResult]:
         """Run a batch; on OOM split it in half, and record an error only for a single row."""
         try:
-            return self._run_batch(ids, params)
+            return self._run_batch(ids, temps, max_new)
         except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
             if len(ids) > 1:
                 if self.device.startswith("cuda"):
                     torch.cuda.empty_cache()
                 mid = len(ids) // 2
                 log.warning("batch of %d failed (%s); retrying as two halves", len(ids), str(e)[:120])
-                return self._run_safe(ids[:mid], params) + self._run_safe(ids[mid:], params)
+                return self._run_safe(ids[:mid], temps[:mid], max_new) + self._run_safe(
+                    ids[mid:], temps[mid:], max_new
+                )
             return [GenResult("", status="error", error=f"{type(e).__name__}: {str(e)[:300]}")]
 
     def generate(self, requests: list[GenRequest], progress: ProgressFn | None = None) -> list[GenResult]:
         results: list[GenResult | None] = [None] * len(requests)
         encoded = [self.tokenizer(self.render(r), add_special_tokens=False)["input_ids"] for r in requests]
-        groups: dict[SamplingParams, list[int]] = defaultdict(list)
+        # One group per (max new tokens, seed): temperatures may differ inside a batch (a per-row
+        # temperature processor), so greedy and sampled questions share batches and calls.
+        groups: dict[tuple[int, int | None], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[r.params].append(i)
-        for params, idxs in groups.items():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+            groups[(r.params.max_new_tokens, r.params.seed)].append(i)
+        for (max_new, seed), idxs in groups.items():
+            if seed is not None:
+                torch.manual_seed(seed)
             by_len = sorted(((i, len(encoded[i])) for i in idxs), key=lambda x: (x[1], x[0]))
-            for batch in self._batches(by_len, params.max_new_tokens):
-                outs = self._run_safe([encoded[i] for i in batch], params)
+            for batch in self._batches(by_len, max_new):
+                temps = [0.0 if requests[i].params.greedy else requests[i].params.temperature for i in batch]
+                outs = self._run_safe([encoded[i] for i in batch], temps, max_new)
                 for i, res in zip(batch, outs, strict=True):
                     results[i] = res
                 if progress:

@@ -1,0 +1,308 @@
+"""Answer generation: our hf path (job.generate's turn waves + HFBackend) vs FastChat's loop.
+
+FastChat's `gen_model_answer.get_model_answers` runs one question at a time: for each
+choice i it calls torch.manual_seed(i), then one `model.generate` per turn at batch
+size 1. `fastchat_loop` below re-implements that loop faithfully on the SAME loaded
+model, tokenizer, chat template, questions and max_new_tokens. Both sides are forced
+to produce exactly N tokens per turn (min_new_tokens = max_new_tokens masks EOS), so
+tokens/s compare like for like.
+
+    python benchmarks/bench_generate.py                       # tiny random model, CPU
+    python benchmarks/bench_generate.py --model /models/llama-3-8b-instruct --max-new-tokens 256
+
+Prints markdown tables: tokens/s, wall time and the ratio for --num-choices 1 and 5,
+then the speedup of splitting the work into shards run by separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="HF model dir (default: build the tiny random model)")
+    ap.add_argument("--bench", default="mt_bench")
+    ap.add_argument("--bench-data", default=str(REPO.parent / "shared" / "bench_data"))
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--num-choices", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--first-n", type=int, help="only the first N questions (default: all)")
+    ap.add_argument("--shards", type=int, default=2, help="processes for the sharding comparison (0: skip)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in total")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--token-budget", type=int)
+    ap.add_argument("--skip-fastchat", action="store_true", help="only time our path")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    # internal: one shard worker of the sharding comparison
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--shard-index", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--num-shards", type=int, default=1, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def load_questions(args: argparse.Namespace) -> list[Any]:
+    from job.benches import resolve_bench
+    from job.generate import select_questions
+
+    questions, _ = resolve_bench(args.bench, args.bench_data).load_questions()
+    return select_questions(questions, [], args.first_n)
+
+
+def load_backend(args: argparse.Namespace, model: str) -> Any:
+    from job.backends.hf import HFBackend
+
+    return HFBackend(
+        "hf/" + model,
+        model,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        token_budget=args.token_budget,
+        min_new_tokens=args.max_new_tokens,
+    )
+
+
+def ours(
+    backend: Any, questions: list[Any], num_choices: int, n: int, dedupe: bool
+) -> tuple[int, float, float]:
+    """What `job generate` does for one shard: Conversations, then one backend call per turn."""
+    from job.backends.base import SamplingParams
+    from job.generate import Conversation, GenerateConfig, run_waves, temperature_of, work_items
+
+    cfg = GenerateConfig(bench="", model="", num_choices=num_choices, max_new_tokens=n)
+    convs = [
+        Conversation(q, c, SamplingParams(temperature_of(q, cfg), n, cfg.seed + c))
+        for q, c in work_items(questions, num_choices)
+    ]
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_waves(backend, convs, dedupe, lambda done, tokens: None)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert all(c.status == "ok" for c in convs), [c.error for c in convs if c.status != "ok"][:3]
+    return sum(c.num_tokens for c in convs), dt, cpu
+
+
+def fastchat_loop(backend: Any, questions: list[Any], num_choices: int, n: int) -> tuple[int, float, float]:
+    """FastChat gen_model_answer.get_model_answers: one question, one choice, one turn at a time."""
+    import torch
+
+    from job.benches import temperature_for
+
+    model, tok = backend.model, backend.tokenizer
+    stop_ids = set(backend.eos_ids)
+    specials = [t for t in tok.all_special_tokens if t]
+    tokens = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for q in questions:
+            temperature = temperature_for(q.category)
+            for i in range(num_choices):
+                torch.manual_seed(i)
+                messages: list[dict[str, str]] = []
+                for turn in q.turns:
+                    messages.append({"role": "user", "content": turn})
+                    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                    input_ids = tok([prompt], add_special_tokens=False).input_ids
+                    do_sample = temperature >= 1e-4
+                    output_ids = model.generate(
+                        torch.as_tensor(input_ids, device=model.device),
+                        do_sample=do_sample,
+                        temperature=temperature if do_sample else None,
+                        max_new_tokens=n,
+                        min_new_tokens=n,
+                        pad_token_id=tok.pad_token_id,
+                    )
+                    output_ids = output_ids[0][len(input_ids[0]) :].tolist()
+                    tokens += len(output_ids)
+                    cut = [k for k, t in enumerate(output_ids) if t in stop_ids]
+                    if cut:
+                        output_ids = output_ids[: cut[0]]
+                    output = tok.decode(output_ids, spaces_between_special_tokens=False)
+                    for s in specials:
+                        output = output.replace(s, "")
+                    messages.append({"role": "assistant", "content": output.strip()})
+    return tokens, time.perf_counter() - t0, time.process_time() - c0
+
+
+def warm_up(backend: Any) -> None:
+    from job.backends.base import GenRequest, SamplingParams
+
+    backend.generate([GenRequest([{"role": "user", "content": "warm up"}], SamplingParams(0.0, 8))])
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One process of the sharding comparison: load, generate its shard, print JSON."""
+    import torch
+
+    from job.generate import work_items
+    from job.sharding import shard
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    questions = load_questions(args)
+    backend = load_backend(args, args.model)
+    warm_up(backend)
+    t_loaded = time.perf_counter()
+    # the shard's slice of (question, choice) items, exactly as job generate cuts it
+    items = shard(work_items(questions, args.num_choices[0]), args.num_shards, args.shard_index)
+    from job.backends.base import SamplingParams
+    from job.generate import Conversation, GenerateConfig, run_waves, temperature_of
+
+    cfg = GenerateConfig(
+        bench="", model="", num_choices=args.num_choices[0], max_new_tokens=args.max_new_tokens
+    )
+    convs = [
+        Conversation(q, c, SamplingParams(temperature_of(q, cfg), cfg.max_new_tokens, c)) for q, c in items
+    ]
+    t0 = time.perf_counter()
+    run_waves(backend, convs, False, lambda d, t: None)
+    t1 = time.perf_counter()
+    out = {"tokens": sum(c.num_tokens for c in convs), "gen_s": t1 - t0, "setup_s": t_loaded - t_start}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def sharded(args: argparse.Namespace, model: str, num_shards: int, num_choices: int) -> dict[str, Any]:
+    """Run num_shards worker processes at once, threads split between them."""
+    threads = max(1, args.threads // num_shards)
+    base = [sys.executable, __file__, "--worker", "--model", model, "--bench", args.bench]
+    base += ["--bench-data", args.bench_data, "--max-new-tokens", str(args.max_new_tokens)]
+    base += ["--num-choices", str(num_choices), "--threads", str(threads), "--num-shards", str(num_shards)]
+    base += ["--device", args.device, "--dtype", args.dtype]
+    if args.first_n:
+        base += ["--first-n", str(args.first_n)]
+    if args.batch_size:
+        base += ["--batch-size", str(args.batch_size)]
+    if args.token_budget:
+        base += ["--token-budget", str(args.token_budget)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(base + ["--shard-index", str(i)], stdout=subprocess.PIPE, text=True, env=env)
+        for i in range(num_shards)
+    ]
+    results = []
+    for p in procs:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"shard worker failed with exit code {p.returncode}")
+        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+        results.append(json.loads(line.removeprefix("RESULT ")))
+    wall = time.perf_counter() - t0
+    return {
+        "shards": num_shards,
+        "threads_each": threads,
+        "tokens": sum(r["tokens"] for r in results),
+        "gen_s": max(r["gen_s"] for r in results),
+        "wall_s": wall,
+    }
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = args.model
+    tmp = None
+    if not model:
+        from job.smoke_model import build
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench-tiny-")
+        model = str(build(Path(tmp.name) / "tiny"))
+    questions = load_questions(args)
+    n = args.max_new_tokens
+    backend = load_backend(args, model)
+    warm_up(backend)
+    print(
+        f"model {model} on {backend.device} ({str(backend.dtype).removeprefix('torch.')}), "
+        f"{len(questions)} questions x {len(questions[0].turns)} turns, {n} new tokens per turn (forced), "
+        f"torch threads {args.threads}, token budget {backend.token_budget}\n"
+    )
+    rows: list[list[Any]] = []
+    records: list[dict[str, Any]] = []
+    for choices in args.num_choices:
+        variants = [("ours (job generate waves, hf)", False)]
+        if choices > 1:
+            variants.append(("ours + greedy dedupe (default)", True))
+        measured = {}
+        for name, dedupe in variants:
+            tokens, dt = ours(backend, questions, choices, n, dedupe)
+            measured[name] = (tokens, dt)
+        if not args.skip_fastchat:
+            measured["FastChat gen_model_answer loop"] = fastchat_loop(backend, questions, choices, n)
+        ref = measured.get("FastChat gen_model_answer loop")
+        for name, (tokens, dt) in measured.items():
+            ratio_tps = f"{(tokens / dt) / (ref[0] / ref[1]):.1f}x" if ref else "-"
+            ratio_wall = f"{ref[1] / dt:.1f}x" if ref else "-"
+            rows.append([choices, name, tokens, f"{dt:.2f}", f"{tokens / dt:.0f}", ratio_tps, ratio_wall])
+            records.append({"num_choices": choices, "variant": name, "tokens": tokens, "wall_s": dt})
+        print(f"num_choices {choices} done", file=sys.stderr)
+    print(
+        table(
+            ["choices", "variant", "new tokens", "wall s", "tok/s", "tok/s vs FastChat", "wall vs FastChat"],
+            rows,
+        )
+    )
+    backend.close()
+    if args.shards and args.shards > 1:
+        srows = []
+        choices = args.num_choices[-1]
+        one = sharded(args, model, 1, choices)
+        many = sharded(args, model, args.shards, choices)
+        for r in (one, many):
+            srows.append(
+                [
+                    r["shards"],
+                    r["threads_each"],
+                    r["tokens"],
+                    f"{r['gen_s']:.2f}",
+                    f"{r['tokens'] / r['gen_s']:.0f}",
+                    f"{one['gen_s'] / r['gen_s']:.2f}x",
+                    f"{r['wall_s']:.2f}",
+                    f"{one['wall_s'] / r['wall_s']:.2f}x",
+                ]
+            )
+            records.append({"sharding": r, "num_choices": choices})
+        print(f"\nsharding across processes (num_choices {choices}; wall includes imports + model load):")
+        print(
+            table(
+                [
+                    "processes",
+                    "threads each",
+                    "new tokens",
+                    "gen s",
+                    "tok/s",
+                    "gen speedup",
+                    "wall s",
+                    "wall speedup",
+                ],
+                srows,
+            )
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=2))
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from servers.openai_server import Fault, OpenAIServer, Reply, rules_reply
@@ -27,12 +29,23 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
     return KEY
 
 
+_made: list[OpenAIBackend] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_backends() -> Iterator[None]:
+    yield
+    while _made:
+        _made.pop().close()
+
+
 def make(srv: OpenAIServer | str, **kw: object) -> OpenAIBackend:
     url = srv if isinstance(srv, str) else srv.url
     opts: dict[str, object] = {"base_url": url, "backoff_base": 0.001, "request_timeout": 10.0}
     opts.update(kw)
     backend = load_backend("openai/test-model", **opts)
     assert isinstance(backend, OpenAIBackend)
+    _made.append(backend)
     return backend
 
 
@@ -250,5 +263,21 @@ def test_needs_a_key_or_a_base_url(monkeypatch: pytest.MonkeyPatch, openai_serve
     with pytest.raises(JobError, match="OPENAI_API_KEY"):
         load_backend("openai/gpt-4o")
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)  # local servers need no key
-    [res] = load_backend("openai/test-model").generate([req("k")])
+    backend = load_backend("openai/test-model")
+    [res] = backend.generate([req("k")])
+    backend.close()
     assert res.ok and openai_server.requests[0].headers["authorization"] == "Bearer EMPTY"
+
+
+def test_clients_live_across_calls_until_close(make_openai_server) -> None:
+    srv = make_openai_server(latency=0.01)
+    backend = make(srv, concurrency=3)
+    assert [r.text for r in backend.generate([req("a")])] == ["echo: a"]
+    assert [r.text for r in backend.generate([req(str(i)) for i in range(9)])][-1] == "echo: 8"
+    assert srv.max_in_flight <= 3
+    assert backend._loop is not None
+    thread = backend._loop.thread
+    assert thread.is_alive() and thread in threading.enumerate()
+    backend.close()
+    assert not thread.is_alive()
+    assert backend.generate([req("again")])[0].text == "echo: again"  # reopens lazily

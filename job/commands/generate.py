@@ -71,7 +71,9 @@ from job.commands.common import (
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @click.option("--token-budget", type=int, help="Padded tokens per batch for automatic batch size (hf).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model repos to run their own code.")
-@click.option("--tensor-parallel-size", type=int, default=1, help="GPUs per model replica (vllm).")
+@click.option(
+    "--tensor-parallel-size", type=int, default=1, help="GPUs per model replica (vllm; GPUs per Ray actor)."
+)
 @click.option("--max-model-len", type=int, help="Context length of the engine (vllm; default: the model's).")
 @click.option("--gpu-memory-utilization", type=float, default=0.9, help="GPU memory share (vllm).")
 @click.option(

@@ -176,30 +176,65 @@ def test_rerun_is_a_noop(run: Run) -> None:
     assert _mtimes(run.ray_out) == run.mtimes
 
 
-def test_attach_to_running_cluster(
+# runs inside the namespace: the bucket, and afterwards a copy of every object to a local dir
+S3_HELPER = """
+import sys, pathlib, time, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[2])
+for _ in range(100):
+    try:
+        s3.list_buckets(); break
+    except Exception:
+        time.sleep(0.1)
+if sys.argv[1] == "mkbucket":
+    s3.create_bucket(Bucket="mtbench-ray")
+else:
+    for obj in s3.list_objects_v2(Bucket="mtbench-ray").get("Contents", []):
+        dest = pathlib.Path(sys.argv[3], obj["Key"]); dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(s3.get_object(Bucket="mtbench-ray", Key=obj["Key"])["Body"].read())
+"""
+SECRET = "ray-test-secret/DO-NOT-LEAK+0123456789"
+
+
+def test_attach_to_running_cluster_with_s3(
     netns: None, tiny_model: Path, shared_bench_data: Path, ray_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """RAY_ADDRESS: attach to a `ray start` head (as under KubeRay); a broken model fails cleanly."""
-    out = tmp_path / "out"
-    good = [
-        *_gen_args(tiny_model, shared_bench_data, out, first_n=2),
-        "--executor",
-        "ray",
-        "--num-shards",
-        "2",
+    """RAY_ADDRESS: attach to a `ray start` head (as under KubeRay), write the shards to S3
+    (moto, inside the namespace too); a broken model fails cleanly with one error line."""
+    endpoint = "http://127.0.0.1:5999"
+    good = [*_gen_args(tiny_model, shared_bench_data, tmp_path, first_n=2), "--executor", "ray"]
+    good[good.index("--output") + 1] = "s3://mtbench-ray/run-1"
+    good += ["--num-shards", "2", "--s3-endpoint-url", endpoint]  # reaches the actors only by forwarding
+    bad = [*_gen_args(tmp_path / "no-such-model", shared_bench_data, tmp_path / "bad-out", first_n=2)]
+    bad += ["--executor", "ray", "--num-shards", "2"]
+    reduce = [
+        "reduce",
+        "--bench",
+        "mt_bench",
+        "--output",
+        "s3://mtbench-ray/run-1",
+        "--s3-endpoint-url",
+        endpoint,
     ]
-    bad = list(good)
-    bad[bad.index(f"hf/{tiny_model}")] = f"hf/{tmp_path}/no-such-model"
-    q = " ".join(f"'{a}'" for a in JOB)
+    (tmp_path / "s3_helper.py").write_text(S3_HELPER)
+
+    def cmd(args: list[str]) -> str:
+        return " ".join(f"'{a}'" for a in [*JOB, *args])
+
+    bindir = Path(sys.executable).parent
     script = f"""
-ray=$(dirname '{sys.executable}')/ray
-"$ray" start --head --port 6399 --num-cpus 2 --include-dashboard=false --object-store-memory 268435456 \
-  --disable-usage-stats >ray-start.log 2>&1
-trap '"$ray" stop --force >/dev/null 2>&1' EXIT
+export AWS_ACCESS_KEY_ID=AKIARAYTEST000000042 AWS_SECRET_ACCESS_KEY='{SECRET}' AWS_DEFAULT_REGION=us-east-1
+'{sys.executable}' -m moto.server -H 127.0.0.1 -p 5999 >moto.log 2>&1 &
+moto=$!
+'{bindir}/ray' start --head --port 6399 --num-cpus 2 --include-dashboard=false \
+  --object-store-memory 268435456 --disable-usage-stats >ray-start.log 2>&1
+trap 'kill $moto; "{bindir}/ray" stop --force >/dev/null 2>&1' EXIT
+'{sys.executable}' s3_helper.py mkbucket {endpoint}
 export RAY_ADDRESS=127.0.0.1:6399
 set +e
-{q} {" ".join(f"'{a}'" for a in bad)} >bad.out 2>bad.err; echo $? >bad.rc
-{q} {" ".join(f"'{a}'" for a in good)} >good.out 2>good.err; echo $? >good.rc
+{cmd(bad)} >bad.out 2>bad.err; echo $? >bad.rc
+{cmd(good)} >good.out 2>good.err; echo $? >good.rc
+{cmd(reduce)} >reduce.out 2>reduce.err; echo $? >reduce.rc
+'{sys.executable}' s3_helper.py dump {endpoint} s3-copy
 """
     res = in_netns(script, ray_env, tmp_path, timeout=300)
     assert res.returncode == 0, (res.stderr, (tmp_path / "ray-start.log").read_text(errors="replace"))
@@ -208,19 +243,23 @@ set +e
     error_lines = [line for line in bad_err.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "2 of 2 shards failed" in error_lines[0], bad_err[-3000:]
     assert "does not exist" in error_lines[0] and "re-run" in error_lines[0]
-    assert not list(out.glob("mt_bench/shards/no-such-model/*.manifest.json"))
+    assert not list((tmp_path / "bad-out").rglob("*.manifest.json"))
 
     good_err = (tmp_path / "good.err").read_text()
     assert (tmp_path / "good.rc").read_text().strip() == "0", good_err[-3000:]
     assert "ray: attached" in good_err and "Started a local Ray" not in good_err
-    manifests = sorted(out.glob("mt_bench/shards/tiny/*.manifest.json"))
-    assert [m.name for m in manifests] == [f"shard-0000{i}-of-00002.manifest.json" for i in range(2)]
-    items = [
-        json.loads(line)
-        for m in manifests
-        for line in Path(str(m)[: -len(".manifest.json")] + ".jsonl").read_text().splitlines()
-    ]
-    assert len(items) == 2 * CHOICES and all(i["status"] == "ok" for i in items)
+    assert (tmp_path / "reduce.rc").read_text().strip() == "0", (tmp_path / "reduce.err").read_text()[-3000:]
+    copy = tmp_path / "s3-copy" / "run-1" / "mt_bench"
+    manifests = sorted(p.name for p in (copy / "shards" / "tiny").glob("*.manifest.json"))
+    assert manifests == [f"shard-0000{i}-of-00002.manifest.json" for i in range(2)]
+    answers = [json.loads(line) for line in (copy / "model_answer" / "tiny.jsonl").read_text().splitlines()]
+    assert sorted((a["question_id"], c["index"]) for a in answers for c in a["choices"]) == sorted(
+        (a["question_id"], c) for a in answers for c in range(CHOICES)
+    )
+    assert len(answers) == 2
+    # the secret was in the cluster's environment, never in an artifact or a log
+    logs = [good_err, bad_err, *(p.read_text(errors="replace") for p in (tmp_path / "s3-copy").rglob("*.*"))]
+    assert not [t for t in logs if SECRET in t]
 
 
 def test_job_help_does_not_import_ray() -> None:

@@ -8,6 +8,7 @@ Usage: python3 requirements.py pyproject.toml [EXTRA[,EXTRA...]]
 from __future__ import annotations
 
 import sys
+
 import tomllib
 
 

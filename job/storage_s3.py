@@ -87,7 +87,10 @@ class S3Storage(Storage):
         self.root = root.rstrip("/")
         self.bucket, self.prefix = parse_s3_uri(root)
         self.endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
-        attempts = max_attempts or int(os.environ.get(MAX_ATTEMPTS_ENV, "5"))
+        raw = os.environ.get(MAX_ATTEMPTS_ENV) or "5"
+        if max_attempts is None and not raw.isdigit():
+            raise JobError(f"{MAX_ATTEMPTS_ENV}={raw!r} is not a positive integer (S3 attempts per request)")
+        attempts = max_attempts or max(int(raw), 1)
         config = Config(
             retries={"mode": "standard", "max_attempts": attempts},
             connect_timeout=10,

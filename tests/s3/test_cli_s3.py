@@ -129,3 +129,23 @@ def test_missing_bucket_fails_before_any_work(run_job, s3: S3Env, shared_bench_d
         f"{s3.endpoint}; create it or fix --output"
     )
     _assert_no_secret(s3, res.stdout, res.stderr)
+
+
+def test_unreachable_endpoint_fails_fast_with_one_line(run_job, s3: S3Env, shared_bench_data: Path) -> None:
+    from moto_s3 import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    res = run_job(
+        "generate", *_common(shared_bench_data, s3.uri("run"), "mock/echo"), "--s3-endpoint-url", dead,
+        env=s3.env, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2 and time.monotonic() - t0 < 30
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write to s3://{s3.bucket}/run: S3 endpoint {dead} unreachable "
+        "(EndpointConnectionError, retries exhausted); check --s3-endpoint-url / AWS_ENDPOINT_URL and the network"
+    )
+    bad = run_job(
+        "reduce", "--bench", "mt_bench", "--output", s3.uri("run"), env={**s3.env, "JOB_S3_MAX_ATTEMPTS": "x"}
+    )
+    assert bad.returncode == 2 and "JOB_S3_MAX_ATTEMPTS='x' is not a positive integer" in bad.stderr

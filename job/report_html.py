@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import time
 from typing import Any
 
 from job.report_plots import MISSING
@@ -106,7 +107,10 @@ PROV_KEYS = ("bench", "mode", "judges", "judge_model", "judge_prompts_sha256", "
 
 
 def provenance_section(prov: dict[str, Any]) -> str:
-    rows = [[esc(k), f"<code>{esc(json.dumps(prov.get(k), ensure_ascii=False))}</code>"] for k in PROV_KEYS]
+    shown = dict(prov)
+    if isinstance(shown.get("created_at"), (int, float)):  # epoch seconds -> readable UTC
+        shown["created_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(shown["created_at"]))
+    rows = [[esc(k), f"<code>{esc(json.dumps(shown.get(k), ensure_ascii=False))}</code>"] for k in PROV_KEYS]
     rows += [["judgment file", f"<code>{esc(f.get('path'))}</code> {esc(f.get('sha256') or '')}"]
              for f in prov.get("judgment_files", [])]  # fmt: skip
     return "<h2>Provenance</h2>" + _table("provenance", ["field", "value"], rows)

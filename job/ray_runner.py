@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -101,6 +102,21 @@ def _describe(err: BaseException) -> str:
     text = str(cause).strip().splitlines()
     msg = text[-1] if text else ""
     return msg if isinstance(cause, JobError) else f"{type(cause).__name__}: {msg}"
+
+
+def _check_reachable(address: str, timeout: float = 30.0) -> None:
+    """Fail fast on a wrong RAY_ADDRESS: ray.init retries an unreachable GCS for many minutes."""
+    hostport = address.removeprefix("ray://")
+    host_, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():  # "auto", "local": Ray resolves those itself
+        return
+    try:
+        socket.create_connection((host_, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise JobError(
+            f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({e.strerror or e}); "
+            "check the address (host:6379 for the head's GCS) or unset RAY_ADDRESS for a local Ray"
+        ) from None
 
 
 def _plan_replicas(ray: Any, opts: RayOptions, pending: int, local: bool) -> tuple[int, float, float]:
@@ -209,6 +225,7 @@ def run_ray(cfg: GenerateConfig, opts: RayOptions) -> list[ShardManifest]:
     ray = _import_ray()
     t0 = time.monotonic()
     if address:
+        _check_reachable(address)
         ray.init(address=address, log_to_driver=True)
     else:
         # "local": always a fresh private Ray (RAY_ADDRESS=auto picks up a `ray start` cluster instead)

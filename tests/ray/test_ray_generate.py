@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -270,3 +271,32 @@ def test_job_help_does_not_import_ray() -> None:
         "bad = [m for m in ('ray', 'torch', 'vllm') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_unreachable_ray_address_fails_fast(ray_env: dict[str, str], tmp_path: Path) -> None:
+    """A wrong RAY_ADDRESS is one clear error line within seconds (ray.init alone retries for minutes)."""
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(ray_env, RAY_ADDRESS=f"127.0.0.1:{port}")
+    args = [
+        "generate",
+        "--executor",
+        "ray",
+        "--model",
+        "mock/echo",
+        "--bench",
+        "smoke",
+        "--output",
+        str(tmp_path),
+    ]
+    t0 = time.monotonic()
+    res = subprocess.run([*JOB, *args], capture_output=True, text=True, env=env, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert res.returncode == 2, res.stderr
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:{port}")
+    )
+    assert not list(tmp_path.rglob("*.manifest.json"))

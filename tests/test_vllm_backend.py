@@ -284,3 +284,32 @@ def test_real_vllm_tiny_model(tmp_path: Path) -> None:
     assert all(r.finish_reason in ("stop", "length") for r in results)
     assert [r.text for r in results] == [r.text for r in again], "greedy and seeded sampling are reproducible"
     assert results[8].text == results[9].text
+
+
+def test_model_sampling_defaults_apply_like_vllm_serve(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    gen.update(temperature=0.6, top_p=0.9, top_k=20, repetition_penalty=1.1)
+    (model / "generation_config.json").write_text(json.dumps(gen))
+    backend = load_backend(f"vllm/{model}")
+    backend.generate([_chat("a", 0.7, seed=1), _chat("b", 0.0)])
+    sampled, greedy = _generate_calls(fake_vllm)[0]["sampling"]
+    # the request's temperature wins over the model's; top_p/top_k come from the model
+    assert sampled == {
+        "max_tokens": 8,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 20,
+        "repetition_penalty": 1.1,
+        "seed": 1,
+    }
+    assert greedy == {"max_tokens": 8, "temperature": 0.0, "repetition_penalty": 1.1}
+
+
+def _chat(text: str, temperature: float, seed: int | None = None) -> GenRequest:
+    return GenRequest([{"role": "user", "content": text}], SamplingParams(temperature, 8, seed))

@@ -93,6 +93,17 @@ class VLLMBackend:
                 f"model {model!r} has no chat template; pass --chat-template FILE (a Jinja chat template)"
             )
         self.max_model_len = self._context_length()
+        self.model_defaults = self._model_defaults()
+
+    def _model_defaults(self) -> dict[str, Any]:
+        """The model's generation_config sampling defaults (top_p, top_k, ...), as `vllm serve`
+        applies them to requests that set only temperature and max_tokens (FastChat's vLLM path)."""
+        try:
+            diff = self.llm.llm_engine.model_config.get_diff_sampling_param()
+        except (AttributeError, TypeError, ValueError):
+            return {}
+        keep = ("top_p", "top_k", "min_p", "repetition_penalty")
+        return {k: v for k, v in (diff or {}).items() if k in keep}
 
     def _context_length(self) -> int | None:
         try:
@@ -120,7 +131,10 @@ class VLLMBackend:
         kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens}
         if params.greedy:
             kwargs["temperature"] = 0.0
+            if "repetition_penalty" in self.model_defaults:
+                kwargs["repetition_penalty"] = self.model_defaults["repetition_penalty"]
         else:
+            kwargs.update(self.model_defaults)
             kwargs["temperature"] = params.temperature
             # a per-request seed makes each choice reproducible whatever it is batched with
             if params.seed is not None:

@@ -33,7 +33,16 @@ def _record(event: dict[str, Any]) -> None:
 
 class SamplingParams:
     def __init__(self, **kwargs: Any):
-        allowed = {"temperature", "max_tokens", "seed", "min_tokens", "top_p", "top_k", "n", "stop"}
+        allowed = {
+            "temperature",
+            "max_tokens",
+            "seed",
+            "min_tokens",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+        }
         unknown = set(kwargs) - allowed
         if unknown:
             raise TypeError(f"SamplingParams got unexpected arguments {sorted(unknown)}")
@@ -47,6 +56,17 @@ class SamplingParams:
 @dataclass
 class _Model:
     max_model_len: int
+    model_dir: str = ""
+
+    def get_diff_sampling_param(self) -> dict[str, Any]:
+        """Like vLLM: the sampling fields the model's generation_config.json sets."""
+        path = os.path.join(self.model_dir, "generation_config.json")
+        if not os.path.isfile(path):
+            return {}
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+        return {k: cfg[k] for k in keys if k in cfg}
 
 
 @dataclass
@@ -62,7 +82,7 @@ class LLM:
         if not os.path.isdir(model):
             raise OSError(f"{model} is not a local folder and not a valid model identifier")
         self._tokenizer = AutoTokenizer.from_pretrained(model)
-        self.llm_engine = _Engine(_Model(kwargs.get("max_model_len") or 4096))
+        self.llm_engine = _Engine(_Model(kwargs.get("max_model_len") or 4096, model))
         self.eos = self._tokenizer.eos_token_id
 
     def get_tokenizer(self) -> Any:

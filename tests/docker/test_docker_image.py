@@ -206,6 +206,10 @@ def test_mock_smoke_run_read_only_root(image: str, tmp_path: Path) -> None:
         assert {r["score"] for r in rows} == {7}
     if " report " in commands:
         report = json.loads((runs / "reports" / "report.json").read_text())
+        assert (runs / "reports" / "report.html").is_file()
+        # the default JOB_EXTRAS=report installs matplotlib: the charts are there
+        assert "charts need matplotlib" not in r.stderr
+        assert list((runs / "reports").glob("*.png")), sorted(p.name for p in (runs / "reports").iterdir())
         assert report["provenance"]["git_revision"] == REVISION
         assert "echo" in json.dumps(report["scores"])
 

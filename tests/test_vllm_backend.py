@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,13 @@ FAKES = Path(__file__).parent / "fakes"
 
 
 @pytest.fixture
-def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Any:
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Put tests/fakes first on sys.path so `import vllm` finds the recording fake."""
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+
+    def ours() -> list[str]:
+        return [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]
+
+    for name in ours():
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.delitem(sys.modules, "job.backends.vllm", raising=False)
     monkeypatch.syspath_prepend(str(FAKES))
@@ -30,7 +35,10 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     assert getattr(vllm, "FAKE", False)
     vllm.CALLS.clear()
-    return vllm
+    yield vllm
+    # forget the fake, so a later test (the gpu one) imports the real vllm
+    for name in ours():
+        del sys.modules[name]
 
 
 def _generate_calls(vllm: Any) -> list[dict[str, Any]]:

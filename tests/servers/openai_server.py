@@ -192,7 +192,9 @@ class OpenAIServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, port: int = 0) -> OpenAIServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then (else
+        # every reply waits ~40 ms on Nagle + delayed ACK between its head and its body)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
@@ -365,6 +367,7 @@ class OpenAIServer:
             status, hdrs, payload = 200, {"content-type": "text/plain"}, b"ok"
         else:
             status, hdrs, payload = _error(404, f"no route {method} {path}", "invalid_request_error")
+        hdrs["content-length"] = str(len(payload))  # not chunked: one write less per reply
         await send({
             "type": "http.response.start", "status": status,
             "headers": [(k.encode(), v.encode()) for k, v in hdrs.items()],

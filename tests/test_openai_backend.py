@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers.openai_server import Fault, OpenAIServer, Reply, rules_reply
 
 from job.backends import load_backend
@@ -164,14 +166,14 @@ def test_no_retry_on_request_errors(make_openai_server, code: str) -> None:
     assert len(srv.requests) == 2 and backend.fatal_error is None
 
 
-@pytest.mark.parametrize("code", ["401", "403", "404"])
+@pytest.mark.parametrize("code", ["401", "403", "404", "quota"])
 def test_key_model_and_endpoint_errors_abort_the_run(make_openai_server, code: str) -> None:
     srv = make_openai_server(faults=lambda body, n: code, latency=0.02)
     backend = make(srv, concurrency=4)
     results = backend.generate([req(str(i)) for i in range(100)])
     assert all(r.status == "api_error" for r in results)
     assert len(srv.requests) <= 4  # only what was already in flight; no retry storm
-    assert backend.fatal_error and f"HTTP {code}" in backend.fatal_error
+    assert backend.fatal_error and f"HTTP {code.replace('quota', '429')}" in backend.fatal_error
     assert sum("not sent" in (r.error or "") for r in results) >= 96
 
 
@@ -281,3 +283,46 @@ def test_clients_live_across_calls_until_close(make_openai_server) -> None:
     backend.close()
     assert not thread.is_alive()
     assert backend.generate([req("again")])[0].text == "echo: again"  # reopens lazily
+
+
+def test_a_failing_callback_stops_the_run_and_the_backend_stays_usable(make_openai_server) -> None:
+    srv = make_openai_server(latency=0.05)
+    backend = make(srv, concurrency=2)
+
+    def follow_up(i: int, res: GenResult) -> GenRequest | None:
+        raise ValueError("caller bug")
+
+    with pytest.raises(ValueError, match="caller bug"):
+        backend.generate_conversations([req(str(i)) for i in range(20)], follow_up)
+    assert len(srv.requests) < 20  # the rest was cancelled, not sent
+    assert backend.generate([req("after")])[0].text == "echo: after"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    attempt=st.integers(0, 40),
+    base=st.floats(0.0, 5.0),
+    cap=st.floats(0.0, 120.0),
+    retry_after=st.one_of(st.none(), st.floats(0.0, 1000.0)),
+)
+def test_backoff_is_full_jitter_under_the_cap_or_the_server_hint(
+    attempt: int, base: float, cap: float, retry_after: float | None
+) -> None:
+    backend = OpenAIBackend(
+        "openai/m", "m", base_url="http://127.0.0.1:9/v1", backoff_base=base, backoff_max=cap,
+        retry_after_max=300.0,
+    )  # fmt: skip
+    delay = backend._delay(attempt, retry_after)
+    if retry_after is None:
+        assert delay is not None and 0.0 <= delay <= min(cap, base * 2.0**attempt)
+    elif retry_after > 300.0:
+        assert delay is None
+    else:
+        assert delay == retry_after
+
+
+@given(prefix=st.text(max_size=400), suffix=st.text(max_size=400))
+def test_scrub_never_lets_the_key_through(prefix: str, suffix: str) -> None:
+    backend = OpenAIBackend("openai/m", "m", base_url="http://127.0.0.1:9/v1")
+    out = backend._scrub(prefix + KEY + suffix)
+    assert KEY not in out and "\n" not in out and len(out) <= 300

@@ -257,7 +257,14 @@ class OpenAIBackend:
                     progress(1, res.num_tokens)
                 req = follow_up(i, res)
 
-        await asyncio.gather(*(conversation(i) for i in range(len(first))))
+        tasks = [asyncio.ensure_future(conversation(i)) for i in range(len(first))]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # a caller's callback raised: stop the rest, then re-raise
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         done = self.stats - before
         dt = time.monotonic() - t0
         log.info(
@@ -303,6 +310,10 @@ class OpenAIBackend:
                 self.stats[f"retry:{msg.split(':')[0]}"] += 1
                 log.debug("%s: %s; retry %d in %.2fs", req.key or "request", msg, attempt, delay)
                 await asyncio.sleep(delay)
+            except Exception as e:  # anything unforeseen fails this item, not the run
+                msg = self._scrub(f"unexpected {type(e).__name__}: {e}")
+                log.warning("%s: %s", req.key or "request", msg)
+                return self._fail(msg)
 
     def _fail(self, error: str) -> GenResult:
         self.stats["failed"] += 1
@@ -344,6 +355,8 @@ class OpenAIBackend:
             code = e.status_code
             retry_after = parse_retry_after(e.response.headers.get("retry-after"))
             detail = f"HTTP {code}: {_error_message(e)}"
+            if getattr(e, "code", None) == "insufficient_quota":  # a 429 no wait will fix
+                raise _Failed(detail + " (the account is out of quota)", fatal=True) from None
             if code in RETRY_STATUS or code >= 500:
                 raise _Retryable(detail, retry_after) from None
             if code == 401:

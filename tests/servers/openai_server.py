@@ -44,6 +44,7 @@ import uvicorn
 
 FAULTS = {
     "429": "rate limited (429), with Retry-After when Fault.retry_after is set",
+    "quota": "429 with code insufficient_quota (out of credit: waiting never helps)",
     "500": "internal server error (500)",
     "502": "bad gateway (502)",
     "503": "service unavailable (503), with Retry-After when set",
@@ -300,6 +301,10 @@ class OpenAIServer:
             await self._sleep(self.hang_seconds)
         elif kind == "401":
             return self._unauthorized(rec)
+        elif kind == "quota":
+            body_ = {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",
+                               "param": None, "code": "insufficient_quota"}}  # fmt: skip
+            return _json(429, body_, extra)
         elif kind in ("429", "500", "502", "503", "400", "403", "404", "422"):
             status = int(kind)
             etype = {429: "rate_limit_exceeded", 401: "invalid_request_error"}.get(status, "server_error")

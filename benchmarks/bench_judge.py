@@ -45,9 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--jitter", type=float, default=0.05, help="+- seconds, uniform")
     ap.add_argument(
-        "--calls-per-slot", type=int, default=10, help="about this many calls per concurrent slot"
+        "--calls-per-slot", type=int, default=40, help="about this many calls per concurrent slot"
     )
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[64], help="job judge --batch-size values")
+    ap.add_argument(
+        "--batch-size", type=int, nargs="+", default=[64, 4096], help="job judge --batch-size values"
+    )
     ap.add_argument("--skip-fastchat", action="store_true")
     return ap.parse_args(argv)
 
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"{dt:.2f}",
                             f"{ideal:.2f}",
                             f"{calls / dt:.1f}",
-                            f"{(dt / ideal - 1) * 100:+.0f}%",
+                            f"{(dt / ideal - 1) * 100:+.0f}%" if ideal > 0 else "-",
                         ]
                     )
                 print(f"concurrency {c} done", file=sys.stderr)

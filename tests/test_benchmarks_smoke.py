@@ -62,6 +62,7 @@ def test_bench_judge_runs_both_clients(shared_bench_data: Path, tmp_path: Path) 
             "--calls-per-slot", "2",
             "--latency", "0.02",
             "--jitter", "0.01",
+            "--batch-size", "16",
         ],
         tmp_path,
         110,

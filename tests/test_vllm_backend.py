@@ -321,3 +321,10 @@ def test_model_sampling_defaults_apply_like_vllm_serve(
 
 def _chat(text: str, temperature: float, seed: int | None = None) -> GenRequest:
     return GenRequest([{"role": "user", "content": text}], SamplingParams(temperature, 8, seed))
+
+
+def test_missing_model_dir_is_a_job_error(fake_vllm: Any, tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="does not exist"):
+        load_backend(f"vllm/{tmp_path}/nope")
+    with pytest.raises(JobError, match="cannot start vLLM for model 'org/unknown'"):
+        load_backend("vllm/org/unknown")

@@ -83,7 +83,7 @@ class VLLMBackend:
         )
         try:
             self.llm = vllm.LLM(**engine_args)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:  # missing files, bad args, no GPU / out of memory
             raise JobError(f"cannot start vLLM for model {model!r}: {_first_line(e)}") from None
         self.tokenizer = self.llm.get_tokenizer()
         self.chat_template = template or getattr(self.tokenizer, "chat_template", None)

@@ -6,7 +6,7 @@ numbers measure how well each client keeps requests in flight, not a model.
 
 - ours: `job.judge_run.run` (what `job judge` does): real mt_bench questions, synthetic
   answer files, FastChat judge prompts, the openai backend (AsyncOpenAI, bounded
-  concurrency), judgments stored after each batch.
+  concurrency), calls streamed, judgments stored in groups of --batch-size.
 - FastChat: gen_judgment's pattern, a ThreadPoolExecutor of `--parallel` workers, each
   calling the synchronous client for one judgment at a time and appending its line to
   the output file (FastChat uses openai<1; the sync openai>=1 client stands in).
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--calls-per-slot", type=int, default=40, help="about this many calls per concurrent slot"
     )
     ap.add_argument(
-        "--batch-size", type=int, nargs="+", default=[64, 4096], help="job judge --batch-size values"
+        "--batch-size", type=int, nargs="+", default=[64], help="job judge --batch-size values"
     )
     ap.add_argument("--skip-fastchat", action="store_true")
     return ap.parse_args(argv)

@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from job.backends import load_backend
-from job.backends.base import GenRequest, SamplingParams
+from job.backends.base import GenRequest, GenResult, SamplingParams
 from job.benches import Bench, resolve_bench, sha256_bytes
 from job.errors import JobError
 from job.generate import select_questions
@@ -236,29 +236,86 @@ def _batches(plan: Plan, size: int) -> list[list[tuple[Match, int, str]]]:
     return [b for b in out if b]
 
 
+class _Recorder:
+    """Turns judge replies into records and stores finished matches in groups.
+
+    Replies may arrive in any order (streaming API backends); a match is stored once all
+    its games are in. Groups are flushed every --batch-size records or FLUSH_SECONDS, so
+    an interrupted run loses at most one group, which a re-run sends again.
+    """
+
+    FLUSH_SECONDS = 5.0
+
+    def __init__(self, cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, backend: Any):
+        self.cfg, self.plan, self.judge, self.store, self.backend = cfg, plan, judge, store, backend
+        self.counts: Counter[str] = Counter()
+        self.games: dict[int, dict[int, GameResult]] = {}
+        self.pending: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
+        self.replies = 0
+        self.first_error: str | None = None
+
+    def add(self, m: Match, game: int, user: str, r: GenResult) -> None:
+        self.replies += 1
+        if r.status != "ok" and self.first_error is None:
+            self.first_error = r.error
+        got = self.games.setdefault(id(m), {})
+        got[game] = game_result(m, user, r.text, r.status, r.error)
+        if len(got) + sum(game_key(self.judge, m, g) in self.plan.cached for g in m.games) < len(m.games):
+            return
+        del self.games[id(m)]
+        games = {g: self.plan.cached.get(game_key(self.judge, m, g)) or got[g] for g in m.games}
+        rec = make_record(self.judge, m, games)
+        self.counts[rec["status"]] += 1
+        self.pending.append(rec)
+        if (
+            len(self.pending) >= self.cfg.batch_size
+            or time.monotonic() - self.last_flush > self.FLUSH_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.counts["ok"] + self.counts["parse_error"] == 0 and self.pending:
+            # every call failed and none ever worked (bad key, wrong URL): stop, store nothing
+            raise JobError(
+                f"judge {self.cfg.judge_model} failed on all {self.replies} requests so far: {self.first_error}; "
+                "check the model name, --base-url and OPENAI_API_KEY"
+            )
+        self.store.append(self.pending)
+        self.pending = []
+        self.last_flush = time.monotonic()
+        fatal = getattr(self.backend, "fatal_error", None)
+        if fatal:
+            # 401/403/404: every further call would fail the same way; stored work is kept
+            raise JobError(f"judge {self.cfg.judge_model} stopped: {fatal}")
+
+
+def _record_answer_errors(plan: Plan, judge: str, store: JudgmentStore) -> int:
+    """Answers that failed in generation are recorded once, without a judge call."""
+    failed = [m for m in plan.matches if m.failed and game_key(judge, m, m.games[0]) not in plan.cached]
+    store.append(
+        [
+            make_record(
+                judge,
+                m,
+                {
+                    g: GameResult("", "", "answer_error", m.failed, "error" if m.pairwise else -1)
+                    for g in m.games
+                },
+            )
+            for m in failed
+        ]
+    )
+    return len(failed)
+
+
 def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    # answers that failed in generation are recorded once, without a judge call
-    done_failed = [m for m in plan.matches if m.failed and game_key(judge, m, m.games[0]) not in plan.cached]
-    if done_failed:
-        store.append(
-            [
-                make_record(
-                    judge,
-                    m,
-                    {
-                        g: GameResult("", "", "answer_error", m.failed, "error" if m.pairwise else -1)
-                        for g in m.games
-                    },
-                )
-                for m in done_failed
-            ]
-        )
-        counts["answer_error"] += len(done_failed)
+    answer_errors = _record_answer_errors(plan, judge, store)
     if not plan.requests:
-        return counts
+        return Counter({"answer_error": answer_errors} if answer_errors else {})
     backend = load_backend(cfg.judge_model, **cfg.backend_options)
     params = SamplingParams(temperature=JUDGE_TEMPERATURE, max_new_tokens=JUDGE_MAX_TOKENS)
+    rec = _Recorder(cfg, plan, judge, store, backend)
     bar = tqdm(
         total=len(plan.requests),
         desc=f"judge {judge}",
@@ -266,44 +323,44 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
         file=sys.stderr,
         mininterval=0.5 if sys.stderr.isatty() else 10.0,
     )
+
+    def request(m: Match, g: int, u: str) -> GenRequest:
+        key = f"{m.question.question_id}/t{m.turn}/c{m.choice}/g{g}"
+        return GenRequest(judge_messages(m.prompt.system_prompt, u), params, key=key)
+
     try:
-        for batch in _batches(plan, cfg.batch_size):
-            reqs = [
-                GenRequest(
-                    judge_messages(m.prompt.system_prompt, u),
-                    params,
-                    key=f"{m.question.question_id}/t{m.turn}/c{m.choice}/g{g}",
-                )
-                for m, g, u in batch
-            ]
-            results = backend.generate(reqs, progress=lambda n, _t: bar.update(n))
-            if len(results) != len(reqs):
-                raise JobError(
-                    f"judge backend {cfg.judge_model} returned {len(results)} results for {len(reqs)} requests"
-                )
-            if counts["ok"] + counts["parse_error"] == 0 and all(r.status != "ok" for r in results):
-                # every call failed and none ever worked (bad key, wrong URL): stop, store nothing
-                raise JobError(
-                    f"judge {cfg.judge_model} failed on all {len(reqs)} requests of a batch: {results[0].error}; check the model name, --base-url and OPENAI_API_KEY"
-                )
-            got: dict[int, dict[int, GameResult]] = {}
-            for (m, g, u), r in zip(batch, results, strict=True):
-                got.setdefault(id(m), {})[g] = game_result(m, u, r.text, r.status, r.error)
-            records = []
-            for m in dict.fromkeys(m for m, _, _ in batch):
-                games = {g: plan.cached.get(game_key(judge, m, g)) or got[id(m)][g] for g in m.games}
-                rec = make_record(judge, m, games)
-                counts[rec["status"]] += 1
-                records.append(rec)
-            store.append(records)
-            fatal = getattr(backend, "fatal_error", None)
-            if fatal:
-                # 401/403/404: every further call would fail the same way; stored work is kept
-                raise JobError(f"judge {cfg.judge_model} stopped: {fatal}")
+        stream = getattr(backend, "generate_conversations", None)
+        if stream is not None:
+            # API judges: every call in one stream, bounded by the backend's concurrency,
+            # each reply recorded as it arrives, so no batch waits on its slowest call
+            reqs = plan.requests
+
+            def on_reply(i: int, r: GenResult) -> None:
+                rec.add(*reqs[i], r)
+                return None
+
+            stream([request(*q) for q in reqs], on_reply, lambda n, _t: _advance(bar, n))
+        else:
+            # local judges (hf, vllm): batches, so work is stored as it is done
+            for batch in _batches(plan, cfg.batch_size):
+                results = backend.generate([request(*q) for q in batch], lambda n, _t: _advance(bar, n))
+                if len(results) != len(batch):
+                    raise JobError(
+                        f"judge backend {cfg.judge_model} returned {len(results)} results for {len(batch)} requests"
+                    )
+                for q, r in zip(batch, results, strict=True):
+                    rec.add(*q, r)
+        rec.flush()
     finally:
         bar.close()
         backend.close()
-    return counts
+    if answer_errors:
+        rec.counts["answer_error"] += answer_errors
+    return rec.counts
+
+
+def _advance(bar: tqdm[Any], n: int) -> None:
+    bar.update(n)
 
 
 def run(cfg: JudgeConfig) -> Counter[str]:

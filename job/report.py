@@ -155,10 +155,11 @@ def fastchat_pairwise(
             continue
         if baseline is not None and baseline not in (r.model_1, r.model_2):
             continue
-        if r.g1_winner == "tie" or r.g1_winner != r.g2_winner:
+        g1, g2 = str(r.g1_winner), str(r.g2_winner)
+        if g1 == "tie" or g1 != g2:
             res += [(r.model_1, 0, 0, 1), (r.model_2, 0, 0, 1)]
         else:
-            win, lose = (r.model_1, r.model_2) if r.g1_winner == "model_1" else (r.model_2, r.model_1)
+            win, lose = (r.model_1, r.model_2) if g1 == "model_1" else (r.model_2, r.model_1)
             res += [(win, 1, 0, 0), (lose, 0, 1, 0)]
     if not res:
         return pd.DataFrame(columns=PAIR_COLUMNS), int(bad.sum())

@@ -48,7 +48,11 @@ from job.commands.common import (
     help="Skip questions a model has no answer for (listed) instead of failing.",
 )
 @click.option(
-    "--batch-size", type=int, default=64, help="Judge calls per batch; results are stored after each batch."
+    "--batch-size",
+    type=int,
+    default=64,
+    help="Judgments stored per write (API judges stream their calls; at most 5 s between writes); "
+    "for hf/vllm judges also the calls per generate batch.",
 )
 @api_options
 @dry_run_option

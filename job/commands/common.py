@@ -58,6 +58,46 @@ def output_option(f: F) -> F:
     )(f)
 
 
+def model_options(f: F) -> F:
+    """--model, --model-name, --num-choices, --max-new-tokens (generate and run)."""
+    for deco in reversed(
+        [
+            click.option(
+                "--model",
+                envvar="JOB_MODEL",
+                required=True,
+                show_envvar=True,
+                help="provider/model: hf/<path-or-id>, hf-tiny, vllm/<path>, openai/<name>, mock/echo.",
+            ),
+            click.option(
+                "--model-name",
+                envvar="JOB_MODEL_NAME",
+                show_envvar=True,
+                help="Answer file stem (default: last part of the model path).",
+            ),
+            click.option(
+                "--num-choices",
+                envvar="JOB_NUM_CHOICES",
+                type=int,
+                default=1,
+                show_envvar=True,
+                help="Independent 2-turn conversations per question (Swallow: 5).",
+            ),
+            click.option("--max-new-tokens", type=int, default=1024, help="New tokens per turn."),
+        ]
+    ):
+        f = deco(f)
+    return f
+
+
+def question_options(f: F) -> F:
+    """--question-ids and --first-n: a subset of the bench (debugging, CI smoke runs)."""
+    f = click.option("--first-n", type=int, help="Only the first N questions of the file.")(f)
+    return click.option(
+        "--question-ids", multiple=True, help="Only these ids: '81,82' or ranges '81-90'. Repeatable."
+    )(f)
+
+
 def dry_run_option(f: F) -> F:
     return click.option("--dry-run", is_flag=True, help="Print the plan; load and send nothing.")(f)
 

@@ -8,36 +8,16 @@ from job.commands.common import (
     bench_data_option,
     bench_option,
     dry_run_option,
+    model_options,
     output_option,
+    question_options,
 )
 
 
 @click.command(context_settings={"show_default": True})
 @bench_option
-@click.option(
-    "--model",
-    envvar="JOB_MODEL",
-    required=True,
-    show_envvar=True,
-    help="provider/model: hf/<path-or-id>, hf-tiny, vllm/<path>, openai/<name>, mock/echo.",
-)
-@click.option(
-    "--model-name",
-    envvar="JOB_MODEL_NAME",
-    show_envvar=True,
-    help="Answer file stem (default: last part of the model path).",
-)
-@click.option(
-    "--num-choices",
-    envvar="JOB_NUM_CHOICES",
-    type=int,
-    default=1,
-    show_envvar=True,
-    help="Independent 2-turn conversations per question (Swallow: 5).",
-)
-@click.option("--max-new-tokens", type=int, default=1024)
-@click.option("--question-ids", multiple=True, help="Only these ids: '81,82' or ranges '81-90'. Repeatable.")
-@click.option("--first-n", type=int, help="Only the first N questions of the file.")
+@model_options
+@question_options
 @output_option
 @bench_data_option
 @click.option(

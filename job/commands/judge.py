@@ -9,6 +9,7 @@ from job.commands.common import (
     bench_option,
     dry_run_option,
     output_option,
+    question_options,
 )
 
 
@@ -33,8 +34,7 @@ from job.commands.common import (
 @click.option(
     "--judge-prompts", type=click.Path(dir_okay=False), help="Judge prompt file (default: the bench's)."
 )
-@click.option("--question-ids", multiple=True, help="Only these ids: '81,82' or ranges '81-90'. Repeatable.")
-@click.option("--first-n", type=int, help="Only the first N questions of the file.")
+@question_options
 @output_option
 @click.option(
     "--answers-dir",

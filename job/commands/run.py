@@ -8,7 +8,9 @@ from job.commands.common import (
     bench_data_option,
     bench_option,
     dry_run_option,
+    model_options,
     output_option,
+    question_options,
 )
 
 HF_KEYS = ("dtype", "device", "batch_size", "trust_remote_code")
@@ -17,30 +19,8 @@ VLLM_KEYS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")
 
 @click.command("run", context_settings={"show_default": True})
 @bench_option
-@click.option(
-    "--model",
-    envvar="JOB_MODEL",
-    required=True,
-    show_envvar=True,
-    help="Model spec (hf/..., vllm/..., openai/..., hf-tiny, mock/...).",
-)
-@click.option(
-    "--model-name",
-    envvar="JOB_MODEL_NAME",
-    show_envvar=True,
-    help="Answer file stem (default: last part of the model path).",
-)
-@click.option(
-    "--num-choices",
-    envvar="JOB_NUM_CHOICES",
-    type=int,
-    default=1,
-    show_envvar=True,
-    help="Conversations per question (Swallow: 5).",
-)
-@click.option("--max-new-tokens", type=int, default=1024)
-@click.option("--question-ids", multiple=True, help="Only these ids: '81,82' or ranges '81-90'. Repeatable.")
-@click.option("--first-n", type=int, help="Only the first N questions.")
+@model_options
+@question_options
 @click.option(
     "--num-shards", type=int, help="Generate in this many shards, one after another (resume points)."
 )

@@ -47,9 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--calls-per-slot", type=int, default=40, help="about this many calls per concurrent slot"
     )
-    ap.add_argument(
-        "--batch-size", type=int, nargs="+", default=[64], help="job judge --batch-size values"
-    )
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[64], help="job judge --batch-size values")
     ap.add_argument("--skip-fastchat", action="store_true")
     return ap.parse_args(argv)
 

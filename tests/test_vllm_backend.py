@@ -261,6 +261,37 @@ def test_cli_passes_vllm_options(
     assert len(events[1]["prompts"]) == 3
 
 
+def test_judge_cli_passes_vllm_options_and_stores_every_game(
+    run_job: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    """An open judge model on vLLM: engine options reach LLM(), one engine call per batch."""
+    out, log = tmp_path / "runs", tmp_path / "vllm.jsonl"
+    for stage in (("generate", "--model", "mock/echo"), ("reduce", "--model-name", "echo")):
+        r = run_job(*stage, "--bench", "smoke", "--output", str(out))
+        assert r.returncode == 0, r.stderr
+    r = run_job(
+        "judge", "--bench", "smoke", "--output", str(out),
+        "--judge-model", f"vllm/{tiny_model}", "--judge-name", "vj",
+        "--tensor-parallel-size", "2", "--max-model-len", "2048", "--dtype", "bfloat16",
+        "--batch-size", "10",
+        env={"PYTHONPATH": str(FAKES), "FAKE_VLLM_LOG": str(log)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    init = events[0]
+    assert (init["event"], init["tensor_parallel_size"], init["max_model_len"], init["dtype"]) == (
+        "init", 2, 2048, "bfloat16",
+    )  # fmt: skip
+    assert init["trust_remote_code"] is False
+    gens = [e for e in events if e["event"] == "generate"]
+    rows = [json.loads(x) for x in (out / "smoke/model_judgment/vj_single.jsonl").read_text().splitlines()]
+    # smoke: 9 questions x 2 turns, one game each; batches of at most 10 calls
+    assert sum(len(g["prompts"]) for g in gens) == len(rows) == 18
+    assert len(gens) == 2 and all(len(g["prompts"]) <= 10 for g in gens)
+    # the fake's replies carry no [[rating]]: recorded as parse errors, never scores
+    assert {x["status"] for x in rows} == {"parse_error"} and {x["score"] for x in rows} == {-1}
+
+
 @pytest.mark.gpu
 @pytest.mark.timeout(900)
 def test_real_vllm_tiny_model(tmp_path: Path) -> None:

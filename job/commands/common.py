@@ -90,6 +90,45 @@ def model_options(f: F) -> F:
     return f
 
 
+# keys of backend_options filled by local_model_options (hf/ and vllm/ backends)
+LOCAL_OPTION_KEYS = (
+    "dtype", "device", "trust_remote_code",
+    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager",
+)  # fmt: skip
+
+
+def local_model_options(f: F) -> F:
+    """Options of models loaded in this process (hf/, vllm/): generation or judging."""
+    for deco in reversed(
+        [
+            click.option("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (hf/vllm)."),
+            click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (hf)."),
+            click.option(
+                "--trust-remote-code", is_flag=True, help="Allow model repos to run their own code."
+            ),
+            click.option(
+                "--tensor-parallel-size",
+                type=int,
+                default=1,
+                help="GPUs per model replica (vllm; GPUs per Ray actor).",
+            ),
+            click.option(
+                "--max-model-len", type=int, help="Context length of the engine (vllm; default: the model's)."
+            ),
+            click.option(
+                "--gpu-memory-utilization", type=float, default=0.9, help="GPU memory share (vllm)."
+            ),
+            click.option(
+                "--enforce-eager",
+                is_flag=True,
+                help="Disable CUDA graphs (vllm; faster start, slower decode).",
+            ),
+        ]
+    ):
+        f = deco(f)
+    return f
+
+
 def question_options(f: F) -> F:
     """--question-ids and --first-n: a subset of the bench (debugging, CI smoke runs)."""
     f = click.option("--first-n", type=int, help="Only the first N questions of the file.")(f)

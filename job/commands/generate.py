@@ -4,10 +4,12 @@ import click
 
 from job.commands.common import (
     API_OPTION_KEYS,
+    LOCAL_OPTION_KEYS,
     api_options,
     bench_data_option,
     bench_option,
     dry_run_option,
+    local_model_options,
     model_options,
     output_option,
     question_options,
@@ -46,19 +48,9 @@ from job.commands.common import (
     type=click.Path(exists=True, dir_okay=False),
     help="Jinja chat template file (hf/vllm) for models without one.",
 )
-@click.option("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (hf/vllm).")
-@click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (hf).")
+@local_model_options
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @click.option("--token-budget", type=int, help="Padded tokens per batch for automatic batch size (hf).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model repos to run their own code.")
-@click.option(
-    "--tensor-parallel-size", type=int, default=1, help="GPUs per model replica (vllm; GPUs per Ray actor)."
-)
-@click.option("--max-model-len", type=int, help="Context length of the engine (vllm; default: the model's).")
-@click.option("--gpu-memory-utilization", type=float, default=0.9, help="GPU memory share (vllm).")
-@click.option(
-    "--enforce-eager", is_flag=True, help="Disable CUDA graphs (vllm; faster start, slower decode)."
-)
 @click.option(
     "--dedupe-greedy/--no-dedupe-greedy",
     default=True,
@@ -86,9 +78,8 @@ def generate(**kw: object) -> None:
     """
     from job.generate import GenerateConfig, parse_category_temperatures, run
 
-    backend_keys: tuple[str, ...] = ("dtype", "device", "batch_size", "token_budget", "trust_remote_code")
-    backend_keys += ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager")
-    backend_options = {k: kw.pop(k) for k in (*backend_keys, *API_OPTION_KEYS)}
+    keys = (*LOCAL_OPTION_KEYS, "batch_size", "token_budget", *API_OPTION_KEYS)
+    backend_options = {k: kw.pop(k) for k in keys}
     kw["category_temperature"] = parse_category_temperatures(kw.pop("category_temperature"))  # type: ignore[arg-type]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     executor, replicas, cpus = kw.pop("executor"), kw.pop("num_replicas"), kw.pop("cpus_per_replica")

@@ -4,10 +4,12 @@ import click
 
 from job.commands.common import (
     API_OPTION_KEYS,
+    LOCAL_OPTION_KEYS,
     api_options,
     bench_data_option,
     bench_option,
     dry_run_option,
+    local_model_options,
     output_option,
     question_options,
 )
@@ -55,6 +57,7 @@ from job.commands.common import (
     "for hf/vllm judges also the calls per generate batch.",
 )
 @api_options
+@local_model_options
 @dry_run_option
 @click.option(
     "--dump", type=click.Path(dir_okay=False), help="With --dry-run: write every request as a JSON line here."
@@ -68,7 +71,7 @@ def judge(**kw: object) -> None:
     """
     from job.judge_run import JudgeConfig, run
 
-    backend_options = {k: kw.pop(k) for k in API_OPTION_KEYS}
+    backend_options = {k: kw.pop(k) for k in (*API_OPTION_KEYS, *LOCAL_OPTION_KEYS)}
     kw["model_list"] = list(kw.pop("model_list"))  # type: ignore[call-overload]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     run(JudgeConfig(**kw, backend_options=backend_options))  # type: ignore[arg-type]

@@ -4,17 +4,16 @@ import click
 
 from job.commands.common import (
     API_OPTION_KEYS,
+    LOCAL_OPTION_KEYS,
     api_options,
     bench_data_option,
     bench_option,
     dry_run_option,
+    local_model_options,
     model_options,
     output_option,
     question_options,
 )
-
-HF_KEYS = ("dtype", "device", "batch_size", "trust_remote_code")
-VLLM_KEYS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")
 
 
 @click.command("run", context_settings={"show_default": True})
@@ -30,13 +29,8 @@ VLLM_KEYS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")
 @click.option(
     "--chat-template", type=click.Path(exists=True, dir_okay=False), help="Jinja chat template (hf/vllm)."
 )
-@click.option("--dtype", default="auto", help="hf/vllm dtype.")
-@click.option("--device", default="auto", help="hf device.")
-@click.option("--batch-size", type=int, help="hf rows per generate call.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model repos to run their own code.")
-@click.option("--tensor-parallel-size", type=int, default=1, help="GPUs per replica (vllm).")
-@click.option("--max-model-len", type=int, help="Engine context length (vllm).")
-@click.option("--gpu-memory-utilization", type=float, default=0.9, help="GPU memory share (vllm).")
+@local_model_options
+@click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @api_options
 @click.option(
     "--judge-model",
@@ -96,7 +90,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     from job.generate import GenerateConfig
     from job.pipeline import RunConfig, run
 
-    opts = {k: kw.pop(k) for k in (*HF_KEYS, *VLLM_KEYS, *API_OPTION_KEYS)}
+    opts = {k: kw.pop(k) for k in (*LOCAL_OPTION_KEYS, "batch_size", *API_OPTION_KEYS)}
     judge_opts = {
         "base_url": kw.pop("judge_base_url"), "concurrency": kw.pop("judge_concurrency"),
         "request_timeout": opts["request_timeout"], "max_retries": opts["max_retries"],

@@ -1,0 +1,3 @@
+"""Fixtures shared by the fault-injection tests (tests/faults/)."""
+
+from __future__ import annotations

@@ -11,6 +11,13 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _stack(f: F, options: list[Callable[[F], F]]) -> F:
+    """Apply click options so --help lists them in the order given."""
+    for deco in reversed(options):
+        f = deco(f)
+    return f
+
+
 def bench_option(f: F) -> F:
     return click.option(
         "--bench",
@@ -60,7 +67,8 @@ def output_option(f: F) -> F:
 
 def model_options(f: F) -> F:
     """--model, --model-name, --num-choices, --max-new-tokens (generate and run)."""
-    for deco in reversed(
+    return _stack(
+        f,
         [
             click.option(
                 "--model",
@@ -84,10 +92,8 @@ def model_options(f: F) -> F:
                 help="Independent 2-turn conversations per question (Swallow: 5).",
             ),
             click.option("--max-new-tokens", type=int, default=1024, help="New tokens per turn."),
-        ]
-    ):
-        f = deco(f)
-    return f
+        ],
+    )
 
 
 # keys of backend_options filled by local_model_options (hf/ and vllm/ backends)
@@ -99,7 +105,8 @@ LOCAL_OPTION_KEYS = (
 
 def local_model_options(f: F) -> F:
     """Options of models loaded in this process (hf/, vllm/): generation or judging."""
-    for deco in reversed(
+    return _stack(
+        f,
         [
             click.option("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (hf/vllm)."),
             click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (hf)."),
@@ -123,10 +130,8 @@ def local_model_options(f: F) -> F:
                 is_flag=True,
                 help="Disable CUDA graphs (vllm; faster start, slower decode).",
             ),
-        ]
-    ):
-        f = deco(f)
-    return f
+        ],
+    )
 
 
 def question_options(f: F) -> F:
@@ -147,7 +152,8 @@ API_OPTION_KEYS = ("base_url", "concurrency", "request_timeout", "max_retries")
 
 def api_options(f: F) -> F:
     """Options of OpenAI-compatible backends (generation and judging)."""
-    for deco in reversed(
+    return _stack(
+        f,
         [
             click.option(
                 "--base-url",
@@ -176,7 +182,5 @@ def api_options(f: F) -> F:
                 show_default=True,
                 help="Retries on 429/5xx/timeouts/connection errors, with backoff.",
             ),
-        ]
-    ):
-        f = deco(f)
-    return f
+        ],
+    )

@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,8 +394,13 @@ def run(cfg: JudgeConfig) -> Counter[str]:
     )
     try:
         counts = execute(cfg, plan, judge, store)
-    finally:
-        store.compact()
+    except BaseException:
+        # fold in what was stored if the storage still answers; the first error (often
+        # the storage itself failing) is the one to report, not a second one from here
+        with suppress(JobError):
+            store.compact()
+        raise
+    store.compact()
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing new"
     print(
         f"judged {cfg.bench} with {judge}: {summary}; {len(plan.cached)} games were already stored -> {store.uri}"

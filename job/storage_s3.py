@@ -44,6 +44,7 @@ _AUTH_CODES = {
     "AllAccessDisabled",
     "403",
 }
+_RETRIED_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
 
 # botocore/urllib3 DEBUG logs carry request headers (Authorization names the access
 # key id); keep them quiet even under `job --log-level DEBUG`.
@@ -91,8 +92,10 @@ class S3Storage(Storage):
         if max_attempts is None and not raw.isdigit():
             raise JobError(f"{MAX_ATTEMPTS_ENV}={raw!r} is not a positive integer (S3 attempts per request)")
         attempts = max_attempts or max(int(raw), 1)
+        self.max_attempts = attempts
         config = Config(
-            retries={"mode": "standard", "max_attempts": attempts},
+            # total_max_attempts counts the first try; botocore's "max_attempts" would not
+            retries={"mode": "standard", "total_max_attempts": attempts},
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=32,  # reduce reads shards concurrently
@@ -141,7 +144,13 @@ class S3Storage(Storage):
                     f"cannot {action} {uri}: access denied ({code}); check the AWS credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE) and the bucket policy"
                 ) from None
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            raise JobError(f"cannot {action} {uri}: S3 error {code or status}") from None
+            # 5xx and throttling were already retried: say so, and name the endpoint
+            retried = code in _RETRIED_CODES or (isinstance(status, int) and status >= 500)
+            hint = f" after {self.max_attempts} attempts; try again later or raise {MAX_ATTEMPTS_ENV}"
+            raise JobError(
+                f"cannot {action} {uri}: S3 error {code or status} (HTTP {status}) from {self._where()}"
+                + (hint if retried else "")
+            ) from None
         except bx.BotoCoreError as e:
             # e.g. a malformed endpoint URL; botocore messages carry no credentials
             raise JobError(f"cannot {action} {uri}: {type(e).__name__}: {e}") from None

@@ -18,7 +18,7 @@ from typing import Any
 
 from job.errors import JobError
 from job.names import check_name
-from job.records import Question, check_unique_ids, parse_records
+from job.records import Question, check_unique_ids, parse_numbered
 
 # FastChat common.py `temperature_config`; categories not listed get 0.7.
 TEMPERATURE_BY_CATEGORY: dict[str, float] = {
@@ -124,10 +124,11 @@ class Bench:
     def load_questions(self) -> tuple[list[Question], str]:
         """Questions in file order, and the sha256 of the question file."""
         data = self.read_verified(self.question_path, "question")
-        qs = parse_records(data, Question, str(self.question_path))
+        numbered = parse_numbered(data, Question, str(self.question_path))
+        qs = [q for _, q in numbered]
         if not qs:
             raise JobError(f"{self.question_path}: no questions in file")
-        check_unique_ids(qs, str(self.question_path))
+        check_unique_ids(qs, str(self.question_path), [n for n, _ in numbered])
         return qs, sha256_bytes(data)
 
 

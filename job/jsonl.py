@@ -7,10 +7,14 @@ missing final newline (some upstream files have none).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from job.errors import JobError
+
+# a \uD800-\uDFFF escape: valid only as a surrogate pair; a lone one cannot be written as UTF-8
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def iter_jsonl(data: bytes | str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -25,8 +29,10 @@ def iter_jsonl(data: bytes | str, source: str) -> Iterator[tuple[int, dict[str, 
             ) from None
     else:
         text = data
+    # a byte-order mark (Windows editors) is not part of the first record
+    text = text.removeprefix("\ufeff")
     for lineno, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
+        if not raw.strip(" \t\r"):  # JSON whitespace only: a line of other control characters is an error
             continue
         try:
             obj = json.loads(raw)
@@ -34,8 +40,19 @@ def iter_jsonl(data: bytes | str, source: str) -> Iterator[tuple[int, dict[str, 
             raise JobError(
                 f"{source}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line"
             ) from None
+        except (RecursionError, ValueError) as e:  # nesting too deep, an integer of > 4300 digits
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+            raise JobError(f"{source}:{lineno}: unreadable JSON ({reason}); fix or remove the line") from None
         if not isinstance(obj, dict):
             raise JobError(f"{source}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        if _SURROGATE_ESCAPE.search(raw):
+            try:
+                dumps_line(obj).encode("utf-8")
+            except UnicodeEncodeError:
+                raise JobError(
+                    f"{source}:{lineno}: a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not text; "
+                    "fix the line"
+                ) from None
         yield lineno, obj
 
 

@@ -7,6 +7,7 @@ Nothing here does I/O; job.judge_run drives it (load, send, append, resume).
 from __future__ import annotations
 
 import ast
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -32,8 +33,13 @@ def parse_rating(text: str) -> int | float | None:
     m = RATING_RE.search(text) or RATING_BACKUP_RE.search(text)
     if not m:
         return None
-    value = ast.literal_eval(m.group(1))
-    return value if isinstance(value, int | float) else None
+    try:
+        value = ast.literal_eval(m.group(1))
+        finite = isinstance(value, int | float) and math.isfinite(value)
+    except (ValueError, SyntaxError, OverflowError):  # > 4300 digits; an int too big for a float
+        return None
+    # FastChat would crash or store Infinity here: a nonsense number is no rating
+    return value if finite else None
 
 
 def parse_verdict(text: str) -> str:

@@ -39,10 +39,25 @@ class JudgePrompt:
     prompt_template: str
     output_format: str
     """[[rating]] | [[A]]"""
+    line: int = 0
+    """line of the prompt file, for error messages"""
 
     @property
     def placeholders(self) -> set[str]:
         return {f for _, f, _, _ in string.Formatter().parse(self.prompt_template) if f}
+
+    def template_problem(self) -> str | None:
+        """Why str.format would fail or misbehave on this template, or None. FastChat's
+        templates use plain {name} fields only: positional fields, conversions (!r) and
+        format specs (a width can allocate gigabytes) are refused up front."""
+        try:
+            fields = list(string.Formatter().parse(self.prompt_template))
+        except ValueError as e:  # a lone { or }
+            return f"{e} (write a literal brace as {{{{ or }}}})"
+        for _, name, spec, conv in fields:
+            if name is not None and (not name or spec or conv):
+                return f"field {{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} is not a plain {{name}}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,11 @@ def load_prompt_set(path: str | Path) -> PromptSet:
     for lineno, obj in iter_jsonl(data, str(p)):
         missing = [k for k in REQUIRED_FIELDS if not isinstance(obj.get(k), str)]
         if missing:
-            raise JobError(f"{p}:{lineno}: judge prompt lacks {', '.join(missing)}")
-        prompts[obj["name"]] = JudgePrompt(**{k: obj[k] for k in REQUIRED_FIELDS})
+            raise JobError(f"{p}:{lineno}: judge prompt lacks {', '.join(missing)} (each a string)")
+        if obj["name"] in prompts:
+            first = prompts[obj["name"]].line
+            raise JobError(f"{p}:{lineno}: judge prompt {obj['name']!r} again (first on line {first})")
+        prompts[obj["name"]] = JudgePrompt(**{k: obj[k] for k in REQUIRED_FIELDS}, line=lineno)
     return PromptSet(str(p), sha256_bytes(data), prompts)
 
 
@@ -101,14 +119,20 @@ def select(pset: PromptSet, mode: str, kinds: set[tuple[int, bool]]) -> dict[tup
     for turn, ref in sorted(kinds):
         name = prompt_name(mode, turn, ref)
         jp = pset.get(name)
+        where = f"{pset.path}:{jp.line}"
         if jp.type != want_type or jp.output_format != want_fmt:
             raise JobError(
-                f"{pset.path}: prompt {name!r} has type {jp.type!r} / output_format "
+                f"{where}: prompt {name!r} has type {jp.type!r} / output_format "
                 f"{jp.output_format!r}; expected {want_type!r} / {want_fmt!r}"
+            )
+        problem = jp.template_problem()
+        if problem:
+            raise JobError(
+                f"{where}: prompt {name!r}: prompt_template is not a valid format string: {problem}"
             )
         # str.format ignores unused kwargs but fails on unknown ones: check both ways
         unknown = jp.placeholders - expected_placeholders(mode, turn, ref)
         if unknown:
-            raise JobError(f"{pset.path}: prompt {name!r} uses unknown placeholders {sorted(unknown)}")
+            raise JobError(f"{where}: prompt {name!r} uses unknown placeholders {sorted(unknown)}")
         out[(turn, ref)] = jp
     return out

@@ -42,7 +42,7 @@ from job.judgment_store import JudgmentStore
 from job.layout import judgment_dir
 from job.names import check_name, default_model_name
 from job.provenance import git_revision, package_version
-from job.records import Answer, Question, QuestionId, parse_records
+from job.records import Answer, Question, QuestionId, check_judgment, parse_records
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -181,9 +181,13 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     # a model without an answer to a question has no match for it (--allow-missing)
     present = [q for q in questions if all(q.question_id in answers[m] for m in answers)]
     matches = build_matches(present, models, answers, prompts, refs, cfg.mode, cfg.baseline_model)
-    cached = {
-        k: r for rec in (store.read(repair=not cfg.dry_run) if store else []) for k, r in stored_games(rec)
-    }
+
+    # stored records are checked before resume keys are built from them (file:line on a bad one)
+    def check(rec: dict[str, Any], where: str) -> None:
+        check_judgment(rec, where, pairwise, need_judge=True)
+
+    stored = store.read(repair=not cfg.dry_run, check=check) if store else []
+    cached = {k: r for rec in stored for k, r in stored_games(rec)}
     requests = [
         (m, g, build_judge_prompt(m, g))
         for m in matches

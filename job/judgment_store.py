@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,12 @@ class JudgmentStore:
         assert isinstance(self.storage, LocalStorage)
         return self.storage.path / self.key
 
-    def read(self, repair: bool = False) -> list[dict[str, Any]]:
+    def read(
+        self, repair: bool = False, check: Callable[[dict[str, Any], str], None] | None = None
+    ) -> list[dict[str, Any]]:
         """Every stored record. A torn final line is dropped (and cut from a local file if
-        `repair`); any other malformed line is an error naming file and line."""
+        `repair`); any other malformed line is an error naming file and line. `check(record,
+        "file:line")` may reject a well-formed line whose fields are wrong."""
         out: list[dict[str, Any]] = []
         sources = [self.key] if self.storage.exists(self.key) else []
         if self.use_parts:
@@ -65,7 +69,10 @@ class JudgmentStore:
                 data = data[:cut]
                 if repair and src == self.key and not self.use_parts:
                     os.truncate(self._local_path(), cut)
-            out.extend(obj for _, obj in iter_jsonl(data, self.storage.uri(src)))
+            for lineno, obj in iter_jsonl(data, self.storage.uri(src)):
+                if check:
+                    check(obj, f"{self.storage.uri(src)}:{lineno}")
+                out.append(obj)
         return out
 
     def append(self, records: list[dict[str, Any]]) -> None:

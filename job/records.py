@@ -7,9 +7,11 @@ Extra fields are allowed and kept.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from job.errors import JobError
 from job.jsonl import iter_jsonl
@@ -19,12 +21,22 @@ SCHEMA_VERSION = 1
 QuestionId = int | str
 
 
+def _not_bool(v: Any) -> Any:
+    # lax pydantic would read JSON true as question 1: a wrong id, silently
+    if isinstance(v, bool):
+        raise ValueError("must be an integer or a string, not true/false")
+    return v
+
+
+Qid = Annotated[QuestionId, BeforeValidator(_not_bool)]
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow", strict=False)
 
 
 class Question(_Record):
-    question_id: QuestionId
+    question_id: Qid
     """Stable id; MT-bench uses 81-160, Japanese MT-bench 1-80."""
     category: str
     """Drives temperature and whether the judge gets a reference answer."""
@@ -50,7 +62,7 @@ class Choice(_Record):
 class Answer(_Record):
     """One line of model_answer/<model>.jsonl (reference answers use it too)."""
 
-    question_id: QuestionId
+    question_id: Qid
     answer_id: str = ""
     model_id: str = ""
     choices: list[Choice] = Field(min_length=1)
@@ -60,7 +72,7 @@ class Answer(_Record):
 class ShardItem(_Record):
     """One (question, choice) conversation as written into a shard object."""
 
-    question_id: QuestionId
+    question_id: Qid
     choice: int
     turns: list[str]
     status: str = "ok"
@@ -108,23 +120,84 @@ def _describe(e: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def parse_records(data: bytes | str, model: type[R], source: str) -> list[R]:
-    """Parse JSONL into records; a bad line is an error naming `source:line`."""
-    out: list[R] = []
+def parse_numbered(data: bytes | str, model: type[R], source: str) -> list[tuple[int, R]]:
+    """Parse JSONL into (line number, record); a bad line is an error naming `source:line`."""
+    out: list[tuple[int, R]] = []
     for lineno, obj in iter_jsonl(data, source):
         try:
-            out.append(model.model_validate(obj))
+            out.append((lineno, model.model_validate(obj)))
         except ValidationError as e:
             raise JobError(f"{source}:{lineno}: invalid {model.__name__.lower()} ({_describe(e)})") from None
     return out
 
 
-def check_unique_ids(questions: list[Question], source: str) -> None:
-    seen: set[QuestionId] = set()
-    for q in questions:
-        if q.question_id in seen:
-            raise JobError(f"{source}: duplicate question_id {q.question_id!r}; ids must be unique")
-        seen.add(q.question_id)
+def parse_records(data: bytes | str, model: type[R], source: str) -> list[R]:
+    """Parse JSONL into records; a bad line is an error naming `source:line`."""
+    return [r for _, r in parse_numbered(data, model, source)]
+
+
+def check_unique_ids(questions: list[Question], source: str, lines: Sequence[int] | None = None) -> None:
+    """Ids are compared as text (1 and "1" are one question: answers are matched by str(id))."""
+    seen: dict[str, int] = {}
+    for i, q in enumerate(questions):
+        line = lines[i] if lines else i + 1
+        first = seen.setdefault(str(q.question_id), line)
+        if first != line:
+            at = (
+                f"{source}:{line}: duplicate question_id {q.question_id!r} (first on line {first})"
+                if lines
+                else f"{source}: duplicate question_id {q.question_id!r}"
+            )
+            raise JobError(f"{at}; ids must be unique")
+
+
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _judgment_problem(rec: dict[str, Any], pairwise: bool, need_judge: bool) -> str | None:
+    """What is wrong with one FastChat (or our) judgment record, or None."""
+    qid = rec.get("question_id")
+    if isinstance(qid, bool) or not isinstance(qid, int | str):
+        return "question_id must be an integer or a string"
+    turn = rec.get("turn")
+    if (turn is not None or need_judge or not pairwise) and (
+        isinstance(turn, bool) or not isinstance(turn, int) or turn < 1
+    ):
+        return "turn must be an integer >= 1"
+    choice = rec.get("choice")
+    if choice is not None and (isinstance(choice, bool) or not isinstance(choice, int) or choice < 0):
+        return "choice must be an integer >= 0"
+    judge = rec.get("judge")
+    if (judge is not None or need_judge) and not (
+        isinstance(judge, list) and len(judge) >= 2 and all(isinstance(j, str) for j in judge[:2])
+    ):
+        return "judge must be [judge name, prompt name]"
+    if not isinstance(rec.get("status", ""), str | None):
+        return "status must be a string"
+    if ("model" if pairwise else "model_1") in rec:  # resume tells the modes apart by these keys
+        return "a single judgment has model, a pairwise one model_1/model_2; is this the right file?"
+    names = ("model_1", "model_2", "g1_winner", "g2_winner") if pairwise else ("model",)
+    bad = [k for k in names if not isinstance(rec.get(k), str)]
+    if bad:
+        return f"{', '.join(bad)} must be a string"
+    if not pairwise:
+        if not _finite_number(rec.get("score")):
+            return "score must be a finite number (-1 when the judge gave none)"
+    return None
+
+
+def check_judgment(rec: dict[str, Any], where: str, pairwise: bool, need_judge: bool = False) -> None:
+    """A judgment record with wrong types is an error naming `where` (file:line), never a
+    traceback later in aggregation or a silently wrong score (NaN, true as 1)."""
+    problem = _judgment_problem(rec, pairwise, need_judge)
+    if problem:
+        raise JobError(f"{where}: invalid {'pairwise' if pairwise else 'single'} judgment ({problem})")
 
 
 def id_sort_key(qid: QuestionId) -> tuple[int, int | str]:

@@ -19,7 +19,7 @@ from job.jsonl import iter_jsonl
 from job.judgment_store import JudgmentStore
 from job.layout import judgment_dir, reports_dir
 from job.provenance import git_revision, package_version
-from job.records import Answer, parse_records
+from job.records import Answer, check_judgment, parse_records
 from job.report_md import render_markdown
 from job.storage import LocalStorage, Storage, open_storage
 
@@ -51,10 +51,27 @@ class Loaded:
     manifests: list[dict[str, Any]]
 
 
+def _check_one(r: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    agg.check_fields(r, fields, where)
+    check_judgment(r, where, pairwise=fields is PAIR_FIELDS)
+
+
 def _check(recs: list[tuple[int, dict[str, Any]]], fields: tuple[str, ...], src: str) -> list[dict[str, Any]]:
     for lineno, r in recs:
-        agg.check_fields(r, fields, f"{src}:{lineno}")
+        _check_one(r, fields, f"{src}:{lineno}")
     return [r for _, r in recs]
+
+
+def _manifest(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        man = json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, absurd nesting
+        raise JobError(
+            f"{where}: unreadable judge manifest ({type(e).__name__}); delete it or re-run `job judge`"
+        ) from None
+    if not isinstance(man, dict):
+        raise JobError(f"{where}: judge manifest is not a JSON object; delete it or re-run `job judge`")
+    return man
 
 
 def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
@@ -72,7 +89,7 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
             out.files.append({"path": str(p), "sha256": sha256_bytes(data)})
             man = p.with_name(p.name.removesuffix(".jsonl") + ".manifest.json")
             if man.is_file():
-                out.manifests.append(json.loads(man.read_text("utf-8")))
+                out.manifests.append(_manifest(man.read_bytes(), str(man)))
         return out
     prefix = judgment_dir(cfg.bench)
     keys = sorted(
@@ -91,12 +108,12 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
         )
     for key in keys:
         store = JudgmentStore(storage, key)
-        recs = store.read()
-        out.records += _check(list(enumerate(recs, 1)), fields, store.uri)
+        recs = store.read(check=lambda r, where: _check_one(r, fields, where))
+        out.records += recs
         out.files.append({"path": store.uri, "rows": len(recs)})
         mkey = key.removesuffix(".jsonl") + ".manifest.json"
         if storage.exists(mkey):
-            out.manifests.append(json.loads(storage.read_bytes(mkey)))
+            out.manifests.append(_manifest(storage.read_bytes(mkey), storage.uri(mkey)))
     return out
 
 
@@ -184,6 +201,9 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     categories = {str(q.question_id): q.category for q in questions}
     storage = open_storage(cfg.output)
     loaded = load_judgments(cfg, storage)
+    if not loaded.records:  # an empty file (FastChat's, or a judge killed before its first write)
+        files = ", ".join(f["path"] for f in loaded.files)
+        raise JobError(f"{files}: no judgments in file; run `job judge` first")
     judges = sorted({str((r.get("judge") or ["?"])[0]) for r in loaded.records})
     res: dict[str, Any] = {}
     out: dict[str, bytes] = {}

@@ -9,7 +9,6 @@ record exactly once, equal to a fault-free local run.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -19,53 +18,20 @@ import pytest
 from moto_s3 import BUCKET, S3Env, start_moto
 
 from faults.s3_fault_proxy import FaultProxy, always, random_faults
+from faults.storage_pipeline import (
+    ANSWERS,
+    GEN,
+    JUDGE,
+    JUDGMENTS,
+    REDUCE,
+    REPORT,
+    SCORES,
+    canon_judgments,
+    error_line,
+    lines,
+)
 
 pytestmark = pytest.mark.timeout(240)
-
-SMOKE = ["--bench", "smoke"]
-GEN = ["generate", *SMOKE, "--model", "mock/echo", "--num-choices", "2", "--num-shards", "3"]
-REDUCE = ["reduce", *SMOKE]
-JUDGE = ["judge", *SMOKE, "--judge-model", "mock/judge", "--batch-size", "4"]
-REPORT = ["report", *SMOKE, "--no-html"]
-ANSWERS = "smoke/model_answer/echo.jsonl"
-JUDGMENTS = "smoke/model_judgment/judge_single.jsonl"
-
-
-def _lines(data: bytes, drop: tuple[str, ...] = ("tstamp",)) -> list[dict[str, Any]]:
-    out = []
-    for line in data.decode("utf-8").splitlines():
-        rec = json.loads(line)
-        out.append({k: v for k, v in rec.items() if k not in drop})
-    return out
-
-
-def _canon_judgments(data: bytes) -> list[str]:
-    recs = _lines(data)
-    keys = [(r["question_id"], r["model"], r["turn"], r.get("choice")) for r in recs]
-    assert len(keys) == len(set(keys)), "duplicate judgment rows"
-    return sorted(json.dumps(r, sort_keys=True) for r in recs)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The same pipeline on a local directory, no faults: what every S3 run must equal."""
-    import os
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("reference") / "runs"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOB_", "AWS_"))}
-    for args in (GEN, REDUCE, JUDGE, REPORT):
-        r = subprocess.run(
-            [sys.executable, "-c", "from job.cli import main; main()", *args, "--output", str(out)],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-    return {
-        "answers": _lines((out / ANSWERS).read_bytes()),
-        "judgments": _canon_judgments((out / JUDGMENTS).read_bytes()),
-        "scores": (out / "smoke/reports/scores.csv").read_bytes(),
-    }
 
 
 @pytest.fixture
@@ -79,26 +45,17 @@ def _env(s3: S3Env, proxy: FaultProxy, attempts: int = 3) -> dict[str, str]:
     return {**s3.env, "AWS_ENDPOINT_URL_S3": proxy.url, "JOB_S3_MAX_ATTEMPTS": str(attempts)}
 
 
-def _error_line(res: Any) -> str:
-    """A failed command: exit 2, no traceback, and its last stderr line is `error: ...`."""
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr, res.stderr
-    line: str = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), res.stderr
-    return line
-
-
 def _check_complete(s3: S3Env, prefix: str, reference: dict[str, Any], report: bool = True) -> None:
     keys = s3.list_keys(prefix)
     assert not [k for k in keys if ".parts/" in k or "write-check" in k], keys
-    assert _lines(s3.get(f"{prefix}{ANSWERS}")) == reference["answers"]
+    assert lines(s3.get(f"{prefix}{ANSWERS}")) == reference["answers"]
     if report:
-        assert _canon_judgments(s3.get(f"{prefix}{JUDGMENTS}")) == reference["judgments"]
-        assert s3.get(f"{prefix}smoke/reports/scores.csv") == reference["scores"]
+        assert canon_judgments(s3.get(f"{prefix}{JUDGMENTS}")) == reference["judgments"]
+        assert s3.get(f"{prefix}{SCORES}") == reference["scores"]
 
 
 def test_transient_faults_are_absorbed_by_retries(
-    run_job: Any, s3: S3Env, proxy: FaultProxy, reference: dict[str, Any]
+    run_job: Any, s3: S3Env, proxy: FaultProxy, storage_reference: dict[str, Any]
 ) -> None:
     # 20% of all requests fail (500, 503 SlowDown, dropped before or after the upstream)
     proxy.decide = random_faults(seed=8, rate=0.2)
@@ -111,16 +68,16 @@ def test_transient_faults_are_absorbed_by_retries(
     print(f"{len(proxy.faults)} faults in {proxy.count} requests, {time.monotonic() - t0:.1f}s")
     assert len(proxy.faults) >= 10 and kinds == {"500", "503", "drop", "drop_after"}, proxy.faults
     assert {m for m, _, _ in proxy.faults} >= {"GET", "PUT"}
-    _check_complete(s3, "flaky/", reference)
+    _check_complete(s3, "flaky/", storage_reference)
 
 
 def test_persistent_put_failure_commits_nothing_and_rerun_completes(
-    run_job: Any, s3: S3Env, proxy: FaultProxy, reference: dict[str, Any]
+    run_job: Any, s3: S3Env, proxy: FaultProxy, storage_reference: dict[str, Any]
 ) -> None:
     # the second shard's commit marker can never be written
     proxy.decide = always("503", {"PUT"}, "shard-00001-of-00003.manifest.json")
     out, env = s3.uri("put"), _env(s3, proxy)
-    line = _error_line(run_job(*GEN, "--output", out, env=env))
+    line = error_line(run_job(*GEN, "--output", out, env=env))
     uri = f"s3://{BUCKET}/put/smoke/shards/echo/shard-00001-of-00003.manifest.json"
     assert line == (
         f"error: cannot write {uri}: S3 error SlowDown (HTTP 503) from {proxy.url} after 3 attempts; "
@@ -130,7 +87,7 @@ def test_persistent_put_failure_commits_nothing_and_rerun_completes(
     manifests = [k for k in s3.list_keys("put/") if k.endswith(".manifest.json")]
     assert manifests == ["put/smoke/shards/echo/shard-00000-of-00003.manifest.json"]
     # the uncommitted shard object is not trusted: reduce names what is missing and writes nothing
-    line = _error_line(run_job(*REDUCE, "--output", out, env=env))
+    line = error_line(run_job(*REDUCE, "--output", out, env=env))
     assert "shards 1, 2 of 3 not committed" in line
     assert not [k for k in s3.list_keys("put/") if "model_answer" in k]
 
@@ -138,30 +95,30 @@ def test_persistent_put_failure_commits_nothing_and_rerun_completes(
     res = run_job(*GEN, "--output", out, env=env)
     assert res.returncode == 0 and "shard 1/3 already complete" in res.stderr, res.stderr
     assert run_job(*REDUCE, "--output", out, env=env).returncode == 0
-    _check_complete(s3, "put/", reference, report=False)
+    _check_complete(s3, "put/", storage_reference, report=False)
 
 
 def test_persistent_get_failure_in_reduce_writes_nothing(
-    run_job: Any, s3: S3Env, proxy: FaultProxy, reference: dict[str, Any]
+    run_job: Any, s3: S3Env, proxy: FaultProxy, storage_reference: dict[str, Any]
 ) -> None:
     out, env = s3.uri("get"), _env(s3, proxy)
     assert run_job(*GEN, "--output", out, env=env).returncode == 0
     proxy.decide = always("500", {"GET"}, "shard-00002-of-00003.jsonl")
-    line = _error_line(run_job(*REDUCE, "--output", out, env=env))
+    line = error_line(run_job(*REDUCE, "--output", out, env=env))
     uri = f"s3://{BUCKET}/get/smoke/shards/echo/shard-00002-of-00003.jsonl"
     assert line.startswith(f"error: cannot read {uri}: S3 error InternalError (HTTP 500) from {proxy.url}")
     assert not [k for k in s3.list_keys("get/") if "model_answer" in k]
     # a dropped connection on every try reads as an unreachable endpoint
     proxy.decide = always("drop", {"GET"}, "/shards/")
-    line = _error_line(run_job(*REDUCE, "--output", out, env=env))
+    line = error_line(run_job(*REDUCE, "--output", out, env=env))
     assert f"S3 endpoint {proxy.url} unreachable (ConnectionClosedError, retries exhausted)" in line
     proxy.heal()
     assert run_job(*REDUCE, "--output", out, env=env).returncode == 0
-    _check_complete(s3, "get/", reference, report=False)
+    _check_complete(s3, "get/", storage_reference, report=False)
 
 
 def test_endpoint_outage_mid_judge_keeps_stored_groups(
-    run_job: Any, s3: S3Env, proxy: FaultProxy, reference: dict[str, Any]
+    run_job: Any, s3: S3Env, proxy: FaultProxy, storage_reference: dict[str, Any]
 ) -> None:
     out, env = s3.uri("judge") + "/", _env(s3, proxy)
     for args in (GEN, REDUCE):
@@ -178,23 +135,23 @@ def test_endpoint_outage_mid_judge_keeps_stored_groups(
         return None
 
     proxy.decide = outage_at_third_part
-    line = _error_line(run_job(*JUDGE, "--output", out, env=env))
+    line = error_line(run_job(*JUDGE, "--output", out, env=env))
     assert line.startswith(f"error: cannot write s3://{BUCKET}/judge/{JUDGMENTS}.parts/part-")
     assert f"S3 endpoint {proxy.url} unreachable" in line
     proxy.heal()
     proxy.start()  # same port, moto's state untouched
     stored = [k for k in s3.list_keys("judge/") if ".parts/" in k]
     assert len(stored) == 2  # the groups stored before the outage, each a whole object
-    assert sum(len(_lines(s3.get(k))) for k in stored) == 8
+    assert sum(len(lines(s3.get(k))) for k in stored) == 8
     res = run_job(*JUDGE, "--output", out, env=env)
     assert res.returncode == 0, res.stderr
     assert "28 ok; 8 games were already stored" in res.stdout
     assert run_job(*REPORT, "--output", out, env=env).returncode == 0
-    _check_complete(s3, "judge/", reference)
+    _check_complete(s3, "judge/", storage_reference)
 
 
 def test_moto_killed_mid_generate_fails_fast_and_rerun_completes(
-    run_job: Any, job_env: dict[str, str], reference: dict[str, Any], tmp_path: Path
+    run_job: Any, job_env: dict[str, str], storage_reference: dict[str, Any], tmp_path: Path
 ) -> None:
     from moto_s3 import s3_env_vars
 
@@ -213,7 +170,7 @@ def test_moto_killed_mid_generate_fails_fast_and_rerun_completes(
         proxy.decide = kill_moto
         t0 = time.monotonic()
         try:
-            line = _error_line(run_job(*GEN, "--output", s3.uri("run"), env=_env(s3, proxy)))
+            line = error_line(run_job(*GEN, "--output", s3.uri("run"), env=_env(s3, proxy)))
         finally:
             proxy.stop()
         assert time.monotonic() - t0 < 60
@@ -227,4 +184,4 @@ def test_moto_killed_mid_generate_fails_fast_and_rerun_completes(
         s3.client().create_bucket(Bucket=BUCKET)
         for args in (GEN, REDUCE):
             assert run_job(*args, "--output", s3.uri("run"), env=s3.env).returncode == 0
-        _check_complete(s3, "run/", reference, report=False)
+        _check_complete(s3, "run/", storage_reference, report=False)

@@ -186,9 +186,8 @@ def _judgment_problem(rec: dict[str, Any], pairwise: bool, need_judge: bool) -> 
     bad = [k for k in names if not isinstance(rec.get(k), str)]
     if bad:
         return f"{', '.join(bad)} must be a string"
-    if not pairwise:
-        if not _finite_number(rec.get("score")):
-            return "score must be a finite number (-1 when the judge gave none)"
+    if not pairwise and not _finite_number(rec.get("score")):
+        return "score must be a finite number (-1 when the judge gave none)"
     return None
 
 

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from job import report as agg
 from job.benches import registry, resolve_bench
 from job.errors import JobError
-from job.judge import stored_games
-from job.judge_prompts import REQUIRED_FIELDS, expected_placeholders, load_prompt_set, select
-from job.judgment_store import JudgmentStore
 from job.jsonl import dumps_lines, iter_jsonl
+from job.judge import stored_games
+from job.judge_prompts import expected_placeholders, load_prompt_set, select
+from job.judgment_store import JudgmentStore
 from job.names import check_name
 from job.records import Answer, Question, ShardItem, check_judgment, parse_records, record_dict
 from job.storage import LocalStorage
@@ -181,7 +181,12 @@ def test_targeted_bad_question_lines(blob: bytes, expected: str) -> None:
 
 def test_bom_crlf_and_huge_strings_load() -> None:
     big = "x" * 5_000_000
-    blob = b"\xef\xbb\xbf" + _dump(GOOD_QUESTION) + b"\r\n" + _dump(dict(GOOD_QUESTION, question_id=2, turns=[big]))
+    blob = (
+        b"\xef\xbb\xbf"
+        + _dump(GOOD_QUESTION)
+        + b"\r\n"
+        + _dump(dict(GOOD_QUESTION, question_id=2, turns=[big]))
+    )
     qs = parse_records(blob, Question, "q.jsonl")
     assert [q.question_id for q in qs] == [1, 2] and qs[1].turns == [big]
 

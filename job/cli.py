@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from job import __version__
-from job.errors import JobError
+from job.errors import JobError, Terminated
 
 # name -> "module:attribute"; one line per command keeps parallel work conflict-free
 COMMANDS: dict[str, str] = {
@@ -62,6 +62,12 @@ class LazyGroup(click.Group):
             # one line, no traceback: the message names the file/record and the fix
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except Terminated as e:
+            # preemption: the command's finally blocks saved what was done; say what
+            click.echo(
+                f"terminated by SIGTERM; kept {e.kept or 'all work committed before the signal'}", err=True
+            )
+            ctx.exit(e.exit_code)
 
 
 @click.group(
@@ -84,7 +90,14 @@ def cli(log_level: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="job")
+    from job import terminate
+
+    terminate.install()  # SIGTERM -> Terminated: finally blocks run, the exit code is 143
+    try:
+        cli(prog_name="job")
+    except Terminated as e:  # arrived outside a command (start-up, argument parsing)
+        click.echo("terminated by SIGTERM", err=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

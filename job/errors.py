@@ -9,3 +9,18 @@ class JobError(Exception):
 
 class IncompleteError(JobError):
     """Work that may still arrive (shards still running); `--wait` polls on this one."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (Slurm/Kubernetes preemption, scancel, kubectl delete).
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` handlers cannot swallow
+    it while finally blocks still run. Commands set `kept` to say what was saved; the CLI
+    prints it and exits 143 (128 + SIGTERM), as a process killed by the signal would.
+    """
+
+    exit_code = 143
+
+    def __init__(self, kept: str = "") -> None:
+        super().__init__("terminated by SIGTERM")
+        self.kept = kept

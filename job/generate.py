@@ -22,14 +22,15 @@ from tqdm import tqdm
 from job.backends import load_backend, parse_spec
 from job.backends.base import Backend, GenRequest, GenResult, Message, SamplingParams
 from job.benches import Bench, resolve_bench, sha256_file, temperature_for
-from job.errors import JobError
+from job.errors import JobError, Terminated
 from job.jsonl import dumps_lines
-from job.layout import manifest_key, shard_key
+from job.layout import manifest_key, shard_key, shards_prefix
 from job.names import check_name, default_model_name
 from job.provenance import git_revision, host, package_version, stable_hash
 from job.records import Question, QuestionId, ShardItem, ShardManifest, id_sort_key
 from job.sharding import resolve_shard, shard
 from job.storage import Storage, open_storage
+from job.terminate import critical
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,6 @@ def generate_shard(
         )
         for c in convs
     ]
-    storage.write_bytes(key, dumps_lines(i.model_dump(mode="json") for i in items))
     manifest = ShardManifest(
         bench=bench.name,
         bench_data_sha256=p["data_sha"],
@@ -348,9 +348,11 @@ def generate_shard(
         wall_seconds=round(now - started, 3),
         host=host(),
     )
-    committed = storage.write_bytes(
-        manifest_key(key), manifest.model_dump_json(indent=2).encode(), if_absent=not cfg.force
-    )
+    with critical():  # a SIGTERM waits for the commit: answers, then the manifest
+        storage.write_bytes(key, dumps_lines(i.model_dump(mode="json") for i in items))
+        committed = storage.write_bytes(
+            manifest_key(key), manifest.model_dump_json(indent=2).encode(), if_absent=not cfg.force
+        )
     if not committed:
         log.warning("shard %d/%d was committed by another task first; keeping theirs", index + 1, n)
     elif manifest.num_failed:
@@ -416,6 +418,14 @@ def run(cfg: GenerateConfig) -> list[ShardManifest]:
     try:
         for i in todo:
             done.append(generate_shard(cfg, p, i, storage, backend))
+    except Terminated as e:
+        n = sum(storage.exists(manifest_key(shard_key(p["bench"].name, cfg.model_name or "", i, p["num_shards"])))
+                for i in p["indices"])  # fmt: skip
+        e.kept = (
+            f"{n} of {len(p['indices'])} shards committed under {storage.uri(shards_prefix(p['bench'].name, cfg.model_name or ''))}; "
+            "the shard in progress wrote nothing, a re-run generates only the missing shards"
+        )
+        raise
     finally:
         backend.close()
     return done

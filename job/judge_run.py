@@ -19,7 +19,7 @@ from tqdm import tqdm
 from job.backends import load_backend
 from job.backends.base import GenRequest, GenResult, SamplingParams
 from job.benches import Bench, resolve_bench, sha256_bytes
-from job.errors import JobError
+from job.errors import JobError, Terminated
 from job.generate import select_questions
 from job.judge import (
     JUDGE_MAX_TOKENS,
@@ -44,6 +44,7 @@ from job.names import check_name, default_model_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, Question, QuestionId, check_judgment, parse_records
 from job.storage import LocalStorage, Storage, open_storage
+from job.terminate import critical
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ class _Recorder:
         self.pending: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.replies = 0
+        self.stored = 0
         self.first_error: str | None = None
 
     def add(self, m: Match, game: int, user: str, r: GenResult) -> None:
@@ -286,13 +288,24 @@ class _Recorder:
                 f"judge {self.cfg.judge_model} failed on all {self.replies} requests so far: {self.first_error}; "
                 "check the model name, --base-url and OPENAI_API_KEY"
             )
-        self.store.append(self.pending)
-        self.pending = []
+        with critical():  # a SIGTERM waits: stored and no longer pending, together
+            self.store.append(self.pending)
+            self.stored += len(self.pending)
+            self.pending = []
         self.last_flush = time.monotonic()
         fatal = getattr(self.backend, "fatal_error", None)
         if fatal:
             # 401/403/404: every further call would fail the same way; stored work is kept
             raise JobError(f"judge {self.cfg.judge_model} stopped: {fatal}")
+
+    def save_pending(self) -> None:
+        """Interrupted: store the finished records not yet written (unless no call ever
+        worked), so the judgments already paid for survive a preemption."""
+        if self.pending and self.counts["ok"] + self.counts["parse_error"]:
+            with critical():
+                self.store.append(self.pending)
+                self.stored += len(self.pending)
+                self.pending = []
 
 
 def _record_answer_errors(plan: Plan, judge: str, store: JudgmentStore) -> int:
@@ -333,6 +346,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
         key = f"{m.question.question_id}/t{m.turn}/c{m.choice}/g{g}"
         return GenRequest(judge_messages(m.prompt.system_prompt, u), params, key=key)
 
+    stopped: BaseException | None = None
     try:
         stream = getattr(backend, "generate_conversations", None)
         if stream is not None:
@@ -356,9 +370,19 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
                 for q, r in zip(batch, results, strict=True):
                     rec.add(*q, r)
         rec.flush()
+    except (Terminated, KeyboardInterrupt) as e:
+        stopped = e
+        raise
     finally:
         bar.close()
-        backend.close()
+        backend.close()  # API judges: joins the event-loop thread, so no reply is recorded after it
+        if stopped is not None:
+            rec.save_pending()
+            if isinstance(stopped, Terminated):
+                stopped.kept = (
+                    f"{rec.stored} judgments stored by this run ({len(plan.cached)} games before) in {store.uri}; "
+                    "a re-run asks only the rest"
+                )
     if answer_errors:
         rec.counts["answer_error"] += answer_errors
     return rec.counts

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from job import terminate
 from job.backends import load_backend
 from job.errors import JobError
 from job.generate import GenerateConfig, backend_options, generate_shard, pending_shards, plan, print_plan
@@ -236,6 +237,7 @@ def run_ray(cfg: GenerateConfig, opts: RayOptions) -> list[ShardManifest]:
             object_store_memory=LOCAL_OBJECT_STORE,
             log_to_driver=True,
         )
+    terminate.restore()  # ray.init replaced the CLI's SIGTERM handler with sys.exit(15)
     try:
         log.info(
             "ray: %s in %.1fs; resources %s",

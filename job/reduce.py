@@ -23,6 +23,7 @@ from job.names import check_name
 from job.provenance import package_version
 from job.records import Answer, Choice, QuestionId, ShardItem, ShardManifest, id_sort_key, parse_records
 from job.storage import Storage, open_storage
+from job.terminate import critical
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,7 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
             log.info("waiting for shards of %s: %s", model, e)
             time.sleep(min(cfg.poll_interval, max(deadline - time.monotonic(), 0.1)))
     ref = merged.manifests[0]
-    storage.write_bytes(
-        answer_key(cfg.bench, model),
-        dumps_lines(a.model_dump(mode="json", exclude_none=True) for a in merged.answers),
-    )
+    answers = dumps_lines(a.model_dump(mode="json", exclude_none=True) for a in merged.answers)
     summary = {
         "kind": "model-answer",
         "bench": cfg.bench,
@@ -200,10 +198,11 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
         "package_version": package_version(),
         "reduced_at": time.time(),
     }
-
-    storage.write_bytes(
-        answer_manifest_key(cfg.bench, model), json.dumps(summary, indent=2, ensure_ascii=False).encode()
-    )
+    with critical():  # a SIGTERM waits: the answer file and its manifest are replaced together
+        storage.write_bytes(answer_key(cfg.bench, model), answers)
+        storage.write_bytes(
+            answer_manifest_key(cfg.bench, model), json.dumps(summary, indent=2, ensure_ascii=False).encode()
+        )
     log.info(
         "%s: %d questions x %d choices -> %s",
         model,

@@ -1,0 +1,160 @@
+"""Helpers for the kill / SIGTERM / API-fault tests: the real `job` CLI as a child process,
+smoke-bench answers, and the invariants every stored file must keep after a fault."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+JOB = [sys.executable, "-c", "from job.cli import main; main()"]
+API_ENV = {"OPENAI_API_KEY": "sk-test-faults", "JOB_API_BACKOFF_BASE": "0.01"}
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every line must be one whole JSON object (a torn line fails the test)."""
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`job ARGS` in the background, stdout+stderr to `log` (a pipe nobody reads could block it)."""
+    f = open(log, "wb")  # noqa: SIM115 - the child owns it; closed when the test's tmp dir goes
+    return subprocess.Popen([*JOB, *args], env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return cond()
+        time.sleep(0.02)
+    return False
+
+
+def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    proc.wait(timeout=30)
+
+
+def count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def smoke_answers(run_job: Any, out: Path, model: str = "mock/echo", choices: int = 2, *extra: str) -> None:
+    """Answers for the smoke bench, generated and reduced by the real CLI."""
+    args = [
+        "generate",
+        "--bench",
+        "smoke",
+        "--model",
+        model,
+        "--num-choices",
+        str(choices),
+        "--output",
+        str(out),
+    ]
+    r = run_job(*args, *extra, env=API_ENV)
+    assert r.returncode == 0, r.stderr
+    r = run_job("reduce", "--bench", "smoke", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+
+
+def seeded_reply(body: dict[str, Any]) -> str:
+    """An answer that differs per choice (the request's seed), so every judge prompt is unique."""
+    return f"answer {body.get('seed')}: {body['messages'][-1]['content'][:40]}"
+
+
+def distinct_answers(run_job: Any, out: Path, url: str, name: str = "test-model") -> None:
+    """smoke answers, 2 choices that differ, from an openai/ model on a test server."""
+    smoke_answers(
+        run_job, out, "openai/test-model", 2, "--base-url", url, "--no-dedupe-greedy", "--model-name", name
+    )
+
+
+def judgment_key(rec: dict[str, Any]) -> tuple[Any, ...]:
+    models = (rec["model"],) if "model" in rec else (rec["model_1"], rec["model_2"])
+    return (tuple(rec["judge"]), str(rec["question_id"]), rec["turn"], models, rec.get("choice", 0))
+
+
+def check_judgments(path: Path, expected: int, want: str = "final") -> list[dict[str, Any]]:
+    """The judgment file after a fault: whole lines only (a torn tail is allowed before a
+    re-run repairs it), at most one final (ok/parse_error/answer_error) row per game key and
+    no api_error row after a final one. `want`: "partial" (a killed run: at most `expected`
+    keys), "recorded" (every key has a row, api_error allowed) or "final" (every key final)."""
+    data = path.read_bytes() if path.exists() else b""
+    if want == "partial" and data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]  # torn by a kill: judge cuts it on the next run
+    assert not data or data.endswith(b"\n"), f"{path}: torn last line"
+    rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    finals: Counter[tuple[Any, ...]] = Counter()
+    for r in rows:
+        k = judgment_key(r)
+        assert r["status"] in ("ok", "parse_error", "api_error", "answer_error"), r
+        if "model_1" in r:  # a pair record holds both games, never one
+            assert r["g1_user_prompt"] and r["g2_user_prompt"] or r["status"] == "answer_error", r
+        if r["status"] != "api_error":
+            finals[k] += 1
+        else:
+            assert finals[k] == 0, f"api_error row after a final row for {k}"
+    dups = [k for k, n in finals.items() if n > 1]
+    assert not dups, f"duplicate judgments: {dups[:3]}"
+    keys = {judgment_key(r) for r in rows}
+    assert len(keys) <= expected
+    if want != "partial":
+        assert len(keys) == expected, (len(keys), expected)
+    if want == "final":
+        assert len(finals) == expected, (len(finals), expected)
+    return rows
+
+
+def check_shards(out: Path, bench: str, model: str) -> tuple[set[int], set[int]]:
+    """Shard files after a fault: every committed shard (manifest present) is whole and
+    matches its manifest; no temp file is visible to readers. Returns (committed, uncommitted
+    shard indices that have a data file but no manifest)."""
+    d = out / bench / "shards" / model
+    committed: set[int] = set()
+    orphans: set[int] = set()
+    if not d.exists():
+        return committed, orphans
+    for f in sorted(d.glob("shard-*.jsonl")):
+        idx = int(f.name.split("-")[1])
+        man = f.with_name(f.name.removesuffix(".jsonl") + ".manifest.json")
+        if not man.exists():
+            orphans.add(idx)
+            continue
+        m = json.loads(man.read_text())
+        items = jsonl(f)
+        assert f.read_bytes().endswith(b"\n") and len(items) == m["num_items"], f
+        assert len({(i["question_id"], i["choice"]) for i in items}) == len(items), f"duplicate items in {f}"
+        assert sum(i["status"] != "ok" for i in items) == m["num_failed"], f
+        committed.add(idx)
+    for man in d.glob("shard-*.manifest.json"):
+        assert man.with_name(man.name.replace(".manifest.json", ".jsonl")).exists(), (
+            f"manifest without data: {man}"
+        )
+        json.loads(man.read_text())  # whole
+    return committed, orphans
+
+
+def check_answers(
+    out: Path, bench: str, model: str, num_questions: int, choices: int
+) -> list[dict[str, Any]]:
+    """The merged answer file: every question once, every choice once, whole lines."""
+    path = out / bench / "model_answer" / f"{model}.jsonl"
+    rows = jsonl(path)
+    assert path.read_bytes().endswith(b"\n")
+    ids = [r["question_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == num_questions, (len(ids), len(set(ids)), num_questions)
+    for r in rows:
+        assert [c["index"] for c in r["choices"]] == list(range(choices)), r["question_id"]
+    return rows

@@ -18,12 +18,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from job.errors import JobError
 from job.jsonl import dumps_lines, iter_jsonl
-from job.storage import LocalStorage, Storage
+from job.storage import LocalStorage, Storage, write_error
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,25 @@ class JudgmentStore:
         path = self._local_path()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as e:
-            raise JobError(f"cannot append to {path}: {e.strerror}; choose a writable --output") from None
+            raise write_error(path, e, "the records stored before are kept") from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(blob)
+                while view:  # a full disk first shortens a write, then fails the next one
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                # cut what part of this batch got in: the file holds whole records, as before
+                with suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        except OSError as e:
+            raise write_error(path, e, "the records stored before are kept") from None
+        finally:
+            os.close(fd)
 
     def compact(self) -> None:
         """Fold part objects into the main object (object storage only)."""

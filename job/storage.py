@@ -7,12 +7,32 @@ single PUT on S3).
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from job.errors import JobError
+
+# files get the permissions a plain open() would give (mkstemp makes them 0600)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FIXES = {
+    errno.ENOSPC: "free space on that filesystem or pass another --output",
+    errno.EDQUOT: "free space (disk quota exceeded) or pass another --output",
+    errno.EFBIG: "the file size limit (ulimit -f) is too small; raise it or pass another --output",
+    errno.EROFS: "the filesystem is read-only; pass a writable --output",
+    errno.EACCES: "no permission; pass a writable --output",
+    errno.EPERM: "no permission; pass a writable --output",
+}
+
+
+def write_error(path: object, e: OSError, done: str = "files already there are unchanged") -> JobError:
+    """One line: the path, the OS error with its errno name, what is kept, and the fix."""
+    name = errno.errorcode.get(e.errno or 0, "")
+    fix = _FIXES.get(e.errno or 0, "check the path or pass another --output")
+    return JobError(f"cannot write {path}: {e.strerror} ({name}); {done}; {fix}")
 
 
 class Storage(ABC):
@@ -62,9 +82,10 @@ class LocalStorage(Storage):
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         except OSError as e:
-            raise JobError(f"cannot write {dest}: {e.strerror}; choose a writable --output") from None
+            raise write_error(dest, e) from None
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -79,9 +100,10 @@ class LocalStorage(Storage):
             else:
                 os.replace(tmp, dest)
         except OSError as e:
+            # the temp file never becomes visible: a full disk leaves nothing behind
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            raise JobError(f"cannot write {dest}: {e.strerror}; nothing was changed there") from None
+            raise write_error(dest, e) from None
         return True
 
     def exists(self, key: str) -> bool:
@@ -106,8 +128,9 @@ class LocalStorage(Storage):
             with tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-check-"):
                 pass
         except OSError as e:
+            name = errno.errorcode.get(e.errno or 0, "")
             raise JobError(
-                f"output dir {self.path} is not writable ({e.strerror}); pass a writable --output"
+                f"output dir {self.path} is not writable ({e.strerror}, {name}); pass a writable --output"
             ) from None
 
 

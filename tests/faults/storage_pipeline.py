@@ -57,7 +57,7 @@ def run_cli(
 
     return subprocess.run(
         [sys.executable, "-c", "from job.cli import main; main()", *args],
-        capture_output=True, text=True, env=env or clean_env(), timeout=timeout, preexec_fn=limit,
+        capture_output=True, text=True, env=env or clean_env(), timeout=timeout, preexec_fn=limit, cwd="/",
     )  # fmt: skip
 
 

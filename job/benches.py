@@ -99,6 +99,7 @@ class Bench:
         return own if own.is_file() else self.data_dir / "judge_prompts.jsonl"
 
     def reference_path(self, name: str) -> Path:
+        check_name("reference set (--reference)", name)  # a file name under reference_answer/
         reg = self._registered_path(f"reference_answer/{name}")
         return reg or self.question_path.parent / "reference_answer" / f"{name}.jsonl"
 

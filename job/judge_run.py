@@ -165,7 +165,8 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         )
     pairwise = cfg.mode != "single"
     if cfg.mode == "pairwise-baseline":
-        models = [*models, cfg.baseline_model] if cfg.baseline_model not in models else models
+        base = check_name("baseline model (--baseline-model)", cfg.baseline_model)
+        models = [*models, base] if base not in models else models
     answers, missing = index_answers(questions, models, loaded, where, cfg.allow_missing)
     if cfg.mode == "pairwise-baseline":
         models = [m for m in models if m != cfg.baseline_model]
@@ -173,6 +174,8 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     pset = load_prompt_set(cfg.judge_prompts or bench.judge_prompts_path)
     prompts = select(pset, "pairwise" if pairwise else "single", kinds)
     ref_name = cfg.reference or bench.default_reference
+    if cfg.reference:  # checked even when no question in the selection needs a reference
+        check_name("reference set (--reference)", cfg.reference)
     refs: dict[QuestionId, Answer] = {}
     ref_sha = None
     if any(needs_ref(q) for q in questions):

@@ -23,5 +23,7 @@ def default_model_name(spec: str) -> str:
     """A readable answer-file stem from a model spec: hf/./ckpts/step-100 -> step-100."""
     _, _, rest = spec.partition("/")
     tail = (rest or spec).rstrip("/").split("/")[-1] or spec.split("/")[0]
-    cleaned = re.sub(r"[^A-Za-z0-9._+=@-]", "-", tail).lstrip(".-") or "model"
-    return cleaned[:200]
+    cleaned = re.sub(r"[^A-Za-z0-9._+=@-]", "-", tail)
+    # what check_name refuses: a leading non-alphanumeric, "..", more than 200 characters
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"^[^A-Za-z0-9]+", "", cleaned))
+    return cleaned[:200] or "model"

@@ -64,6 +64,10 @@ def check(cfg: RunConfig) -> dict[str, Any] | None:
         )
     if cfg.junit_xml and not Path(cfg.junit_xml).resolve().parent.is_dir():
         raise JobError(f"--junit-xml {cfg.junit_xml}: directory does not exist")
+    # names that become paths later are checked now, so --dry-run catches them too
+    check_name("judge name (set --judge-name)", cfg.judge_name or default_model_name(cfg.judge_model))
+    if cfg.reference:
+        check_name("reference set (--reference)", cfg.reference)
     if not cfg.baseline:
         return None
     from job.report_publish import load_report

@@ -38,7 +38,7 @@ def _answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
     prefix = "" if cfg.answers_dir else f"{cfg.bench}/model_answer/"
     out = {}
     for m in models:
-        if storage.exists(f"{prefix}{m}.jsonl"):
+        if storage.exists(f"{prefix}{check_name('model name (in the judgments)', m)}.jsonl"):
             out[m] = parse_records(
                 storage.read_bytes(f"{prefix}{m}.jsonl"), Answer, storage.uri(f"{prefix}{m}.jsonl")
             )

@@ -18,6 +18,7 @@ from job.jachars import count_chars, share
 from job.jsonl import iter_jsonl
 from job.judgment_store import JudgmentStore
 from job.layout import judgment_dir, reports_dir
+from job.names import check_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, check_judgment, parse_records
 from job.report_md import render_markdown
@@ -139,8 +140,8 @@ def _answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
     storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
     prefix = "" if cfg.answers_dir else f"{cfg.bench}/model_answer/"
     out = {}
-    for m in models:
-        key = f"{prefix}{m}.jsonl"
+    for m in models:  # names come from judgment files: they must not reach outside model_answer/
+        key = f"{prefix}{check_name('model name (in the judgments)', m)}.jsonl"
         if storage.exists(key):
             out[m] = parse_records(storage.read_bytes(key), Answer, storage.uri(key))
     return out
@@ -196,6 +197,13 @@ def print_fastchat(cfg: ReportConfig, res: dict[str, Any], inputs: list[str]) ->
 def run(cfg: ReportConfig) -> dict[str, Any]:
     if cfg.mode not in ("single", "pairwise-baseline", "pairwise-all"):
         raise JobError(f"--mode must be single, pairwise-baseline or pairwise-all, got {cfg.mode!r}")
+    # names given on the command line are checked like everywhere else, even where only compared
+    if cfg.judge_name:
+        check_name("judge name (--judge-name)", cfg.judge_name)
+    for m in cfg.model_list:
+        check_name("model name (--model-list)", m)
+    if cfg.mode == "pairwise-baseline":
+        check_name("baseline model (--baseline-model)", cfg.baseline_model)
     bench = resolve_bench(cfg.bench, cfg.bench_data)
     questions, data_sha = bench.load_questions()
     categories = {str(q.question_id): q.category for q in questions}

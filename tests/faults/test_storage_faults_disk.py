@@ -54,6 +54,10 @@ def _complete(out: Path, ref: dict[str, Any]) -> None:
     assert canon_judgments((out / JUDGMENTS).read_bytes()) == ref["judgments"]
     assert (out / SCORES).read_bytes() == ref["scores"]
     assert not _hidden(out)
+    # atomic writes keep the modes a plain open() gives (mkstemp alone would make them 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()} == {0o666 & ~umask}
 
 
 def _mount(target: Path, *opts: str) -> None:

@@ -100,7 +100,7 @@ def test_full_disk_tmpfs(small_fs: Path, storage_reference: dict[str, Any]) -> N
         assert run_cli(*args, "--output", str(out)).returncode == 0
     before = _snapshot(out)
     # room for the judge's manifest and a few groups, not for all 36 judgments (~32 KB)
-    filler = _fill(small_fs, leave=12 * 1024)
+    filler = _fill(small_fs, leave=20 * 1024)
     line = error_line(run_cli(*JUDGE, "--output", str(out)))
     assert line.startswith(f"error: cannot write {out / JUDGMENTS}: No space left on device (ENOSPC); "), line
     assert line.endswith("free space on that filesystem or pass another --output"), line

@@ -1,0 +1,186 @@
+"""SIGKILL `job generate`, `job judge` and `job reduce` at seeded random points (no cleanup
+can run), then re-run: no duplicate, missing or partial record in shard files, manifests,
+the merged answer file or the judgment file, and nothing stored is asked for again."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers.openai_server import OpenAIServer
+
+from faults.jobproc import (
+    API_ENV,
+    JOB,
+    check_answers,
+    check_judgments,
+    check_shards,
+    distinct_answers,
+    jsonl,
+    judgment_key,
+    kill,
+    seeded_reply,
+    spawn,
+    wait_until,
+)
+
+MakeServer = Any
+SEEDS = [0, 1, 2]
+
+
+def _gen_args(out: Path, url: str, *extra: str) -> list[str]:
+    return ["generate", "--bench", "smoke", "--model", "openai/test-model", "--base-url", url,
+            "--num-choices", "2", "--num-shards", "4", "--no-dedupe-greedy", "--concurrency", "2",
+            "--output", str(out), *extra]  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_generate_then_rerun(
+    seed: int, make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
+) -> None:
+    rng = random.Random(seed)
+    srv: OpenAIServer = make_openai_server(reply=seeded_reply, latency=0.2)
+    out = tmp_path / "runs"
+    env = {**job_env, **API_ENV}
+    proc = spawn(_gen_args(out, srv.url), env, tmp_path / "gen.log")
+    # 4 shards x 9 conversations x 2 turns at ~0.2 s, 2 at a time: ~3.6 s of requests after start-up
+    wait_until(lambda: len(srv.chat_requests) > 0, 60, proc)
+    wait_until(lambda: False, rng.uniform(0.0, 3.0), proc)
+    kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    committed, orphans = check_shards(out, "smoke", "test-model")
+    sent = len(srv.chat_requests)
+    r = run_job(*_gen_args(out, srv.url), env=API_ENV)
+    assert r.returncode == 0, r.stderr
+    done, orphans = check_shards(out, "smoke", "test-model")
+    assert done == {0, 1, 2, 3} and not orphans
+    # committed shards were kept, not regenerated: the re-run asked only for the others
+    manifests = {i: (out / f"smoke/shards/test-model/shard-{i:05d}-of-00004.manifest.json") for i in done}
+    todo_items = sum(len(jsonl(manifests[i].with_name(manifests[i].name.replace(".manifest.json", ".jsonl"))))
+                     for i in done - committed)  # fmt: skip
+    assert len(srv.chat_requests) - sent == 2 * todo_items
+    r = run_job("reduce", "--bench", "smoke", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = check_answers(out, "smoke", "test-model", 9, 2)
+    assert all(len(c["turns"]) == 2 and all(c["turns"]) for a in rows for c in a["choices"])
+
+
+def _games(rec: dict[str, Any]) -> int:
+    return 2 if "model_1" in rec else 1
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(("seed", "mode"), [(0, "single"), (1, "pairwise-all"), (2, "single")])
+def test_sigkill_judge_twice_then_rerun(
+    seed: int,
+    mode: str,
+    make_openai_server: MakeServer,
+    run_job: Any,
+    job_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(seed)
+    out = tmp_path / "runs"
+    gen = make_openai_server(reply=seeded_reply)
+    distinct_answers(run_job, out, gen.url, "model-a")
+    if mode != "single":
+        distinct_answers(run_job, out, gen.url, "model-b")
+    expected = 36  # single: 9 q x 2 turns x 2 choices; pairwise-all (2 models): as many pairs
+    srv = make_openai_server(reply=lambda b: "[[A]] Rating: [[7]]", latency=0.3, jitter=0.1, seed=seed)
+    args = ["judge", "--bench", "smoke", "--output", str(out), "--judge-model", "openai/test-model",
+            "--base-url", srv.url, "--mode", mode, "--batch-size", str(rng.choice([1, 3, 8])),
+            "--concurrency", "4"]  # fmt: skip
+    name = "single" if mode == "single" else "pair"
+    path = out / "smoke" / "model_judgment" / f"test-model_{name}.jsonl"
+    env = {**job_env, **API_ENV}
+    for attempt in range(2):  # two kills at random points, the second one resuming the first
+        proc = spawn(args, env, tmp_path / f"judge{attempt}.log")
+        before = len(srv.chat_requests)
+        wait_until(lambda n=before: len(srv.chat_requests) > n, 60, proc)
+        wait_until(lambda: False, rng.uniform(0.0, 1.5), proc)
+        kill(proc)
+        assert proc.returncode == -signal.SIGKILL  # killed mid-run (36+ calls take > 2.5 s)
+        check_judgments(path, expected, "partial")
+    stored = check_judgments(path, expected, "partial") if path.exists() else []
+    stored_games = sum(_games(x) for x in stored)
+    kept = path.read_bytes() if path.exists() else b""
+    sent = len(srv.chat_requests)
+    r = run_job(*args, env=API_ENV)
+    assert r.returncode == 0, r.stderr
+    rows = check_judgments(path, expected, "final")
+    assert path.read_bytes().startswith(kept[: kept.rfind(b"\n") + 1])  # nothing stored was lost
+    assert len(rows) == expected  # no duplicate rows at all (no faults: every stored row is final)
+    total_games = sum(_games(x) for x in rows)
+    assert len(srv.chat_requests) - sent == total_games - stored_games  # stored games not asked again
+    assert Counter(judgment_key(x) for x in rows).most_common(1)[0][1] == 1
+
+
+@dataclass
+class Shards:
+    out: Path
+    reference: bytes
+    """the answer file an uninterrupted reduce writes"""
+    seconds: float
+    """how long that reduce took, start-up included: the window for random signals"""
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory: pytest.TempPathFactory, shared_bench_data: Path) -> Shards:
+    """mt_bench x 5 choices of mock/echo in 400 shards, so a reduce has a middle to hit."""
+    base = tmp_path_factory.mktemp("many")
+    out = base / "runs"
+    gen = ["generate", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--model", "mock/echo",
+           "--num-choices", "5", "--num-shards", "400", "--output", str(out)]  # fmt: skip
+    subprocess.run([*JOB, *gen], check=True, capture_output=True)
+    ref = base / "ref"
+    shutil.copytree(out, ref)
+    t0 = time.monotonic()
+    subprocess.run(
+        [*JOB, "reduce", "--bench", "mt_bench", "--output", str(ref)], check=True, capture_output=True
+    )
+    seconds = time.monotonic() - t0
+    return Shards(out, (ref / "mt_bench/model_answer/echo.jsonl").read_bytes(), seconds)
+
+
+def reduce_under_signal(
+    sig: int, seed: int, shards: Shards, job_env: dict[str, str], run_job: Any, tmp_path: Path
+) -> tuple[int, str]:
+    """Signal `job reduce` at a seeded random point of its run, check its output is whole or
+    absent, re-run it, and check the answer file equals an uninterrupted reduce's."""
+    out = tmp_path / "runs"
+    shutil.copytree(shards.out, out)
+    answer = out / "mt_bench/model_answer/echo.jsonl"
+    manifest = out / "mt_bench/model_answer/echo.manifest.json"
+    rng = random.Random(seed)
+    proc = spawn(["reduce", "--bench", "mt_bench", "--output", str(out)], job_env, tmp_path / "reduce.log")
+    wait_until(lambda: False, rng.uniform(0.2, 1.0) * shards.seconds, proc)
+    kill(proc, sig)
+    log = (tmp_path / "reduce.log").read_text()
+    assert proc.returncode in (0, -sig, 128 + sig), log
+    if answer.exists():  # all or nothing: an atomic replace
+        assert answer.read_bytes() == shards.reference
+        if sig != signal.SIGKILL:  # SIGTERM waits for the manifest beside it, and leaves no temp file
+            assert manifest.exists() and not list(answer.parent.glob(".*"))
+    r = run_job("reduce", "--bench", "mt_bench", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert answer.read_bytes() == shards.reference and manifest.exists()
+    check_answers(out, "mt_bench", "echo", 80, 5)
+    return proc.returncode, log
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_reduce_then_rerun(
+    seed: int, many_shards: Shards, job_env: dict[str, str], run_job: Any, tmp_path: Path
+) -> None:
+    rc, _ = reduce_under_signal(signal.SIGKILL, seed, many_shards, job_env, run_job, tmp_path)
+    assert rc == -signal.SIGKILL  # the window lies inside the reduce's run

@@ -7,9 +7,16 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import GenerationConfig
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from job.backends.base import GenRequest, SamplingParams
-from job.backends.hf import HFBackend, RowTemperature, sampling_kwargs
+from job.backends.hf import HFBackend, RowSampler, RowTemperature, sampling_kwargs
+from job.backends.hf_cache import reserved_cache
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +51,63 @@ def test_row_temperature_processor() -> None:
     assert out[2].tolist() == [0.0, float("-inf"), float("-inf")]
 
 
-def test_sampling_kwargs_use_plain_hf_paths_when_uniform() -> None:
+def test_sampling_kwargs_pick_row_sampler_or_hf_paths() -> None:
     assert sampling_kwargs([0.0, 0.0], "cpu") == {"do_sample": False}
-    assert sampling_kwargs([0.7, 0.7], "cpu") == {"do_sample": True, "temperature": 0.7}
-    mixed = sampling_kwargs([0.0, 0.7], "cpu")
+    fast = sampling_kwargs([0.0, 0.7], "cpu", GenerationConfig())
+    assert fast["do_sample"] is False and isinstance(fast["logits_processor"][0], RowSampler)
+    # a warper RowSampler does not implement (min_p): HF's own sampling paths
+    min_p = GenerationConfig(min_p=0.1)
+    assert sampling_kwargs([0.7, 0.7], "cpu", min_p) == {"do_sample": True, "temperature": 0.7}
+    mixed = sampling_kwargs([0.0, 0.7], "cpu", min_p)
     assert mixed["do_sample"] is True and mixed["temperature"] == 1.0
     assert isinstance(mixed["logits_processor"][0], RowTemperature)
+
+
+@pytest.mark.parametrize(("temp", "top_k", "top_p"), [(0.7, 50, 1.0), (1.0, 4, 0.8), (0.3, 0, 0.9)])
+def test_row_sampler_draws_from_hfs_distribution(temp: float, top_k: int, top_p: float) -> None:
+    """Frequencies of RowSampler's draws match HF's temperature -> top-k -> top-p probabilities."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 10) * 2
+    warped = TemperatureLogitsWarper(temp)(torch.zeros(1, 1, dtype=torch.long), logits.clone())
+    if top_k:
+        warped = TopKLogitsWarper(top_k)(torch.zeros(1, 1, dtype=torch.long), warped)
+    warped = TopPLogitsWarper(top_p)(torch.zeros(1, 1, dtype=torch.long), warped)
+    expected = warped.softmax(-1)[0]
+    n = 20000
+    # greedy rows interleaved with the sampled ones keep their argmax
+    temps = [temp if i % 2 else 0.0 for i in range(2 * n)]
+    out = RowSampler(temps, "cpu", top_k, top_p)(
+        torch.zeros(2 * n, 1, dtype=torch.long), logits.repeat(2 * n, 1)
+    )
+    assert bool((out.isfinite().sum(-1) == 1).all()), "exactly one finite token per row"
+    picked = out.argmax(-1)
+    assert bool((picked[0::2] == logits.argmax()).all())
+    freq = torch.bincount(picked[1::2], minlength=10).float() / n
+    assert set(freq.nonzero().flatten().tolist()) <= set(expected.nonzero().flatten().tolist())
+    assert torch.allclose(freq, expected, atol=0.015), (freq, expected)
+
+
+def test_reserved_cache_matches_dynamic_cache(tiny_model: Path) -> None:
+    """Same greedy tokens and logits as transformers' own DynamicCache, without per-step copies."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    ids = torch.tensor([[0, 0, 5, 9, 14, 3], [7, 8, 9, 10, 11, 12]])
+    mask = (ids != 0).long()
+    common = {"attention_mask": mask, "max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    with torch.inference_mode():
+        plain = model.generate(ids, output_logits=True, return_dict_in_generate=True, **common)
+        cache = reserved_cache(model.config, 8)
+        assert cache is not None
+        reserved = model.generate(
+            ids, past_key_values=cache, output_logits=True, return_dict_in_generate=True, **common
+        )
+    assert torch.equal(plain.sequences, reserved.sequences)
+    for a, b in zip(plain.logits, reserved.logits, strict=True):
+        torch.testing.assert_close(a, b)
+    layer = cache.layers[0]
+    assert layer.keys.shape[-2] == ids.shape[1] + 7, "attention sees exactly the filled positions"
+    assert layer._k.shape[-2] == ids.shape[1] + 8, "one buffer, allocated at prefill"
 
 
 def test_mixed_temperatures_share_one_call_and_keep_greedy_answers(

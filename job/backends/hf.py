@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from job.backends.base import GenRequest, GenResult, ProgressFn
+from job.backends.hf_cache import reserved_cache
+from job.backends.hf_sampling import RowSampler, RowTemperature, sampling_kwargs
 from job.errors import JobError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["HFBackend", "RowSampler", "RowTemperature", "sampling_kwargs", "tiny_backend"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -42,40 +46,6 @@ def _pick_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype not in _DTYPES:
         raise JobError(f"unknown --dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
-
-
-class RowTemperature(LogitsProcessor):
-    """Per-row temperature; greedy rows (temperature 0) keep only their argmax token.
-
-    generate() places custom processors after its own (repetition penalty, min length)
-    and before top-k/top-p, which is exactly where TemperatureLogitsWarper would sit,
-    so sampled rows see the usual HF order and greedy rows get HF's greedy token.
-    """
-
-    def __init__(self, temps: list[float], device: str):
-        self.greedy = torch.tensor([t == 0.0 for t in temps], device=device)
-        self.temps = torch.tensor([t if t > 0 else 1.0 for t in temps], device=device).unsqueeze(1)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        best = scores.argmax(dim=-1, keepdim=True)
-        scaled = scores / self.temps
-        only_best = torch.full_like(scores, float("-inf")).scatter_(1, best, 0.0)
-        out: torch.FloatTensor = torch.where(self.greedy.unsqueeze(1), only_best, scaled)  # type: ignore[assignment]
-        return out
-
-
-def sampling_kwargs(temps: list[float], device: str) -> dict[str, Any]:
-    """generate() arguments for a batch whose rows have these temperatures (0 = greedy)."""
-    if all(t == 0.0 for t in temps):
-        return {"do_sample": False}
-    if len(set(temps)) == 1:
-        return {"do_sample": True, "temperature": temps[0]}
-    # temperature=1.0 keeps generate() from adding its own TemperatureLogitsWarper
-    return {
-        "do_sample": True,
-        "temperature": 1.0,
-        "logits_processor": LogitsProcessorList([RowTemperature(temps, device)]),
-    }
 
 
 class HFBackend:
@@ -185,9 +155,12 @@ class HFBackend:
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
-        kwargs: dict[str, Any] = sampling_kwargs(temps, self.device)
+        kwargs: dict[str, Any] = sampling_kwargs(temps, self.device, self.model.generation_config)
         if self.min_new_tokens:
             kwargs["min_new_tokens"] = min(self.min_new_tokens, max_new)
+        cache = reserved_cache(self.model.config, max_new)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 JOB = [sys.executable, "-c", "from job.cli import main; main()"]
 API_ENV = {"OPENAI_API_KEY": "sk-test-faults", "JOB_API_BACKOFF_BASE": "0.01"}
@@ -158,3 +163,57 @@ def check_answers(
     for r in rows:
         assert [c["index"] for c in r["choices"]] == list(range(choices)), r["question_id"]
     return rows
+
+
+@dataclass
+class Shards:
+    out: Path
+    reference: bytes
+    """the answer file an uninterrupted reduce writes"""
+    seconds: float
+    """how long that reduce took, start-up included: the window for random signals"""
+
+
+@pytest.fixture(scope="module", name="many_shards")
+def many_shards_fixture(tmp_path_factory: pytest.TempPathFactory, shared_bench_data: Path) -> Shards:
+    """mt_bench x 5 choices of mock/echo in 400 shards, so a reduce has a middle to hit."""
+    base = tmp_path_factory.mktemp("many")
+    out = base / "runs"
+    gen = ["generate", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--model", "mock/echo",
+           "--num-choices", "5", "--num-shards", "400", "--output", str(out)]  # fmt: skip
+    subprocess.run([*JOB, *gen], check=True, capture_output=True)
+    ref = base / "ref"
+    shutil.copytree(out, ref)
+    t0 = time.monotonic()
+    subprocess.run(
+        [*JOB, "reduce", "--bench", "mt_bench", "--output", str(ref)], check=True, capture_output=True
+    )
+    seconds = time.monotonic() - t0
+    return Shards(out, (ref / "mt_bench/model_answer/echo.jsonl").read_bytes(), seconds)
+
+
+def reduce_under_signal(
+    sig: int, seed: int, shards: Shards, job_env: dict[str, str], run_job: Any, tmp_path: Path
+) -> tuple[int, str]:
+    """Signal `job reduce` at a seeded random point of its run, check its output is whole or
+    absent, re-run it, and check the answer file equals an uninterrupted reduce's."""
+    out = tmp_path / "runs"
+    tmp_path.mkdir(exist_ok=True)
+    shutil.copytree(shards.out, out)
+    answer = out / "mt_bench/model_answer/echo.jsonl"
+    manifest = out / "mt_bench/model_answer/echo.manifest.json"
+    rng = random.Random(seed)
+    proc = spawn(["reduce", "--bench", "mt_bench", "--output", str(out)], job_env, tmp_path / "reduce.log")
+    wait_until(lambda: False, rng.uniform(0.15, 0.8) * shards.seconds, proc)
+    kill(proc, sig)
+    log = (tmp_path / "reduce.log").read_text()
+    assert proc.returncode in (0, -sig, 128 + sig), log
+    if answer.exists():  # all or nothing: an atomic replace
+        assert answer.read_bytes() == shards.reference
+        if sig != signal.SIGKILL:  # SIGTERM waits for the manifest beside it, and leaves no temp file
+            assert manifest.exists() and not list(answer.parent.glob(".*"))
+    r = run_job("reduce", "--bench", "mt_bench", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert answer.read_bytes() == shards.reference and manifest.exists()
+    check_answers(out, "mt_bench", "echo", 80, 5)
+    return proc.returncode, log

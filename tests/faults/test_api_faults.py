@@ -157,9 +157,9 @@ def test_generate_under_faults_records_failures_never_empty_answers(
             assert len(i["turns"]) == 2 and i["error"] is None
         else:
             assert i["status"] == "api_error" and re.match(r"turn [12]: \S", i["error"]), i
-    assert any("content_filter" in i["finish_reasons"] for i in items if i["status"] == "ok") or not any(
-        q.fault == "content_filter" for q in srv.chat_requests
-    )
+    # a reply cut by the provider's filter is kept with its finish_reason, on whatever item got it
+    if any(q.fault == "content_filter" for q in srv.chat_requests):
+        assert any("content_filter" in i["finish_reasons"] for i in items)
     red = run_job("reduce", "--bench", "smoke", "--output", str(out))
     assert red.returncode == 2 and f"{len(failed)} conversations failed" in red.stderr
     assert not (out / "smoke/model_answer/test-model.jsonl").exists()  # nothing half-reduced

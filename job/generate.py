@@ -419,16 +419,21 @@ def run(cfg: GenerateConfig) -> list[ShardManifest]:
         for i in todo:
             done.append(generate_shard(cfg, p, i, storage, backend))
     except Terminated as e:
-        n = sum(storage.exists(manifest_key(shard_key(p["bench"].name, cfg.model_name or "", i, p["num_shards"])))
-                for i in p["indices"])  # fmt: skip
-        e.kept = (
-            f"{n} of {len(p['indices'])} shards committed under {storage.uri(shards_prefix(p['bench'].name, cfg.model_name or ''))}; "
-            "the shard in progress wrote nothing, a re-run generates only the missing shards"
-        )
+        e.kept = committed_note(cfg, p, storage)
         raise
     finally:
         backend.close()
     return done
+
+
+def committed_note(cfg: GenerateConfig, p: dict[str, Any], storage: Storage) -> str:
+    """What a terminated generate kept (for the CLI's last line)."""
+    name, bench, n = cfg.model_name or "", p["bench"].name, p["num_shards"]
+    done = sum(storage.exists(manifest_key(shard_key(bench, name, i, n))) for i in p["indices"])
+    return (
+        f"{done} of {len(p['indices'])} shards committed under {storage.uri(shards_prefix(bench, name))}; "
+        "a shard in progress wrote nothing, a re-run generates only the missing shards"
+    )
 
 
 def parse_category_temperatures(pairs: tuple[str, ...] | list[str]) -> dict[str, float]:

@@ -23,8 +23,16 @@ from typing import Any
 
 from job import terminate
 from job.backends import load_backend
-from job.errors import JobError
-from job.generate import GenerateConfig, backend_options, generate_shard, pending_shards, plan, print_plan
+from job.errors import JobError, Terminated
+from job.generate import (
+    GenerateConfig,
+    backend_options,
+    committed_note,
+    generate_shard,
+    pending_shards,
+    plan,
+    print_plan,
+)
 from job.provenance import host
 from job.records import ShardManifest
 from job.storage import open_storage
@@ -256,6 +264,10 @@ def run_ray(cfg: GenerateConfig, opts: RayOptions) -> list[ShardManifest]:
         results, failed = _schedule(ray, actors, todo, p["num_shards"])
         wall = time.monotonic() - t1
         _summarize(ray, actors, results, wall)
+    except Terminated as e:
+        ray.shutdown()  # stops the actors; a shard being committed is whole or absent
+        e.kept = committed_note(cfg, p, storage)
+        raise
     finally:
         ray.shutdown()
     if failed:

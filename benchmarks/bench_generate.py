@@ -34,6 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", help="HF model dir (default: build the tiny random model)")
     ap.add_argument("--bench", default="mt_bench")
     ap.add_argument("--bench-data", default=str(REPO.parent / "shared" / "bench_data"))
+    ap.add_argument(
+        "--tokenizer-corpus",
+        choices=["bench", "builtin"],
+        default="bench",
+        help="tiny model only: train its BPE on the questions it runs (bench: realistic prompt "
+        "lengths, ~0.3 tokens/char on mt_bench English) or only on its small built-in text (~0.67)",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--num-choices", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--first-n", type=int, help="only the first N questions (default: all)")
@@ -224,17 +231,26 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = args.model
     tmp = None
+    questions = load_questions(args)
     if not model:
         from job.smoke_model import build
 
+        # the BPE learns from the bench text at run time (never stored in the repo)
+        corpus = [t for q in questions for t in q.turns] if args.tokenizer_corpus == "bench" else None
         tmp = tempfile.TemporaryDirectory(prefix="bench-tiny-")
-        model = str(build(Path(tmp.name) / "tiny"))
-    questions = load_questions(args)
+        model = str(build(Path(tmp.name) / "tiny", corpus=corpus))
     n = args.max_new_tokens
     backend = load_backend(args, model)
     warm_up(backend)
+    turns = [t for q in questions for t in q.turns]
+    per_char = sum(len(backend.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in turns) / max(
+        1, sum(len(t) for t in turns)
+    )
     print(
         f"model {model} on {backend.device} ({str(backend.dtype).removeprefix('torch.')}), "
+        f"tokenizer {per_char:.2f} tokens/char on the questions"
+        + (f" (BPE trained on: {args.tokenizer_corpus})" if not args.model else "")
+        + ", "
         f"{len(questions)} questions x {len(questions[0].turns)} turns, {n} new tokens per turn (forced), "
         f"torch threads {args.threads}, token budget {backend.token_budget}, best of {args.repeats}\n"
     )

@@ -16,7 +16,7 @@ from transformers.generation.logits_process import (
 
 from job.backends.base import GenRequest, SamplingParams
 from job.backends.hf import HFBackend, RowSampler, RowTemperature, sampling_kwargs
-from job.backends.hf_cache import reserved_cache
+from job.backends.hf_cache import prefilled_cache, reserved_cache
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,17 @@ def test_min_new_tokens_forces_exact_length(tiny_model: Path) -> None:
     results = forced.generate([_req(f"q{i}", t, n=20) for i, t in enumerate([0.0, 0.7, 0.1])])
     assert [r.num_tokens for r in results] == [20, 20, 20]
     assert {r.finish_reason for r in results} == {"length"}
+
+
+def test_grouped_prefill_keeps_greedy_answers(backend: HFBackend) -> None:
+    """Prompts of very different lengths are prefilled in groups; answers equal one-at-a-time runs."""
+    prompts = [" ".join(["lighthouse keeper counts umbrellas"] * k) for k in (1, 2, 9, 10, 40)]
+    reqs = [_req(p, 0.0, n=16) for p in prompts]
+    ids = [backend.tokenizer(backend.render(r), add_special_tokens=False)["input_ids"] for r in reqs]
+    cache = prefilled_cache(backend.model, ids, backend.tokenizer.pad_token_id, 16)
+    assert cache is not None, "several length groups: grouped prefill applies"
+    assert cache.get_seq_length() == max(len(x) for x in ids) - 1
+    alone = [backend.generate([r])[0].text for r in reqs]
+    assert [r.text for r in backend.generate(reqs)] == alone
+    # one length group: the usual padded prefill
+    assert prefilled_cache(backend.model, [ids[0], ids[0]], 0, 16) is None

@@ -7,6 +7,7 @@ and there is no Python loop per question around `generate`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections import defaultdict
@@ -17,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from job.backends.base import GenRequest, GenResult, ProgressFn
-from job.backends.hf_cache import reserved_cache
+from job.backends.hf_cache import prefilled_cache, reserved_cache
 from job.backends.hf_sampling import RowSampler, RowTemperature, sampling_kwargs
 from job.errors import JobError
 
@@ -105,6 +106,8 @@ class HFBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eos_ids = self._eos_ids()
+        # length-grouped prefill needs a decoder that takes explicit position ids
+        self._grouped_prefill = "position_ids" in inspect.signature(self.model.forward).parameters
         self._special = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
 
     def _eos_ids(self) -> list[int]:
@@ -158,7 +161,8 @@ class HFBackend:
         kwargs: dict[str, Any] = sampling_kwargs(temps, self.device, self.model.generation_config)
         if self.min_new_tokens:
             kwargs["min_new_tokens"] = min(self.min_new_tokens, max_new)
-        cache = reserved_cache(self.model.config, max_new)
+        cache = prefilled_cache(self.model, ids, pad, max_new) if self._grouped_prefill else None
+        cache = cache or reserved_cache(self.model.config, max_new)
         if cache is not None:
             kwargs["past_key_values"] = cache
         out = self.model.generate(

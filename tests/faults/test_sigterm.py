@@ -36,10 +36,10 @@ MakeServer = Any
 GRACE = 10.0  # seconds; Kubernetes' default terminationGracePeriodSeconds is 30, Slurm's KillWait 30
 
 
-def term(proc: subprocess.Popen[bytes]) -> float:
-    """SIGTERM; the seconds until the process exited."""
+def term(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> float:
+    """SIGTERM (or `sig`); the seconds until the process exited."""
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout=GRACE)
     except subprocess.TimeoutExpired:
@@ -53,9 +53,9 @@ def last_line(log: Path) -> str:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("seed", "sig"), [(0, signal.SIGTERM), (1, signal.SIGTERM), (2, signal.SIGINT)])
 def test_sigterm_judge_stores_finished_judgments(
-    seed: int, make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
+    seed: int, sig: int, make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
 ) -> None:
     out = tmp_path / "runs"
     distinct_answers(run_job, out, make_openai_server(reply=seeded_reply).url)
@@ -70,15 +70,20 @@ def test_sigterm_judge_stores_finished_judgments(
     assert wait_until(lambda: sum(q.end is not None for q in srv.chat_requests) >= k, 60, proc)
     answered = {q.messages[-1]["content"] for q in srv.chat_requests if q.end is not None}
     on_disk = count_lines(path)
-    took = term(proc)
-    assert proc.returncode == 143, log.read_text()
+    took = term(proc, sig)
     rows = check_judgments(path, 36, "partial")
-    msg = last_line(log)
-    assert msg.startswith(f"terminated by SIGTERM; kept {len(rows)} judgments stored by this run"), msg
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, log.read_text()
+        msg = last_line(log)
+        assert msg.startswith(f"terminated by SIGTERM; kept {len(rows)} judgments stored by this run"), msg
+    else:  # Ctrl-C: click's "Aborted!", and the same judgments kept
+        assert proc.returncode == 1 and last_line(log) == "Aborted!", log.read_text()
     assert on_disk < len(rows)  # the signal path stored what was pending
     assert answered <= {x["user_prompt"] for x in rows}  # every reply received before the signal is kept
     assert all(x["status"] == "ok" and x["score"] == 6 for x in rows)
-    print(f"seed {seed}: SIGTERM after {len(answered)} replies -> exit 143 in {took:.2f}s, {len(rows)} kept")
+    print(
+        f"seed {seed}: {signal.Signals(sig).name} after {len(answered)} replies -> exit {proc.returncode} in {took:.2f}s, {len(rows)} kept"
+    )
     sent = len(srv.chat_requests)
     r = run_job(*args, env=API_ENV)
     assert r.returncode == 0, r.stderr

@@ -118,6 +118,7 @@ def test_judge_under_mixed_faults_reconciles_with_the_server_log(
         if status[s]:
             assert f"{status[s]} {s}" in r.stdout, r.stdout
     assert status["api_error"] >= 1  # content_filter_empty is never retried
+    print(f"judge: {len(srv.chat_requests)} requests, faults {dict(seen)}, rows {dict(status)}")
     assert API_ENV["OPENAI_API_KEY"] not in r.stdout + r.stderr + path.read_text()
 
     # a re-run (faults gone) asks exactly the api_error games again; then all are final
@@ -160,6 +161,8 @@ def test_generate_under_faults_records_failures_never_empty_answers(
     # a reply cut by the provider's filter is kept with its finish_reason, on whatever item got it
     if any(q.fault == "content_filter" for q in srv.chat_requests):
         assert any("content_filter" in i["finish_reasons"] for i in items)
+    faults = Counter(q.fault for q in srv.chat_requests)
+    print(f"generate: {len(srv.chat_requests)} requests, faults {dict(faults)}, {len(failed)} of 18 failed")
     red = run_job("reduce", "--bench", "smoke", "--output", str(out))
     assert red.returncode == 2 and f"{len(failed)} conversations failed" in red.stderr
     assert not (out / "smoke/model_answer/test-model.jsonl").exists()  # nothing half-reduced

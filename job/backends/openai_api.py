@@ -118,10 +118,22 @@ class _LoopThread:
             raise
 
     def stop(self) -> None:
+        # an interrupted run (SIGTERM, Ctrl-C) leaves cancelled tasks unwinding: let them
+        # finish first, or the loop dies with them pending ("Task was destroyed but it is pending!")
+        fut = asyncio.run_coroutine_threadsafe(_cancel_pending(), self.loop)
+        with contextlib.suppress(Exception):
+            fut.result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_pending() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class OpenAIBackend:

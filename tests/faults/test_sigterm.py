@@ -49,7 +49,10 @@ def term(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> float:
 
 
 def last_line(log: Path) -> str:
-    return log.read_text().strip().splitlines()[-1]
+    """The process's last output line; a clean stop has no traceback or error before it."""
+    text = log.read_text()
+    assert "Traceback" not in text and " ERROR " not in text and "was destroyed" not in text, text
+    return text.strip().splitlines()[-1]
 
 
 @pytest.mark.timeout(120)

@@ -5,6 +5,7 @@ without duplicates."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from servers.openai_server import OpenAIServer
 
 from faults.jobproc import (
     API_ENV,
+    JOB,
     Shards,
     check_answers,
     check_judgments,
@@ -190,3 +192,60 @@ print(done)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "['block finished', 'raised after the block: terminated by SIGTERM']"
+
+
+def _pid_namespace_problem() -> str | None:
+    import shutil
+
+    if not shutil.which("unshare"):
+        return "`unshare` (util-linux) is needed"
+    probe = subprocess.run(
+        ["unshare", "-pf", "--mount-proc", "true"], capture_output=True, text=True, timeout=30
+    )
+    return None if probe.returncode == 0 else f"cannot create a PID namespace: {probe.stderr.strip()}"
+
+
+def _child_of(pid: int, timeout: float = 30) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    assert wait_until(lambda: children.exists() and children.read_text().split() != [], timeout)
+    return int(children.read_text().split()[0])
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_reaches_job_as_pid_1(
+    make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
+) -> None:
+    """In a container `job` is PID 1 (docker ENTRYPOINT, the k8s generate pod's command), and
+    PID 1 ignores every signal it has no handler for: without ours, `docker stop` and pod
+    deletion wait out the grace period and SIGKILL."""
+    problem = _pid_namespace_problem()
+    if problem:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    # control: a plain Python as PID 1 survives SIGTERM
+    ctl = subprocess.Popen(
+        ["unshare", "-pf", "--mount-proc", sys.executable, "-c", "import time; time.sleep(20)"]
+    )
+    inner = _child_of(ctl.pid)
+    os.kill(inner, signal.SIGTERM)
+    time.sleep(1.0)
+    assert ctl.poll() is None, "SIGTERM stopped a handler-less PID 1: the test below proves nothing"
+    kill(ctl)
+    out = tmp_path / "runs"
+    distinct_answers(run_job, out, make_openai_server(reply=seeded_reply).url)
+    srv: OpenAIServer = make_openai_server(reply=lambda b: "Rating: [[6]]", latency=0.3)
+    args = ["judge", "--bench", "smoke", "--output", str(out), "--judge-model", "openai/test-model",
+            "--base-url", srv.url, "--concurrency", "4", "--batch-size", "1000"]  # fmt: skip
+    log = tmp_path / "pid1.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            ["unshare", "-pf", "--mount-proc", *JOB, *args], env={**job_env, **API_ENV}, stdout=f, stderr=f
+        )
+    job_pid = _child_of(proc.pid)
+    assert wait_until(lambda: sum(q.end is not None for q in srv.chat_requests) >= 6, 60, proc)
+    os.kill(job_pid, signal.SIGTERM)
+    proc.wait(timeout=GRACE)
+    assert proc.returncode == 143, log.read_text()
+    rows = check_judgments(out / "smoke/model_judgment/test-model_single.jsonl", 36, "partial")
+    assert last_line(log).startswith(f"terminated by SIGTERM; kept {len(rows)} judgments") and len(rows) >= 6

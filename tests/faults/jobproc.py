@@ -55,22 +55,15 @@ def count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def smoke_answers(run_job: Any, out: Path, model: str = "mock/echo", choices: int = 2, *extra: str) -> None:
-    """Answers for the smoke bench, generated and reduced by the real CLI."""
-    args = [
-        "generate",
-        "--bench",
-        "smoke",
-        "--model",
-        model,
-        "--num-choices",
-        str(choices),
-        "--output",
-        str(out),
-    ]
-    r = run_job(*args, *extra, env=API_ENV)
+def smoke_answers(
+    run_job: Any, out: Path | str, model: str, *extra: str, env: dict[str, str] | None = None
+) -> None:
+    """Answers for the smoke bench (2 choices), generated and reduced by the real CLI."""
+    env = {**API_ENV, **(env or {})}
+    args = ["generate", "--bench", "smoke", "--model", model, "--num-choices", "2", "--output", str(out)]
+    r = run_job(*args, *extra, env=env)
     assert r.returncode == 0, r.stderr
-    r = run_job("reduce", "--bench", "smoke", "--output", str(out))
+    r = run_job("reduce", "--bench", "smoke", "--output", str(out), env=env)
     assert r.returncode == 0, r.stderr
 
 
@@ -79,11 +72,12 @@ def seeded_reply(body: dict[str, Any]) -> str:
     return f"answer {body.get('seed')}: {body['messages'][-1]['content'][:40]}"
 
 
-def distinct_answers(run_job: Any, out: Path, url: str, name: str = "test-model") -> None:
+def distinct_answers(
+    run_job: Any, out: Path | str, url: str, name: str = "test-model", env: dict[str, str] | None = None
+) -> None:
     """smoke answers, 2 choices that differ, from an openai/ model on a test server."""
-    smoke_answers(
-        run_job, out, "openai/test-model", 2, "--base-url", url, "--no-dedupe-greedy", "--model-name", name
-    )
+    args = ("--base-url", url, "--no-dedupe-greedy", "--model-name", name)
+    smoke_answers(run_job, out, "openai/test-model", *args, env=env)
 
 
 def judgment_key(rec: dict[str, Any]) -> tuple[Any, ...]:

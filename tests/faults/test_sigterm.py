@@ -249,3 +249,36 @@ def test_sigterm_reaches_job_as_pid_1(
     assert proc.returncode == 143, log.read_text()
     rows = check_judgments(out / "smoke/model_judgment/test-model_single.jsonl", 36, "partial")
     assert last_line(log).startswith(f"terminated by SIGTERM; kept {len(rows)} judgments") and len(rows) >= 6
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_judge_on_s3_compacts_what_it_kept(
+    s3: Any, make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
+) -> None:
+    """On object storage the judgments go to part objects; a terminated judge still stores
+    its pending judgments and folds the parts into the main object before it exits."""
+    out = s3.uri("run")
+    env = {**job_env, **API_ENV, **s3.env}
+    distinct_answers(run_job, out, make_openai_server(reply=seeded_reply).url, env=s3.env)
+    srv: OpenAIServer = make_openai_server(reply=lambda b: "Rating: [[6]]", latency=0.3)
+    args = ["judge", "--bench", "smoke", "--output", out, "--judge-model", "openai/test-model",
+            "--base-url", srv.url, "--concurrency", "4", "--batch-size", "5"]  # fmt: skip
+    log = tmp_path / "judge.log"
+    proc = spawn(args, env, log)
+    assert wait_until(lambda: sum(q.end is not None for q in srv.chat_requests) >= 12, 60, proc)
+    term(proc)
+    assert proc.returncode == 143, log.read_text()
+    key = "run/smoke/model_judgment/test-model_single.jsonl"
+    client = s3.client()
+    listed = client.list_objects_v2(Bucket=s3.bucket, Prefix=key)
+    assert [o["Key"] for o in listed.get("Contents", [])] == [key]  # parts folded in and deleted
+    body = client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    (tmp_path / "kept.jsonl").write_bytes(body)
+    rows = check_judgments(tmp_path / "kept.jsonl", 36, "partial")
+    assert len(rows) >= 12 and last_line(log).startswith(f"terminated by SIGTERM; kept {len(rows)} judgments")
+    sent = len(srv.chat_requests)
+    r = run_job(*args, env={**API_ENV, **s3.env})
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "all.jsonl").write_bytes(client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    assert len(check_judgments(tmp_path / "all.jsonl", 36, "final")) == 36
+    assert len(srv.chat_requests) - sent == 36 - len(rows)

@@ -104,6 +104,11 @@ class LocalStorage(Storage):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise write_error(dest, e) from None
+        except BaseException:
+            # interrupted mid-write (SIGTERM, Ctrl-C): no hidden temp file is left either
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return True
 
     def exists(self, key: str) -> bool:

@@ -282,3 +282,31 @@ def test_sigterm_judge_on_s3_compacts_what_it_kept(
     (tmp_path / "all.jsonl").write_bytes(client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
     assert len(check_judgments(tmp_path / "all.jsonl", 36, "final")) == 36
     assert len(srv.chat_requests) - sent == 36 - len(rows)
+
+
+def test_sigterm_mid_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    """Atomic local writes (temp file + rename) interrupted by SIGTERM: the destination is
+    whole or absent and no hidden temp file stays behind."""
+    code = f"""
+import sys
+from job import terminate
+from job.errors import Terminated
+from job.storage import LocalStorage
+terminate.install()
+st = LocalStorage({str(tmp_path / "out")!r})
+blob = b"x" * (32 << 20)
+print("writing", flush=True)
+try:
+    for i in range(1000):
+        st.write_bytes(f"f{{i % 3}}.bin", blob)
+except Terminated:
+    sys.exit(143)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"writing\n"
+    time.sleep(0.7)
+    term(proc)
+    assert proc.returncode == 143, proc.stderr.read() if proc.stderr else ""
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names and all(not n.startswith(".") for n in names), names
+    assert all((tmp_path / "out" / n).stat().st_size == 32 << 20 for n in names)

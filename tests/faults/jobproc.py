@@ -51,6 +51,30 @@ def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     proc.wait(timeout=30)
 
 
+def require_pid_namespace() -> None:
+    """Skip (fail on CI) where `unshare` cannot make the PID namespace a container has."""
+    problem = None
+    if not shutil.which("unshare"):
+        problem = "`unshare` (util-linux) is needed"
+    else:
+        probe = subprocess.run(
+            ["unshare", "-pf", "--mount-proc", "true"], capture_output=True, text=True, timeout=30
+        )
+        if probe.returncode != 0:
+            problem = f"cannot create a PID namespace: {probe.stderr.strip()}"
+    if problem and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(problem)
+    if problem:
+        pytest.skip(problem)
+
+
+def child_of(pid: int, timeout: float = 30) -> int:
+    """The first child of `pid`: under `unshare -pf` that is the namespace's PID 1."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    assert wait_until(lambda: children.exists() and children.read_text().split() != [], timeout)
+    return int(children.read_text().split()[0])
+
+
 def count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 

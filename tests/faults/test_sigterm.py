@@ -24,11 +24,13 @@ from faults.jobproc import (
     check_answers,
     check_judgments,
     check_shards,
+    child_of,
     count_lines,
     distinct_answers,
     kill,
     many_shards_fixture,  # noqa: F401 - the many_shards fixture
     reduce_under_signal,
+    require_pid_namespace,
     seeded_reply,
     spawn,
     wait_until,
@@ -194,23 +196,6 @@ print(done)
     assert r.stdout.strip() == "['block finished', 'raised after the block: terminated by SIGTERM']"
 
 
-def _pid_namespace_problem() -> str | None:
-    import shutil
-
-    if not shutil.which("unshare"):
-        return "`unshare` (util-linux) is needed"
-    probe = subprocess.run(
-        ["unshare", "-pf", "--mount-proc", "true"], capture_output=True, text=True, timeout=30
-    )
-    return None if probe.returncode == 0 else f"cannot create a PID namespace: {probe.stderr.strip()}"
-
-
-def _child_of(pid: int, timeout: float = 30) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    assert wait_until(lambda: children.exists() and children.read_text().split() != [], timeout)
-    return int(children.read_text().split()[0])
-
-
 @pytest.mark.timeout(120)
 def test_sigterm_reaches_job_as_pid_1(
     make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
@@ -218,16 +203,12 @@ def test_sigterm_reaches_job_as_pid_1(
     """In a container `job` is PID 1 (docker ENTRYPOINT, the k8s generate pod's command), and
     PID 1 ignores every signal it has no handler for: without ours, `docker stop` and pod
     deletion wait out the grace period and SIGKILL."""
-    problem = _pid_namespace_problem()
-    if problem:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+    require_pid_namespace()
     # control: a plain Python as PID 1 survives SIGTERM
     ctl = subprocess.Popen(
         ["unshare", "-pf", "--mount-proc", sys.executable, "-c", "import time; time.sleep(20)"]
     )
-    inner = _child_of(ctl.pid)
+    inner = child_of(ctl.pid)
     os.kill(inner, signal.SIGTERM)
     time.sleep(1.0)
     assert ctl.poll() is None, "SIGTERM stopped a handler-less PID 1: the test below proves nothing"
@@ -242,7 +223,7 @@ def test_sigterm_reaches_job_as_pid_1(
         proc = subprocess.Popen(
             ["unshare", "-pf", "--mount-proc", *JOB, *args], env={**job_env, **API_ENV}, stdout=f, stderr=f
         )
-    job_pid = _child_of(proc.pid)
+    job_pid = child_of(proc.pid)
     assert wait_until(lambda: sum(q.end is not None for q in srv.chat_requests) >= 6, 60, proc)
     os.kill(job_pid, signal.SIGTERM)
     proc.wait(timeout=GRACE)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from faults.jobproc import child_of, kill, require_pid_namespace, wait_until
 from moto_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Env
 
 from job.records import Answer, parse_records
@@ -242,3 +245,41 @@ def test_manifest_commands_and_env_drive_job(
         data = s3.get(k, bucket)
         assert SECRET_ACCESS_KEY.encode() not in data and ACCESS_KEY_ID.encode() not in data, k
     assert SECRET_ACCESS_KEY not in r_out + r_err
+
+
+@pytest.mark.timeout(120)
+def test_reduce_judge_report_pod_stops_on_sigterm(
+    job_env: dict[str, str], shared_bench_data: Path, tmp_path: Path
+) -> None:
+    """The pod's shell is its PID 1, which ignores SIGTERM unless it traps it: pod deletion
+    must reach the running step and end the pod with 143 well within the grace period,
+    and no later step may start. Here the step is `job reduce` waiting for shards."""
+    require_pid_namespace()
+    red = _by_name("Job", "mtbench-reduce-judge-report")
+    node = {k: v for k, v in job_env.items() if not k.startswith("AWS_")}
+    node["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{node.get('PATH', '/usr/bin:/bin')}"
+    volumes = {m: tmp_path / "volumes" / m.strip("/") for m in ("/cache", "/tmp")}
+    for d in volumes.values():
+        d.mkdir(parents=True)
+    extra = dict(overrides(shared_bench_data), JOB_OUTPUT=str(tmp_path / "runs"))
+    (c,) = red["spec"]["template"]["spec"]["containers"]
+    log = tmp_path / "pod.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            ["unshare", "-pf", "--mount-proc", *c["command"], *c["args"]],
+            env=dict(node, **pod_env(red, volumes, extra)), cwd=tmp_path, stdout=f, stderr=f,
+        )  # fmt: skip
+    try:
+        pid1 = child_of(proc.pid)
+        assert wait_until(lambda: "waiting for shards" in log.read_text(), 60, proc), log.read_text()
+        t0 = time.monotonic()
+        os.kill(pid1, signal.SIGTERM)
+        proc.wait(timeout=10)  # Kubernetes' default grace period is 30 s
+    finally:
+        kill(proc)
+    took = time.monotonic() - t0
+    text = log.read_text()
+    assert proc.returncode == 143, text
+    assert "terminated by SIGTERM" in text and "Traceback" not in text, text
+    assert "judg" not in text.split("terminated by SIGTERM")[-1], text  # judge never started
+    print(f"pod PID 1 relayed SIGTERM: exit 143 in {took:.2f}s")

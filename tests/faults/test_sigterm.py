@@ -291,3 +291,35 @@ except Terminated:
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names and all(not n.startswith(".") for n in names), names
     assert all((tmp_path / "out" / n).stat().st_size == 32 << 20 for n in names)
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_job_run_while_judging(
+    make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`job run` (the checkpoint gate in CI, a Slurm job) preempted while it judges: exit 143,
+    no report and no gate verdict, the judgments kept; the re-run asks only the rest."""
+    out = tmp_path / "runs"
+    srv: OpenAIServer = make_openai_server(reply=lambda b: "Rating: [[6]]", latency=0.3)
+    args = ["run", "--bench", "smoke", "--model", "mock/echo", "--output", str(out),
+            "--judge-model", "openai/test-model", "--judge-base-url", srv.url, "--judge-concurrency", "4"]  # fmt: skip
+    path = out / "smoke" / "model_judgment" / "test-model_single.jsonl"
+    log = tmp_path / "run.log"
+    proc = spawn(args, {**job_env, **API_ENV}, log)
+    assert wait_until(lambda: sum(q.end is not None for q in srv.chat_requests) >= 5, 60, proc), (
+        log.read_text()
+    )
+    took = term(proc)
+    assert proc.returncode == 143, log.read_text()
+    rows = check_judgments(path, 18, "partial")
+    assert last_line(log).startswith(f"terminated by SIGTERM; kept {len(rows)} judgments"), log.read_text()
+    assert 5 <= len(rows) < 18
+    assert "GATE" not in log.read_text() and "RESULT" not in log.read_text()
+    assert not (out / "smoke" / "reports").exists()
+    print(f"job run: SIGTERM while judging -> exit 143 in {took:.2f}s, {len(rows)} of 18 judgments kept")
+    sent = len(srv.chat_requests)
+    r = run_job(*args, env=API_ENV)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("RESULT"), r.stdout
+    assert len(check_judgments(path, 18, "final")) == 18
+    assert len(srv.chat_requests) - sent == 18 - len(rows)

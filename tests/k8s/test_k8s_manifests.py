@@ -180,6 +180,22 @@ def pod_env(job: dict[str, Any], volumes: dict[str, Path], extra: dict[str, str]
     return env
 
 
+def node_env(job_env: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The node's environment: `job` on PATH, nothing from the host's AWS_* (JOB_* come from the pod)."""
+    node = {k: v for k, v in job_env.items() if not k.startswith("AWS_")}
+    node.update(extra or {})
+    node["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{node.get('PATH', '/usr/bin:/bin')}"
+    return node
+
+
+def empty_dirs(tmp_path: Path) -> dict[str, Path]:
+    """The pods' emptyDir mounts (/cache, /tmp) as per-test directories."""
+    volumes = {m: tmp_path / "volumes" / m.strip("/") for m in ("/cache", "/tmp")}
+    for d in volumes.values():
+        d.mkdir(parents=True)
+    return volumes
+
+
 def launch(job: dict[str, Any], env: dict[str, str], tmp_path: Path) -> subprocess.Popen[str]:
     (c,) = job["spec"]["template"]["spec"]["containers"]
     argv = [*c["command"], *c.get("args", [])]
@@ -198,14 +214,9 @@ def test_manifest_commands_and_env_drive_job(
     bucket, _, prefix = cm["JOB_OUTPUT"].removeprefix("s3://").partition("/")
     s3.client().create_bucket(Bucket=bucket)  # the ConfigMap's own bucket, no JOB_OUTPUT override
 
-    # the node: `job` on PATH, AWS endpoint of the test S3, nothing from the host's JOB_*
-    node = {k: v for k, v in job_env.items() if not k.startswith("AWS_")}
-    node.update({k: v for k, v in s3.env.items() if k not in DUMMY_SECRETS})
-    node["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{node.get('PATH', '/usr/bin:/bin')}"
-    volumes = {}
-    for m in ("/cache", "/tmp"):
-        volumes[m] = tmp_path / "volumes" / m.strip("/")
-        volumes[m].mkdir(parents=True)
+    # the node: AWS endpoint of the test S3, but not its credentials (the pod's come from secrets)
+    node = node_env(job_env, {k: v for k, v in s3.env.items() if k not in DUMMY_SECRETS})
+    volumes = empty_dirs(tmp_path)
     extra = overrides(shared_bench_data)
 
     # both Jobs start together on a cluster: the reducer first, it must wait for the shards
@@ -256,11 +267,7 @@ def test_reduce_judge_report_pod_stops_on_sigterm(
     and no later step may start. Here the step is `job reduce` waiting for shards."""
     require_pid_namespace()
     red = _by_name("Job", "mtbench-reduce-judge-report")
-    node = {k: v for k, v in job_env.items() if not k.startswith("AWS_")}
-    node["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{node.get('PATH', '/usr/bin:/bin')}"
-    volumes = {m: tmp_path / "volumes" / m.strip("/") for m in ("/cache", "/tmp")}
-    for d in volumes.values():
-        d.mkdir(parents=True)
+    node, volumes = node_env(job_env), empty_dirs(tmp_path)
     extra = dict(overrides(shared_bench_data), JOB_OUTPUT=str(tmp_path / "runs"))
     (c,) = red["spec"]["template"]["spec"]["containers"]
     log = tmp_path / "pod.log"

@@ -196,11 +196,15 @@ def empty_dirs(tmp_path: Path) -> dict[str, Path]:
     return volumes
 
 
-def launch(job: dict[str, Any], env: dict[str, str], tmp_path: Path) -> subprocess.Popen[str]:
+def container_argv(job: dict[str, Any]) -> list[str]:
+    """What the Job's container runs: its command, then its args."""
     (c,) = job["spec"]["template"]["spec"]["containers"]
-    argv = [*c["command"], *c.get("args", [])]
+    return [*c["command"], *c.get("args", [])]
+
+
+def launch(job: dict[str, Any], env: dict[str, str], tmp_path: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        container_argv(job), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -269,11 +273,10 @@ def test_reduce_judge_report_pod_stops_on_sigterm(
     red = _by_name("Job", "mtbench-reduce-judge-report")
     node, volumes = node_env(job_env), empty_dirs(tmp_path)
     extra = dict(overrides(shared_bench_data), JOB_OUTPUT=str(tmp_path / "runs"))
-    (c,) = red["spec"]["template"]["spec"]["containers"]
     log = tmp_path / "pod.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            ["unshare", "-pf", "--mount-proc", *c["command"], *c["args"]],
+            ["unshare", "-pf", "--mount-proc", *container_argv(red)],
             env=dict(node, **pod_env(red, volumes, extra)), cwd=tmp_path, stdout=f, stderr=f,
         )  # fmt: skip
     try:

@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from ci_gate import in_ci
 
 REPO = Path(__file__).resolve().parent.parent
 INJECT = '<script>document.title="pwned"</script></details></div><h1 id="injected">x</h1>'
@@ -47,7 +48,7 @@ def chromium() -> str | None:
     found = next(
         (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
     )
-    if found is None and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if found is None and in_ci():
         pytest.fail(
             "chromium is not installed; .ci/setup.d/50-chromium.sh installs it (CI must not skip this)"
         )

@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NoReturn
 
+import ci_gate
 import pytest
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -32,13 +34,10 @@ DEPS = os.environ.get("MTBENCH_DOCKER_TEST_DEPS", "minimal")
 TAG = f"mtbench-job:pytest-{DEPS}"
 # a fixed fake revision: constant across runs, so the layer cache still hits
 REVISION = "0123456789abcdef0123456789abcdef01234567"
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"docker test cannot run in CI: {reason}")
-    pytest.skip(reason)
+def unavailable(reason: str) -> NoReturn:
+    ci_gate.unavailable(reason, "docker tests must run in CI")
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -25,6 +25,29 @@ SINGLE_COLUMNS = ["model", "category", "turn", "mean", "std", "n_scored", "n_fai
 PAIR_COLUMNS = ["model", "win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"]
 
 
+CHOICE_LIST_FIELDS = ("judgment", "user_prompt")
+
+
+def choice_rows(rec: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A Swallow / Liquid4All row (one per question and turn, `score` a list over choices, with
+    `judgment` and `user_prompt` lists beside it) as one row per choice; other rows unchanged."""
+    scores = rec.get("score")
+    if not isinstance(scores, list):
+        return [rec]
+    problem = None
+    if not scores:
+        problem = "score is an empty list"
+    elif "choice" in rec:
+        problem = "choice with a list of scores (the list position is the choice)"
+    for k in CHOICE_LIST_FIELDS:
+        if problem is None and isinstance(rec.get(k), list) and len(rec[k]) != len(scores):
+            problem = f"{k} has {len(rec[k])} entries but score has {len(scores)}"
+    if problem:
+        raise JobError(f"{where}: invalid Swallow-style judgment ({problem}); one entry per choice")
+    lists = {k: rec[k] for k in CHOICE_LIST_FIELDS if isinstance(rec.get(k), list)}
+    return [{**rec, "score": s, "choice": i, **{k: v[i] for k, v in lists.items()}} for i, s in enumerate(scores)]
+
+
 def single_frame(records: Iterable[dict[str, Any]], categories: dict[str, str]) -> pd.DataFrame:
     """One row per single-mode judgment: model, question_id, category, turn, choice, score, ok, key.
 

@@ -52,15 +52,18 @@ class Loaded:
     manifests: list[dict[str, Any]]
 
 
-def _check_one(r: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+def _checked(r: dict[str, Any], fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
+    """The record's rows (a Swallow list row is one per choice), each checked."""
     agg.check_fields(r, fields, where)
-    check_judgment(r, where, pairwise=fields is PAIR_FIELDS)
+    pairwise = fields is PAIR_FIELDS
+    rows = [r] if pairwise else agg.choice_rows(r, where)
+    for row in rows:
+        check_judgment(row, where, pairwise=pairwise)
+    return rows
 
 
 def _check(recs: list[tuple[int, dict[str, Any]]], fields: tuple[str, ...], src: str) -> list[dict[str, Any]]:
-    for lineno, r in recs:
-        _check_one(r, fields, f"{src}:{lineno}")
-    return [r for _, r in recs]
+    return [row for lineno, r in recs for row in _checked(r, fields, f"{src}:{lineno}")]
 
 
 def _manifest(data: bytes, where: str) -> dict[str, Any]:
@@ -109,7 +112,9 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
         )
     for key in keys:
         store = JudgmentStore(storage, key)
-        recs = store.read(check=lambda r, where: _check_one(r, fields, where))
+        checked: list[dict[str, Any]] = []
+        store.read(check=lambda r, where: checked.extend(_checked(r, fields, where)))
+        recs = checked
         out.records += recs
         out.files.append({"path": store.uri, "rows": len(recs)})
         mkey = key.removesuffix(".jsonl") + ".manifest.json"

@@ -1,0 +1,111 @@
+"""`job report` on the files the FastChat forks write (Swallow / Liquid4All list rows,
+Hugging Face model ids), read unchanged, through the real CLI on the real bench data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from job import report as agg
+from job.errors import JobError
+
+JA = "japanese_mt_bench"
+
+# one row per (question, turn) holding lists over the 5 choices, -1 = the judge gave no rating
+# (real japanese_mt_bench ids: 1 coding, 31 math, 71 writing)
+SWALLOW_SCORES = {
+    (1, 1): [8, 7, -1, 9, 6], (1, 2): [5, 5, 5, 5, 5],
+    (31, 1): [10, 10, 10, 10, 10], (31, 2): [2, 3, 4, 5, 6],
+    (71, 1): [6, 9, 7, 8, 10], (71, 2): [4, -1, 6, 7, 3],
+}  # fmt: skip
+
+
+def swallow_row(qid: int, turn: int, scores: list[int], model: str = "lfm-3b") -> dict[str, Any]:
+    return {
+        "question_id": qid, "model": model, "judge": ["gpt-4o-2024-08-06", "single-v1-multi-turn" if turn == 2 else "single-v1"],
+        "user_prompt": [f"prompt {qid}/{turn}/{i}" for i in range(len(scores))],
+        "judgment": [f"評価: [[{s}]]" if s != -1 else "no rating" for s in scores],
+        "score": scores, "turn": turn, "tstamp": 1734239438.8,
+    }  # fmt: skip
+
+
+def write_swallow(path: Path, model: str = "lfm-3b") -> Path:
+    path.write_text("".join(json.dumps(swallow_row(q, t, s, model), ensure_ascii=False) + "\n"
+                            for (q, t), s in SWALLOW_SCORES.items()), encoding="utf-8")  # fmt: skip
+    return path
+
+
+def _cells(doc: dict[str, Any], model: str) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(s["category"], s["turn"]): s for s in doc["scores"] if s["model"] == model}
+
+
+def test_swallow_list_rows_give_the_swallow_numbers(tmp_path: Path, run_job, shared_bench_data: Path) -> None:  # type: ignore[no-untyped-def]
+    f = write_swallow(tmp_path / "gpt-4o-2024-08-06_single.jsonl")
+    out = tmp_path / "rep"
+    p = run_job("report", "--bench", JA, "--bench-data", str(shared_bench_data), "--judgments", str(f),
+                "--output-dir", str(out), "--no-html")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads((out / "report.json").read_text())
+    c = _cells(doc, "lfm-3b")
+    # hand-computed run means (each choice over the questions it has a rating for):
+    # turn 1: 8, 26/3, 8.5 (q1 unrated), 9, 26/3 -> 257/30; turn 2: 11/3, 4, 5, 17/3, 14/3 -> 4.6
+    # both turns: 35/6, 34/5, 32/5, 44/6, 40/6 -> 991/150
+    assert c[("all", "1")]["mean"] == pytest.approx(257 / 30)
+    assert c[("all", "2")]["mean"] == pytest.approx(4.6)
+    assert c[("all", "2")]["std"] == pytest.approx(math.sqrt(19 / 30))  # sample std (ddof=1) of the 5 run means
+    assert c[("all", "all")]["mean"] == pytest.approx(991 / 150)
+    assert (c[("all", "all")]["n_scored"], c[("all", "all")]["n_failed"]) == (28, 2)
+    # per category from the bench's category field: coding runs 6.5, 6, 5, 7, 5.5; writing 5, 9, 6.5, 7.5, 6.5
+    assert (c[("coding", "all")]["mean"], c[("coding", "all")]["std"]) == pytest.approx((6.0, math.sqrt(0.625)))
+    assert c[("writing", "all")]["mean"] == pytest.approx(6.9)
+    assert c[("math", "1")]["mean"] == pytest.approx(10.0) and c[("math", "1")]["std"] == 0
+    assert doc["provenance"]["num_choices"] == {"lfm-3b": 5}
+    assert doc["runs"]["lfm-3b"]["2"] == pytest.approx([11 / 3, 4, 5, 17 / 3, 14 / 3])
+
+
+def test_swallow_numbers_match_the_forks_matrix_formula() -> None:
+    """Cross-check with the forks' own arithmetic: a question x choice matrix, -1 masked,
+    column means, then mean and ddof=1 std of the columns."""
+    import numpy as np
+
+    rows = [swallow_row(q, t, s) for (q, t), s in SWALLOW_SCORES.items()]
+    expanded = [r for row in rows for r in agg.choice_rows(row, "test")]
+    df = agg.single_frame(expanded, {"1": "coding", "31": "math", "71": "writing"})
+    t = agg.score_table(df).set_index(["category", "turn"])
+    for turn in (1, 2):
+        m = np.array([s for (_, tt), s in SWALLOW_SCORES.items() if tt == turn], dtype=float)
+        valid = m != -1
+        cols = np.where(valid, m, 0).sum(axis=0) / valid.sum(axis=0)
+        assert t.loc[("all", str(turn)), "mean"] == pytest.approx(cols.mean())
+        assert t.loc[("all", str(turn)), "std"] == pytest.approx(cols.std(ddof=1))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"judgment": ["x"]}, "judgment has 1 entries but score has 5"),
+        ({"score": []}, "score is an empty list"),
+        ({"score": [1, "7", 3, 4, 5]}, "score must be a finite number"),
+        ({"choice": 2}, "choice with a list of scores"),
+    ],
+)
+def test_bad_list_rows_name_the_line(tmp_path: Path, run_job, shared_bench_data: Path, change, message) -> None:  # type: ignore[no-untyped-def]
+    row = {**swallow_row(1, 1, [8, 7, -1, 9, 6]), **change}
+    f = tmp_path / "j.jsonl"
+    f.write_text(json.dumps(swallow_row(71, 1, [1, 2, 3, 4, 5])) + "\n" + json.dumps(row) + "\n")
+    p = run_job("report", "--bench", JA, "--bench-data", str(shared_bench_data), "--judgments", str(f),
+                "--output-dir", str(tmp_path / "rep"), "--no-html")  # fmt: skip
+    assert p.returncode == 2, p.stderr[-2000:]
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith(f"error: {f}:2: ") and message in line
+
+
+def test_expand_keeps_plain_rows() -> None:
+    plain = {"question_id": 1, "model": "m", "score": 7, "turn": 1}
+    assert agg.choice_rows(plain, "x.jsonl:3") == [plain]
+    with pytest.raises(JobError, match="x.jsonl:3: .*user_prompt has 1 entries but score has 2"):
+        agg.choice_rows({**plain, "score": [1, 2], "user_prompt": ["a"]}, "x.jsonl:3")

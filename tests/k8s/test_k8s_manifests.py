@@ -159,7 +159,8 @@ def overrides(shared_bench_data: Path) -> dict[str, str]:
 
 
 def pod_env(job: dict[str, Any], volumes: dict[str, Path], extra: dict[str, str]) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: envFrom, then env."""
+    """The container's environment as the kubelet builds it (envFrom, then env), its paths
+    on the emptyDir mounts moved to `volumes`, then the test's `extra` as given."""
     configmaps = {d["metadata"]["name"]: d["data"] for d in _docs() if d["kind"] == "ConfigMap"}
     (c,) = job["spec"]["template"]["spec"]["containers"]
     env: dict[str, str] = {}
@@ -173,11 +174,30 @@ def pod_env(job: dict[str, Any], volumes: dict[str, Path], extra: dict[str, str]
             env[e["name"]] = configmaps[ref["name"]][ref["key"]]
         else:
             env[e["name"]] = DUMMY_SECRETS[e["valueFrom"]["secretKeyRef"]["key"]]
-    env.update(extra)
-    # emptyDir mounts -> per-test directories (longest mount path first)
+    # only the manifest's values name container paths: a host path in `extra` (bench data
+    # in a checkout under /tmp, the test's tmp_path) must stay as it is
+    return {**{k: on_volume(v, volumes) for k, v in env.items()}, **extra}
+
+
+def on_volume(value: str, volumes: dict[str, Path]) -> str:
+    """A container path on an emptyDir mount -> the same path in its per-test directory
+    (the longest mount that holds it; /tmpfoo is not on /tmp)."""
     for mount in sorted(volumes, key=len, reverse=True):
-        env = {k: str(volumes[mount]) + v[len(mount) :] if v.startswith(mount) else v for k, v in env.items()}
-    return env
+        if value == mount or value.startswith(mount.rstrip("/") + "/"):
+            return str(volumes[mount]) + value[len(mount) :]
+    return value
+
+
+def test_pod_env_moves_only_the_manifests_paths(tmp_path: Path) -> None:
+    """A checkout under /tmp (a fresh clone, ../shared beside it): the test's own host paths
+    are not container paths, so the /tmp remap must leave them alone."""
+    volumes = empty_dirs(tmp_path)
+    host = {"JOB_BENCH_DATA": "/tmp/clone/shared/bench_data", "JOB_OUTPUT": "/tmpdir/runs"}
+    env = pod_env(_by_name("Job", "mtbench-reduce-judge-report"), volumes, host)
+    assert {k: env[k] for k in host} == host
+    assert env["HOME"] == str(volumes["/tmp"]) and env["HF_HOME"] == f"{volumes['/cache']}/huggingface"
+    assert on_volume("/tmp/x", volumes) == f"{volumes['/tmp']}/x"
+    assert on_volume("/tmpfoo/x", volumes) == "/tmpfoo/x"
 
 
 def node_env(job_env: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -46,6 +46,11 @@ def wait_until(cond: Callable[[], bool], timeout: float, proc: subprocess.Popen[
     return False
 
 
+def answered(srv: Any, since: int = 0) -> int:
+    """Chat requests the test server has answered, of those from the `since`-th on."""
+    return sum(q.end is not None for q in srv.chat_requests[since:])
+
+
 def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, sig)

@@ -17,6 +17,9 @@ Faults (the kinds are FAULTS' keys):
   (None = behave); or a callable `faults(body, n) -> kind | None` (n = 0-based count).
 - `fault_rates={"429": 0.1, "timeout": 0.01}`: random faults, seeded by `seed`.
 - `api_key="sk-..."`: requests with another bearer token get 401.
+- `hold_after=N` (or `hold(after=N)`): answer the first N chat requests, hold every later
+  one until `release()`; `held` counts those waiting. Signal tests use it so the run under
+  test can neither finish nor store more before the signal (no timing involved).
 A fault entry is a kind ("429") or a `Fault(kind, retry_after=...)`.
 
 Every chat request is recorded (`requests`: headers, JSON body, fault, reply text,
@@ -92,6 +95,7 @@ class Recorded:
     reply: str | None = None
     start: float = 0.0
     end: float | None = None
+    held: bool = False
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -164,6 +168,7 @@ class OpenAIServer:
         models: Sequence[str] = ("test-model",),
         hang_seconds: float = 60.0,
         seed: int = 0,
+        hold_after: int | None = None,
     ):
         self.reply = reply
         self.latency = latency
@@ -176,6 +181,7 @@ class OpenAIServer:
         self.models = list(models)
         self.hang_seconds = hang_seconds
         self.rng = random.Random(seed)
+        self.hold_after = hold_after
         self.requests: list[Recorded] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -235,6 +241,21 @@ class OpenAIServer:
     def chat_requests(self) -> list[Recorded]:
         return list(self.requests)
 
+    @property
+    def held(self) -> int:
+        """Chat requests waiting for release()."""
+        return sum(r.held for r in list(self.requests))
+
+    def hold(self, after: int) -> None:
+        """Hold chat requests from the `after`-th on (0-based, in arrival order, all time)."""
+        self.hold_after = after
+
+    def release(self) -> None:
+        """Answer the held requests, and hold no more."""
+        self.hold_after = None
+        for r in list(self.requests):
+            r.held = False
+
     def reset(self) -> None:
         self.requests.clear()
         self.max_in_flight = 0
@@ -274,10 +295,20 @@ class OpenAIServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            await self._hold(rec)
             return await self._chat_reply(rec)
         finally:
             self.in_flight -= 1
             rec.end = time.monotonic()
+
+    async def _hold(self, rec: Recorded) -> None:
+        # polled, so hold()/release() work from any thread without touching the loop
+        assert self._stopping is not None
+        rec.held = self.hold_after is not None and rec.n >= self.hold_after
+        while rec.held and not self._stopping.is_set():
+            await asyncio.sleep(0.01)
+            rec.held = self.hold_after is not None and rec.n >= self.hold_after
+        rec.held = False
 
     def _unauthorized(self, rec: Recorded) -> tuple[int, dict[str, str], bytes]:
         # like api.openai.com, echo the key back: clients must not put it in logs/errors

@@ -68,6 +68,13 @@ def load_questions(args: argparse.Namespace) -> list[Any]:
     return select_questions(questions, [], args.first_n)
 
 
+def _fastchat_bench() -> Any:
+    """A bench with FastChat's behaviour (temperature table), whatever --bench is."""
+    from job.benches import Bench
+
+    return Bench("fastchat", REPO)
+
+
 def load_backend(args: argparse.Namespace, model: str) -> Any:
     from job.backends.hf import HFBackend
 
@@ -90,8 +97,9 @@ def ours(
     from job.generate import Conversation, GenerateConfig, run_waves, temperature_of, work_items
 
     cfg = GenerateConfig(bench="", model="", num_choices=num_choices, max_new_tokens=n)
+    fastchat = _fastchat_bench()
     convs = [
-        Conversation(q, c, SamplingParams(temperature_of(q, cfg), n, cfg.seed + c))
+        Conversation(q, c, SamplingParams(temperature_of(q, cfg, fastchat), n, cfg.seed + c))
         for q, c in work_items(questions, num_choices)
     ]
     t0, c0 = time.perf_counter(), time.process_time()
@@ -105,7 +113,7 @@ def fastchat_loop(backend: Any, questions: list[Any], num_choices: int, n: int) 
     """FastChat gen_model_answer.get_model_answers: one question, one choice, one turn at a time."""
     import torch
 
-    from job.benches import temperature_for
+    from job.benches import FASTCHAT
 
     model, tok = backend.model, backend.tokenizer
     stop_ids = set(backend.eos_ids)
@@ -114,7 +122,7 @@ def fastchat_loop(backend: Any, questions: list[Any], num_choices: int, n: int) 
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for q in questions:
-            temperature = temperature_for(q.category)
+            temperature = FASTCHAT.temperature(q.category)
             for i in range(num_choices):
                 torch.manual_seed(i)
                 messages: list[dict[str, str]] = []
@@ -170,8 +178,10 @@ def worker(args: argparse.Namespace) -> None:
     cfg = GenerateConfig(
         bench="", model="", num_choices=args.num_choices[0], max_new_tokens=args.max_new_tokens
     )
+    fastchat = _fastchat_bench()
     convs = [
-        Conversation(q, c, SamplingParams(temperature_of(q, cfg), cfg.max_new_tokens, c)) for q, c in items
+        Conversation(q, c, SamplingParams(temperature_of(q, cfg, fastchat), cfg.max_new_tokens, c))
+        for q, c in items
     ]
     t0 = time.perf_counter()
     run_waves(backend, convs, False, lambda d, t: None)

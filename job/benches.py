@@ -1,9 +1,10 @@
-"""Bench registry: where a bench's files live, their checksums, and FastChat's tables.
+"""Bench registry: where a bench's files live, their checksums, and its behaviour.
 
 A bench is a FastChat-layout folder `<data>/<name>/question.jsonl` (optionally
-`reference_answer/*.jsonl` and its own `judge_prompts.jsonl`). Registered benches
-(bench_data/registry.json) also carry pinned upstream URLs and sha256; any other
-folder works as a custom bench, without checksum verification.
+`reference_answer/*.jsonl`, its own `judge_prompts.jsonl` and a `bench.json` of
+behaviour fields). Registered benches (bench_data/registry.json) also carry pinned
+upstream URLs, sha256 and their behaviour; any other folder works as a custom bench,
+without checksum verification.
 """
 
 from __future__ import annotations
@@ -16,34 +17,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from job.bench_behaviour import FASTCHAT, BenchBehaviour, load_behaviour
 from job.errors import JobError
 from job.names import check_name
 from job.records import Question, check_unique_ids, parse_numbered
 
-# FastChat common.py `temperature_config`; categories not listed get 0.7.
-TEMPERATURE_BY_CATEGORY: dict[str, float] = {
-    "writing": 0.7,
-    "roleplay": 0.7,
-    "extraction": 0.0,
-    "math": 0.0,
-    "coding": 0.0,
-    "reasoning": 0.0,
-    "stem": 0.1,
-    "humanities": 0.1,
-    "arena-hard-200": 0.0,
-}
-DEFAULT_TEMPERATURE = 0.7
-# Categories whose judge prompts include a reference answer (FastChat NEED_REF_CATS).
-NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
-
 SMOKE_BENCH = "smoke"
+BENCH_JSON = "bench.json"
+"""A custom bench folder's optional behaviour file (the fields of job.bench_behaviour)."""
 DEFAULT_DATA_DIR = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbench-job" / "bench_data"
 )
-
-
-def temperature_for(category: str) -> float:
-    return TEMPERATURE_BY_CATEGORY.get(category, DEFAULT_TEMPERATURE)
 
 
 def packaged_data_dir() -> Path:
@@ -77,6 +61,8 @@ class Bench:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Registered files: logical name -> {path, url, sha256}; empty for custom benches."""
     default_reference: str | None = None
+    behaviour: BenchBehaviour = FASTCHAT
+    """Temperatures, reference categories, prompt names, rating format, judged turns."""
 
     @property
     def registered(self) -> bool:
@@ -133,6 +119,23 @@ class Bench:
         return qs, sha256_bytes(data)
 
 
+def custom_bench(name: str, data_dir: Path) -> Bench:
+    """A FastChat-layout folder; its optional bench.json sets the behaviour (and default reference)."""
+    path = data_dir / name / BENCH_JSON
+    if not path.is_file():
+        return Bench(name, data_dir)
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise JobError(f"{path}: not valid JSON ({e}); fix the file or remove it") from None
+    if not isinstance(doc, dict):
+        raise JobError(f"{path}: must hold a JSON object of bench behaviour fields")
+    ref = doc.pop("default_reference", None)
+    if ref is not None and not isinstance(ref, str):
+        raise JobError(f"{path}: default_reference must be a string (a reference_answer/ file stem)")
+    return Bench(name, data_dir, default_reference=ref, behaviour=load_behaviour(doc, str(path)))
+
+
 def resolve_data_dir(bench_data: str | os.PathLike[str] | None) -> Path:
     value = bench_data or os.environ.get("JOB_BENCH_DATA")
     return Path(value).expanduser() if value else DEFAULT_DATA_DIR
@@ -145,9 +148,11 @@ def resolve_bench(name: str, bench_data: str | os.PathLike[str] | None = None) -
     reg = registry()
     if name in reg:
         entry = reg[name]
-        return Bench(name, data_dir, entry["files"], entry.get("default_reference"))
+        where = f"{packaged_data_dir() / 'registry.json'} (bench {name})"
+        behaviour = load_behaviour(entry.get("behaviour", {}), where)
+        return Bench(name, data_dir, entry["files"], entry.get("default_reference"), behaviour)
     if (data_dir / name / "question.jsonl").is_file():
-        return Bench(name, data_dir)
+        return custom_bench(name, data_dir)
     if name == SMOKE_BENCH:
         return Bench(name, packaged_data_dir(), default_reference="smoke-reference")
     if bench_data and not data_dir.is_dir():

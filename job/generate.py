@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,12 @@ from typing import Any
 from tqdm import tqdm
 
 from job.backends import load_backend, parse_spec
-from job.backends.base import Backend, GenRequest, GenResult, Message, SamplingParams
-from job.benches import Bench, resolve_bench, sha256_file, temperature_for
+from job.backends.base import Backend, GenRequest, GenResult, Message, SamplingParams, check_sampling
+from job.benches import Bench, resolve_bench, sha256_file
 from job.errors import JobError, Terminated
 from job.jsonl import dumps_lines
 from job.layout import manifest_key, shard_key, shards_prefix
+from job.model_fingerprint import describe, fingerprint
 from job.names import check_name, default_model_name
 from job.provenance import git_revision, host, package_version, stable_hash
 from job.records import Question, QuestionId, ShardItem, ShardManifest, id_sort_key
@@ -55,8 +57,10 @@ class GenerateConfig:
     """Choice i samples with seed `seed + i` (FastChat: torch.manual_seed(i))."""
     system_prompt: str | None = None
     chat_template: str | None = None
-    dedupe_greedy: bool = True
-    """Greedy requests with identical messages are generated once and copied."""
+    dedupe_greedy: bool | None = None
+    """Greedy requests with identical messages are generated once and copied. None: on where
+    greedy decoding is deterministic (local models, mocks), off for API models, whose
+    temperature-0 replies vary (copying would shrink the Swallow std across choices)."""
     force: bool = False
     dry_run: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
@@ -108,14 +112,14 @@ def select_questions(questions: list[Question], ids: list[str], first_n: int | N
     return questions
 
 
-def temperature_of(q: Question, cfg: GenerateConfig) -> float:
+def temperature_of(q: Question, cfg: GenerateConfig, bench: Bench) -> float:
     """Precedence as FastChat gen_api_answer: forced, question's own, category override, table."""
     if cfg.temperature is not None:
         return cfg.temperature
     required = getattr(q, "required_temperature", None)
     if isinstance(required, (int, float)):
         return float(required)
-    return cfg.category_temperature.get(q.category, temperature_for(q.category))
+    return cfg.category_temperature.get(q.category, bench.behaviour.temperature(q.category))
 
 
 def work_items(questions: list[Question], num_choices: int) -> list[tuple[Question, int]]:
@@ -124,23 +128,31 @@ def work_items(questions: list[Question], num_choices: int) -> list[tuple[Questi
     return [(q, c) for q in ordered for c in range(num_choices)]
 
 
+EXACT_GREEDY = frozenset({"hf", "hf-tiny", "vllm", "mock"})
+"""Providers whose greedy decoding gives one answer, so copying it to every choice is exact."""
+
+
 def run_config(cfg: GenerateConfig, bench: Bench, data_sha: str, questions: list[Question]) -> dict[str, Any]:
     """Everything that changes the answers; its hash ties the shards of one run together."""
     template_sha = sha256_file(Path(cfg.chat_template)) if cfg.chat_template else None
+    provider, model = parse_spec(cfg.model)
     return {
         "bench": bench.name,
         "bench_data_sha256": data_sha,
         "model": cfg.model,
+        # the weights behind the spec: an overwritten ./ckpt is another model
+        "model_fingerprint": fingerprint(provider, model, cfg.backend_options.get("revision")),
         "model_name": cfg.model_name,
         "num_choices": cfg.num_choices,
         "max_new_tokens": cfg.max_new_tokens,
         "temperature": cfg.temperature,
         "category_temperature": dict(sorted(cfg.category_temperature.items())),
-        "temperatures": {str(q.question_id): temperature_of(q, cfg) for q in questions},
+        "temperatures": {str(q.question_id): temperature_of(q, cfg, bench) for q in questions},
         "seed": cfg.seed,
         "system_prompt": cfg.system_prompt,
         "chat_template_sha256": template_sha,
         "dtype": cfg.backend_options.get("dtype"),
+        "dedupe_greedy": cfg.dedupe_greedy,
         "question_ids": [q.question_id for q in sorted(questions, key=lambda q: id_sort_key(q.question_id))],
     }
 
@@ -242,9 +254,14 @@ def _load_manifest(storage: Storage, key: str) -> ShardManifest | None:
         ) from None
 
 
+SAMPLING_HINT = "set by --temperature, --category-temperature or the question's required_temperature"
+
+
 def plan(cfg: GenerateConfig) -> dict[str, Any]:
     """Resolve everything that needs no model: bench, questions, shard slices, keys."""
-    parse_spec(cfg.model)
+    provider, _ = parse_spec(cfg.model)
+    if cfg.dedupe_greedy is None:
+        cfg.dedupe_greedy = provider in EXACT_GREEDY
     if cfg.num_choices < 1:
         raise JobError(f"--num-choices must be >= 1, got {cfg.num_choices}")
     if cfg.max_new_tokens < 1:
@@ -253,6 +270,9 @@ def plan(cfg: GenerateConfig) -> dict[str, Any]:
     bench = resolve_bench(cfg.bench, cfg.bench_data)
     questions, data_sha = bench.load_questions()
     questions = select_questions(questions, cfg.question_ids, cfg.first_n)
+    for q in questions:  # a value the engine would reject fails here, before any model is loaded
+        check_sampling(temperature=temperature_of(q, cfg, bench), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                       where=f"question {q.question_id} ({q.category})", hint=SAMPLING_HINT)  # fmt: skip
     items = work_items(questions, cfg.num_choices)
     indices, num_shards = resolve_shard(cfg.shard_index, cfg.num_shards)
     rc = run_config(cfg, bench, data_sha, questions)
@@ -284,7 +304,7 @@ def print_plan(cfg: GenerateConfig, p: dict[str, Any], storage: Storage) -> None
         )
         key = shard_key(p["bench"].name, cfg.model_name or "", i, n)
         print(f"shard {i + 1}/{n} (index {i}): {len(part)} conversations [{span}] -> {storage.uri(key)}")
-    temps = sorted({(q.category, temperature_of(q, cfg)) for q in p["questions"]})
+    temps = sorted({(q.category, temperature_of(q, cfg, p["bench"])) for q in p["questions"]})
     print("temperatures: " + ", ".join(f"{c}={t}" for c, t in temps))
 
 
@@ -299,18 +319,24 @@ def generate_shard(
     part = shard(p["items"], n, index)
     started = time.time()
     convs = [
-        Conversation(q, c, SamplingParams(temperature_of(q, cfg), cfg.max_new_tokens, cfg.seed + c))
+        Conversation(q, c, SamplingParams(temperature_of(q, cfg, bench), cfg.max_new_tokens, cfg.seed + c))
         for q, c in part
     ]
     log.info("shard %d/%d: %d conversations -> %s", index + 1, n, len(convs), storage.uri(key))
     bar = _Progress(sum(len(c.question.turns) for c in convs), f"shard {index + 1}/{n}")
     try:
-        run_waves(backend, convs, cfg.dedupe_greedy, bar)
+        run_waves(backend, convs, bool(cfg.dedupe_greedy), bar)
     finally:
         bar.close()
     fatal = getattr(backend, "fatal_error", None)
     if fatal:  # bad key / model / endpoint: commit nothing, so a re-run redoes the shard
         raise JobError(f"{fatal}; shard {index + 1}/{n} was not written")
+    if convs and all(c.status != "ok" for c in convs):
+        # nothing to judge: a failed run, not a shard of failures that reports and gates accept
+        raise JobError(
+            f"shard {index + 1}/{n}: all {len(convs)} conversations failed, e.g. {convs[0].error}; "
+            "nothing was written for this shard; fix the cause and re-run"
+        )
     now = time.time()
     items = [
         ShardItem(
@@ -349,10 +375,7 @@ def generate_shard(
         host=host(),
     )
     with critical():  # a SIGTERM waits for the commit: answers, then the manifest
-        storage.write_bytes(key, dumps_lines(i.model_dump(mode="json") for i in items))
-        committed = storage.write_bytes(
-            manifest_key(key), manifest.model_dump_json(indent=2).encode(), if_absent=not cfg.force
-        )
+        committed = commit_shard(storage, key, items, manifest, cfg.force)
     if not committed:
         log.warning("shard %d/%d was committed by another task first; keeping theirs", index + 1, n)
     elif manifest.num_failed:
@@ -364,6 +387,31 @@ def generate_shard(
             len(items),
         )
     return manifest
+
+
+def commit_shard(
+    storage: Storage, key: str, items: list[ShardItem], manifest: ShardManifest, force: bool
+) -> bool:
+    """Write the answers, then the manifest (the commit marker); False if another task won.
+
+    Two tasks may run the same shard (a Slurm requeue, a slow pod replaced). The answers go
+    to the shard key only if it is free (else to a key of their own), and the manifest names
+    them, so the loser of the manifest race never touches the data the winner's manifest
+    describes; it deletes only its own copy. --force owns the shard and overwrites.
+    """
+    data = dumps_lines(i.model_dump(mode="json") for i in items)
+    data_key = key
+    if force:
+        storage.write_bytes(key, data)
+    elif not storage.write_bytes(key, data, if_absent=True):
+        data_key = f"{key.removesuffix('.jsonl')}.{uuid.uuid4().hex[:12]}.jsonl"
+        storage.write_bytes(data_key, data)
+    manifest.data_file = data_key.rsplit("/", 1)[-1]
+    body = manifest.model_dump_json(indent=2).encode()
+    if storage.write_bytes(manifest_key(key), body, if_absent=not force):
+        return True
+    storage.delete(data_key)
+    return False
 
 
 def pending_shards(
@@ -379,7 +427,17 @@ def pending_shards(
     for i in p["indices"]:
         mkey = manifest_key(shard_key(p["bench"].name, cfg.model_name, i, p["num_shards"]))
         existing = _load_manifest(storage, mkey)
-        if existing and not cfg.force:
+        if existing and not cfg.force and _model_changed(existing, p["run_config"]):
+            log.warning(
+                "shard %d/%d: regenerating, the model changed since it was generated (%s, now %s)",
+                i + 1,
+                p["num_shards"],
+                describe(existing.sampling.get("model_fingerprint")),
+                describe(p["run_config"]["model_fingerprint"]),
+            )
+            storage.delete(mkey)
+            todo.append(i)
+        elif existing and not cfg.force:
             if existing.config_hash != p["config_hash"]:
                 raise JobError(
                     f"{storage.uri(mkey)} holds a shard of a different run (config {existing.config_hash}, "
@@ -397,6 +455,15 @@ def pending_shards(
                 storage.delete(mkey)
             todo.append(i)
     return todo, done
+
+
+def _model_changed(existing: ShardManifest, run_config: dict[str, Any]) -> bool:
+    """Only the model's fingerprint differs: the same run on new weights (regenerate, no --force)."""
+    key = "model_fingerprint"
+    old, new = dict(existing.sampling), dict(run_config)
+    if key not in old or old.pop(key) == new.pop(key):
+        return False
+    return stable_hash(old) == stable_hash(new)
 
 
 def backend_options(cfg: GenerateConfig) -> dict[str, Any]:

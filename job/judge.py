@@ -15,22 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from job.backends.base import Message
-from job.benches import NEED_REF_CATS
+from job.bench_behaviour import FASTCHAT, BenchBehaviour
 from job.judge_prompts import JudgePrompt
 from job.records import Answer, Question, QuestionId
 
 JUDGE_TEMPERATURE = 0.0
 JUDGE_MAX_TOKENS = 2048
-RATING_RE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
-RATING_BACKUP_RE = re.compile(r"\[(\d+\.?\d*)\]")
 MODES = ("single", "pairwise-baseline", "pairwise-all")
 DONE_STATUSES = ("ok", "parse_error", "answer_error")
 """Stored with one of these, a judgment is final; api_error ones are asked again on re-run."""
 
 
-def parse_rating(text: str) -> int | float | None:
-    """FastChat: first `[[x]]`, else first `[x]`, read as a Python literal; None = no rating."""
-    m = RATING_RE.search(text) or RATING_BACKUP_RE.search(text)
+def parse_rating(text: str, patterns: Sequence[re.Pattern[str]] = FASTCHAT.rating_res) -> int | float | None:
+    """FastChat: first `[[x]]`, else first `[x]` (or the bench's patterns, in order), read as
+    a Python literal; None = no rating."""
+    m = next(filter(None, (p.search(text) for p in patterns)), None)
     if not m:
         return None
     try:
@@ -63,7 +62,7 @@ class Match:
     answers: tuple[list[str], ...]
     """the judged choice's turns, one list per model"""
     ref: list[str] | None = None
-    """reference answer turns (choices[0]) for NEED_REF_CATS"""
+    """reference answer turns (choices[0]) for the bench's reference categories"""
     failed: str | None = None
     """why an answer cannot be judged (failed generation); no request is made"""
 
@@ -76,8 +75,8 @@ class Match:
         return (1, 2) if self.pairwise else (0,)
 
 
-def needs_ref(q: Question) -> bool:
-    return q.category in NEED_REF_CATS
+def needs_ref(q: Question, behaviour: BenchBehaviour) -> bool:
+    return behaviour.needs_ref(q.category)
 
 
 def _choice_turns(answer: Answer, choice: int) -> tuple[list[str] | None, str | None]:
@@ -111,6 +110,7 @@ def build_matches(
     refs: dict[QuestionId, Answer],
     mode: str,
     baseline: str | None = None,
+    behaviour: BenchBehaviour = FASTCHAT,
 ) -> list[Match]:
     """FastChat order: default set turn 1, ref set turn 1, default turn 2, ref turn 2;
     within a set, questions in file order, then models (pairs) in model-list order, then choices."""
@@ -121,7 +121,7 @@ def build_matches(
                 continue
             jp = prompts[(turn, ref_set)]
             for q in questions:
-                if needs_ref(q) != ref_set or (turn == 2 and len(q.turns) != 2):
+                if needs_ref(q, behaviour) != ref_set or (turn == 2 and len(q.turns) != 2):
                     continue
                 ref = refs[q.question_id].choices[0].turns if ref_set else None
                 for pair in _model_tuples(models, mode, baseline):
@@ -225,7 +225,7 @@ def game_result(m: Match, user_prompt: str, text: str, status: str, error: str |
         if v == "error":
             return GameResult(user_prompt, text, "parse_error", "no [[A]]/[[B]]/[[C]] verdict", v)
         return GameResult(user_prompt, text, "ok", None, v)
-    score = parse_rating(text)
+    score = parse_rating(text, m.prompt.rating_res)
     if score is None:
         return GameResult(user_prompt, text, "parse_error", "no [[rating]] in judgment", -1)
     return GameResult(user_prompt, text, "ok", None, score)

@@ -6,27 +6,16 @@ placeholders must be the ones FastChat fills for that prompt kind.
 
 from __future__ import annotations
 
+import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from job.bench_behaviour import FASTCHAT, BenchBehaviour
 from job.benches import sha256_bytes
 from job.errors import JobError
 from job.jsonl import iter_jsonl
 
-# (mode, turn, needs reference) -> prompt name, as in FastChat gen_judgment.make_judge_*
-SINGLE_NAMES = {
-    (1, False): "single-v1",
-    (1, True): "single-math-v1",
-    (2, False): "single-v1-multi-turn",
-    (2, True): "single-math-v1-multi-turn",
-}
-PAIR_NAMES = {
-    (1, False): "pair-v2",
-    (1, True): "pair-math-v1",
-    (2, False): "pair-v2-multi-turn",
-    (2, True): "pair-math-v1-multi-turn",
-}
 REQUIRED_FIELDS = ("name", "type", "system_prompt", "prompt_template", "output_format")
 
 
@@ -38,9 +27,11 @@ class JudgePrompt:
     system_prompt: str
     prompt_template: str
     output_format: str
-    """[[rating]] | [[A]]"""
+    """[[rating]] | [[A]] (or the bench's rating_format)"""
     line: int = 0
     """line of the prompt file, for error messages"""
+    rating_res: tuple[re.Pattern[str], ...] = FASTCHAT.rating_res
+    """How a reply to this prompt is read: the bench's rating patterns (set by select())."""
 
     @property
     def placeholders(self) -> set[str]:
@@ -108,16 +99,15 @@ def expected_placeholders(mode: str, turn: int, ref: bool) -> set[str]:
     return base
 
 
-def prompt_name(mode: str, turn: int, ref: bool) -> str:
-    return (SINGLE_NAMES if mode == "single" else PAIR_NAMES)[(turn, ref)]
-
-
-def select(pset: PromptSet, mode: str, kinds: set[tuple[int, bool]]) -> dict[tuple[int, bool], JudgePrompt]:
-    """The prompts needed for the (turn, needs-ref) kinds in play, each checked for its format."""
+def select(
+    pset: PromptSet, mode: str, kinds: set[tuple[int, bool]], behaviour: BenchBehaviour = FASTCHAT
+) -> dict[tuple[int, bool], JudgePrompt]:
+    """The prompts needed for the (turn, needs-ref) kinds in play, named and tagged as the
+    bench says, each checked for its format and carrying the bench's rating patterns."""
     out = {}
-    want_type, want_fmt = ("single", "[[rating]]") if mode == "single" else ("pairwise", "[[A]]")
+    want_type, want_fmt = mode, behaviour.output_format(mode)  # mode: single | pairwise
     for turn, ref in sorted(kinds):
-        name = prompt_name(mode, turn, ref)
+        name = behaviour.prompt_name(mode, turn, ref)
         jp = pset.get(name)
         where = f"{pset.path}:{jp.line}"
         if jp.type != want_type or jp.output_format != want_fmt:
@@ -134,5 +124,5 @@ def select(pset: PromptSet, mode: str, kinds: set[tuple[int, bool]]) -> dict[tup
         unknown = jp.placeholders - expected_placeholders(mode, turn, ref)
         if unknown:
             raise JobError(f"{where}: prompt {name!r} uses unknown placeholders {sorted(unknown)}")
-        out[(turn, ref)] = jp
+        out[(turn, ref)] = replace(jp, rating_res=behaviour.rating_res)
     return out

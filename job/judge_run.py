@@ -126,7 +126,7 @@ def index_answers(
 def load_references(
     bench: Bench, name: str, questions: list[Question]
 ) -> tuple[dict[QuestionId, Answer], str | None]:
-    need = [q for q in questions if needs_ref(q)]
+    need = [q for q in questions if needs_ref(q, bench.behaviour)]
     if not need:
         return {}, None
     path = bench.reference_path(name)
@@ -170,21 +170,22 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     answers, missing = index_answers(questions, models, loaded, where, cfg.allow_missing)
     if cfg.mode == "pairwise-baseline":
         models = [m for m in models if m != cfg.baseline_model]
-    kinds = {(t, needs_ref(q)) for q in questions for t in (1, 2) if t == 1 or len(q.turns) == 2}
+    bb = bench.behaviour  # judged turns, prompt names, rating format: the bench's
+    kinds = {(t, needs_ref(q, bb)) for q in questions for t in bb.judged_turns if t <= len(q.turns)}
     pset = load_prompt_set(cfg.judge_prompts or bench.judge_prompts_path)
-    prompts = select(pset, "pairwise" if pairwise else "single", kinds)
+    prompts = select(pset, "pairwise" if pairwise else "single", kinds, bb)
     ref_name = cfg.reference or bench.default_reference
     if cfg.reference:  # checked even when no question in the selection needs a reference
         check_name("reference set (--reference)", cfg.reference)
     refs: dict[QuestionId, Answer] = {}
     ref_sha = None
-    if any(needs_ref(q) for q in questions):
+    if any(needs_ref(q, bb) for q in questions):
         if not ref_name:
             raise JobError(f"bench {bench.name!r} has no default reference set; pass --reference NAME")
         refs, ref_sha = load_references(bench, ref_name, questions)
     # a model without an answer to a question has no match for it (--allow-missing)
     present = [q for q in questions if all(q.question_id in answers[m] for m in answers)]
-    matches = build_matches(present, models, answers, prompts, refs, cfg.mode, cfg.baseline_model)
+    matches = build_matches(present, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
 
     # stored records are checked before resume keys are built from them (file:line on a bad one)
     def check(rec: dict[str, Any], where: str) -> None:
@@ -205,6 +206,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         "models": models, "judge_prompts": pset.path, "judge_prompts_sha256": pset.sha256,
         "reference": ref_name if refs else None, "reference_sha256": ref_sha,
         "num_questions": len(questions), "temperature": JUDGE_TEMPERATURE, "max_tokens": JUDGE_MAX_TOKENS,
+        "bench_behaviour": bb.as_dict(),
     }  # fmt: skip
     return Plan(matches, requests, cached, prov, missing)
 

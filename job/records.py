@@ -57,6 +57,8 @@ class Choice(_Record):
     status: str | None = None
     """Only on failed generations kept with --allow-failed; FastChat files have none."""
     error: str | None = None
+    finish_reasons: list[str | None] | None = None
+    """Ours, per generated turn: stop | length (hit --max-new-tokens) | None; FastChat has none."""
 
 
 class Answer(_Record):
@@ -109,6 +111,8 @@ class ShardManifest(_Record):
     finished_at: float
     wall_seconds: float
     host: str | None = None
+    data_file: str | None = None
+    """Name (beside the manifest) of the answers it commits; None: the shard key (older runs)."""
 
 
 R = TypeVar("R", bound=BaseModel)

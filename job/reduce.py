@@ -28,6 +28,8 @@ from job.terminate import critical
 log = logging.getLogger(__name__)
 
 READ_THREADS = 16
+TRUNCATED_WARN = 0.05
+"""Warn when more than this share of a model's turns stopped at --max-new-tokens."""
 
 
 @dataclass
@@ -77,10 +79,18 @@ def to_answers(
         choices = []
         for it in items:
             if it.status == "ok":
-                choices.append(Choice(index=it.choice, turns=it.turns))
+                choices.append(Choice(index=it.choice, turns=it.turns, finish_reasons=it.finish_reasons))
             else:
                 # kept visible with its status; never judged as an answer
-                choices.append(Choice(index=it.choice, turns=it.turns, status=it.status, error=it.error))
+                choices.append(
+                    Choice(
+                        index=it.choice,
+                        turns=it.turns,
+                        status=it.status,
+                        error=it.error,
+                        finish_reasons=it.finish_reasons,
+                    )
+                )
         out.append(
             Answer(
                 question_id=qid,
@@ -115,6 +125,11 @@ def _manifests(storage: Storage, bench: str, model: str) -> list[tuple[str, Shar
     return out
 
 
+def data_key(mkey: str, m: ShardManifest) -> str:
+    """The answers a manifest commits: its data_file beside it (older manifests: the shard key)."""
+    return f"{mkey.rsplit('/', 1)[0]}/{m.data_file}" if m.data_file else shard_of_manifest(mkey)
+
+
 def _missing_report(manifests: list[ShardManifest], missing: list[tuple[QuestionId, int]]) -> str:
     counts = sorted({m.num_shards for m in manifests})
     parts = []
@@ -143,7 +158,7 @@ def merge_model(storage: Storage, bench: str, model: str, allow_failed: bool) ->
     manifests = [m for _, m in found]
     ref = manifests[0]
     items: list[tuple[ShardItem, str]] = []
-    skeys = [shard_of_manifest(mkey) for mkey, _ in found]
+    skeys = [data_key(mkey, m) for mkey, m in found]
     for skey, data in zip(skeys, _read_many(storage, skeys), strict=True):
         for it in parse_records(data, ShardItem, storage.uri(skey)):
             items.append((it, skey))
@@ -167,6 +182,28 @@ def merge_model(storage: Storage, bench: str, model: str, allow_failed: bool) ->
     return Merged(to_answers(model, ref.config_hash, merged), manifests, len(failed))
 
 
+def truncation(answers: list[Answer]) -> tuple[int, int]:
+    """(turns that hit max_new_tokens, turns with a known finish reason) over ok choices."""
+    reasons = [
+        r for a in answers for c in a.choices if c.status is None for r in (c.finish_reasons or []) if r
+    ]
+    return sum(r == "length" for r in reasons), len(reasons)
+
+
+def _warn_truncated(model: str, answers: list[Answer]) -> tuple[int, int]:
+    cut, known = truncation(answers)
+    if known and cut / known > TRUNCATED_WARN:
+        log.warning(
+            "%s: %d of %d turns (%.0f%%) stopped at --max-new-tokens (finish_reason length): "
+            "those answers are cut off; raise --max-new-tokens, or check the model's end-of-turn token",
+            model,
+            cut,
+            known,
+            100 * cut / known,
+        )
+    return cut, known
+
+
 def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
     deadline = time.monotonic() + cfg.wait
     while True:
@@ -179,6 +216,7 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
             log.info("waiting for shards of %s: %s", model, e)
             time.sleep(min(cfg.poll_interval, max(deadline - time.monotonic(), 0.1)))
     ref = merged.manifests[0]
+    truncated, known = _warn_truncated(model, merged.answers)
     answers = dumps_lines(a.model_dump(mode="json", exclude_none=True) for a in merged.answers)
     summary = {
         "kind": "model-answer",
@@ -191,6 +229,8 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
         "num_questions": len(merged.answers),
         "num_choices": ref.num_choices,
         "num_failed": merged.num_failed,
+        "turns_truncated": truncated,
+        "turns_with_finish_reason": known,
         "tokens_generated": sum(m.tokens_generated for m in merged.manifests),
         "shards": sorted({f"{m.shard_index}/{m.num_shards}" for m in merged.manifests}),
         "generated_by": sorted({m.package_version for m in merged.manifests}),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from job.benches import TEMPERATURE_BY_CATEGORY, registry, resolve_bench, temperature_for
+from job.benches import FASTCHAT, registry, resolve_bench
 from job.errors import JobError
 
 
@@ -156,7 +156,7 @@ def test_custom_bench_folder_works_without_code_change(tmp_path: Path) -> None:
 def test_smoke_bench_is_packaged_and_covers_all_categories() -> None:
     qs, _ = resolve_bench("smoke", "/nonexistent-dir-for-test").load_questions()
     cats = {q.category for q in qs}
-    assert set(TEMPERATURE_BY_CATEGORY) - {"arena-hard-200"} <= cats
+    assert set(FASTCHAT.temperatures) - {"arena-hard-200"} <= cats
     assert all(len(q.turns) == 2 for q in qs)
 
 
@@ -164,11 +164,3 @@ def test_smoke_bench_is_packaged_and_covers_all_categories() -> None:
 def test_bench_names_cannot_escape(name: str) -> None:
     with pytest.raises(JobError, match="invalid bench name"):
         resolve_bench(name)
-
-
-def test_temperature_table_matches_fastchat() -> None:
-    assert [
-        temperature_for(c)
-        for c in ("writing", "roleplay", "extraction", "math", "coding", "reasoning", "stem", "humanities")
-    ] == [0.7, 0.7, 0.0, 0.0, 0.0, 0.0, 0.1, 0.1]
-    assert temperature_for("fermi") == 0.7

@@ -257,6 +257,9 @@ def test_failed_conversations_are_recorded_not_answered(
     run_job, shared_bench_data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "runs"
+    script = tmp_path / "replies.json"
+    # calls in order: 81 turn 1 ok, 82 turn 1 fails, 81 turn 2 ok
+    script.write_text(json.dumps(["first", {"error": "upstream 500"}, "second"]))
     res = run_job(
         "generate",
         "--bench",
@@ -266,19 +269,34 @@ def test_failed_conversations_are_recorded_not_answered(
         "--first-n",
         "2",
         "--model",
-        "mock/fail",
+        f"mock/script:{script}",
+        "--model-name",
+        "fail",
         "--output",
         str(out),
     )
     assert res.returncode == 0, res.stderr
     manifest = json.loads((out / "mt_bench/shards/fail/shard-00000-of-00001.manifest.json").read_text())
-    assert manifest["num_failed"] == 2
+    assert manifest["num_failed"] == 1
     res = run_job("reduce", "--bench", "mt_bench", "--output", str(out))
-    assert res.returncode == 2 and "2 conversations failed" in res.stderr and "--allow-failed" in res.stderr
+    assert res.returncode == 2 and "1 conversations failed" in res.stderr and "--allow-failed" in res.stderr
     res = run_job("reduce", "--bench", "mt_bench", "--output", str(out), "--allow-failed")
     assert res.returncode == 0
     a = _answers(out, "mt_bench", "fail")
-    assert a[0].choices[0].status == "api_error" and a[0].choices[0].turns == []
+    assert a[0].choices[0].status is None and a[0].choices[0].turns == ["first", "second"]
+    assert a[1].choices[0].status == "api_error" and a[1].choices[0].turns == []
+
+
+def test_a_shard_where_every_request_failed_exits_non_zero_and_writes_nothing(
+    run_job, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "runs"
+    args = ["--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--first-n", "2"]
+    res = run_job("generate", *args, "--model", "mock/fail", "--output", str(out))
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: shard 1/1: all 2 conversations failed") and "mock/fail" in last
+    assert not (out / "mt_bench/shards/fail").exists() or not list((out / "mt_bench/shards/fail").iterdir())
 
 
 def test_dry_run_prints_plan_and_loads_nothing(run_job, shared_bench_data: Path, tmp_path: Path) -> None:

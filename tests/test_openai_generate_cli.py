@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from servers.openai_server import OpenAIServer
 
-from job.benches import resolve_bench, temperature_for
+from job.benches import resolve_bench
 from job.records import Answer, parse_records
 
 KEY = "sk-cli-Secret0123456789abcdef"
@@ -40,8 +40,9 @@ def test_generate_and_reduce_against_the_server(make_openai_server, run_job, tmp
     red = run_job("reduce", "--bench", "smoke", "--output", str(out), env=env)
     assert red.returncode == 0, red.stderr
 
-    questions, _ = resolve_bench("smoke", None).load_questions()
-    greedy = {q.question_id for q in questions if temperature_for(q.category) < 1e-4}
+    bench = resolve_bench("smoke", None)
+    questions, _ = bench.load_questions()
+    greedy = {q.question_id for q in questions if bench.behaviour.temperature(q.category) < 1e-4}
     # greedy questions: one conversation serves both choices; the others: two each
     expected = sum(len(q.turns) * (1 if q.question_id in greedy else 2) for q in questions)
     assert len(srv.requests) == expected
@@ -56,7 +57,7 @@ def test_generate_and_reduce_against_the_server(make_openai_server, run_job, tmp
         first = turn1[(r.messages[0]["content"], r.body["seed"])]
         assert r.messages[1] == {"role": "assistant", "content": first.reply}
         assert first.end is not None and r.start >= first.end
-    temps = {q.turns[0]: temperature_for(q.category) for q in questions}
+    temps = {q.turns[0]: bench.behaviour.temperature(q.category) for q in questions}
     assert all(r.body["temperature"] == temps[r.messages[0]["content"]] for r in srv.requests)
     assert all(r.body["max_tokens"] == 64 and r.body["model"] == "test-model" for r in srv.requests)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from job.backends.base import GenRequest, GenResult, ProgressFn
@@ -26,7 +27,20 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HFBackend", "RowSampler", "RowTemperature", "sampling_kwargs", "tiny_backend"]
 
+MIN_TRANSFORMERS = "4.56"
+"""`from_pretrained(dtype=...)` and layered KV caches; pyproject's lower bound says the same."""
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_transformers(version: str) -> None:
+    """An older transformers would fail deep inside loading (unknown `dtype=`): say so first."""
+    from packaging.version import Version
+
+    if Version(version) < Version(MIN_TRANSFORMERS):
+        raise JobError(
+            f"transformers {version} is too old for the hf backend; run: pip install 'transformers>={MIN_TRANSFORMERS}'"
+        )
 
 
 def _looks_like_path(model: str) -> bool:
@@ -66,6 +80,7 @@ class HFBackend:
         min_new_tokens: int | None = None,
         **_: Any,
     ):
+        check_transformers(transformers.__version__)
         self.spec = spec
         self.min_new_tokens = min_new_tokens
         """Benchmarks only: force at least this many new tokens (masks EOS) for equal token counts."""

@@ -53,8 +53,11 @@ from job.commands.common import (
 @click.option("--token-budget", type=int, help="Padded tokens per batch for automatic batch size (hf).")
 @click.option(
     "--dedupe-greedy/--no-dedupe-greedy",
-    default=True,
-    help="Generate identical greedy requests (temperature-0 choices) once.",
+    default=None,
+    show_default=False,
+    help="Generate identical greedy requests (temperature-0 choices) once and copy the answer. "
+    "Default: on for hf/vllm/mock (exact: greedy decoding repeats itself), off for openai/ "
+    "(an API's temperature-0 replies vary).",
 )
 @click.option("--force", is_flag=True, help="Regenerate shards that are already complete.")
 @click.option(

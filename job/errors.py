@@ -24,3 +24,12 @@ class Terminated(BaseException):
     def __init__(self, kept: str = "") -> None:
         super().__init__("terminated by SIGTERM")
         self.kept = kept
+
+
+class BackendDead(JobError):
+    """The engine can take no more requests (vLLM's EngineDeadError, a CUDA error that
+    poisons the context): not one request's failure, so nothing in flight is committed.
+    The process exits 75 (EX_TEMPFAIL, "try again") so Slurm, Kubernetes or Ray run the
+    shard again on a fresh process instead of recording its requests as failed."""
+
+    exit_code = 75

@@ -276,7 +276,8 @@ def test_judge_cli_passes_vllm_options_and_stores_every_game(
         "--batch-size", "10",
         env={"PYTHONPATH": str(FAKES), "FAKE_VLLM_LOG": str(log)},
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    # every judgment failed (no rating): non-zero, yet each one is stored with its status
+    assert r.returncode == 2 and "all 18 judgments" in r.stderr, r.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
     init = events[0]
     assert (init["event"], init["tensor_parallel_size"], init["max_model_len"], init["dtype"]) == (
@@ -359,3 +360,109 @@ def test_missing_model_dir_is_a_job_error(fake_vllm: Any, tmp_path: Path) -> Non
         load_backend(f"vllm/{tmp_path}/nope")
     with pytest.raises(JobError, match="cannot start vLLM for model 'org/unknown'"):
         load_backend("vllm/org/unknown")
+
+
+def _no_system_role(model: Path, dst: Path) -> Path:
+    """A copy of the tiny model whose chat template rejects a system message (as Gemma's)."""
+    import shutil
+
+    shutil.copytree(model, dst)
+    (dst / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    reject = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    cfg["chat_template"] = reject + CHAT_TEMPLATE
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_per_request_failures_are_failed_results_never_empty_ok(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Each way one request fails comes back failed with its reason; the others are fine."""
+    backend = load_backend(f"vllm/{_no_system_role(tiny_model, tmp_path / 'm')}", max_model_len=60)
+    user = [{"role": "user", "content": "fine"}]
+    cases = {
+        "chat template: System role not supported": [{"role": "system", "content": "judge"}, *user],
+        "the model's context is 60": [{"role": "user", "content": "long " * 100}],
+        "finish_reason 'error'": [{"role": "user", "content": "<fake:finish-error>"}],
+        "empty completion": [{"role": "user", "content": "<fake:empty>"}],
+    }
+    results = backend.generate([GenRequest(m) for m in [*cases.values(), user]])
+    for (why, _), r in zip(cases.items(), results, strict=False):
+        assert (r.status, r.text) == ("error", "") and why in (r.error or ""), (why, r)
+    assert results[-1].ok and results[-1].text.startswith("fake-")
+
+
+def test_engine_death_raises_backend_dead(
+    fake_vllm: Any, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from job.errors import BackendDead
+
+    backend = load_backend(f"vllm/{tiny_model}")
+    req = [GenRequest([{"role": "user", "content": "hi"}])]
+    assert backend.generate(req)[0].ok
+    monkeypatch.setenv("FAKE_VLLM_DIE_AT", "2")
+    with pytest.raises(BackendDead, match="EngineDeadError"):
+        backend.generate(req)
+
+
+def test_error_after_which_the_engine_refuses_calls_is_engine_death(
+    fake_vllm: Any, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RuntimeError (poisoned CUDA context) whose probe call fails too: BackendDead, while
+    a RuntimeError the engine survives (a CUDA OOM) fails only that wave's requests."""
+    from job.errors import BackendDead
+
+    backend = load_backend(f"vllm/{tiny_model}")
+    monkeypatch.setenv("FAKE_VLLM_RAISE", "1")
+    (oom,) = backend.generate([GenRequest([{"role": "user", "content": "RAISE"}])])
+    assert oom.status == "error" and "out of memory" in (oom.error or "")
+    monkeypatch.setenv("FAKE_VLLM_DIE_AT", "1")
+    monkeypatch.setenv("FAKE_VLLM_DIE_AS", "runtime")
+    with pytest.raises(BackendDead, match="illegal memory access"):
+        backend.generate([GenRequest([{"role": "user", "content": "hi"}])])
+
+
+def _shards(out: Path, model: str) -> list[str]:
+    return sorted(p.name for p in (out / "mt_bench/shards" / model).glob("*.manifest.json"))
+
+
+def test_engine_death_mid_run_exits_nonzero_commits_nothing_in_flight_and_rerun_completes(
+    run_job: Any, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    out, log = tmp_path / "runs", tmp_path / "vllm.jsonl"
+    args = (
+        "generate", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--model", f"vllm/{tiny_model}",
+        "--model-name", "v", "--first-n", "4", "--max-new-tokens", "4", "--num-shards", "2", "--output", str(out),
+    )  # fmt: skip
+    env = {"PYTHONPATH": str(FAKES), "FAKE_VLLM_LOG": str(log)}
+    # shard 1 takes engine calls 1-2 (turn 1, turn 2); the engine dies at shard 2's turn 2
+    r = run_job(*args, env={**env, "FAKE_VLLM_DIE_AT": "4"})
+    assert r.returncode == 75, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: vLLM engine for vllm/"), r.stderr
+    assert "EngineDeadError" in r.stderr and "Traceback" not in r.stderr
+    assert _shards(out, "v") == ["shard-00000-of-00002.manifest.json"], "shard 2 was in flight: nothing of it"
+    assert not list((out / "mt_bench/shards/v").glob("shard-00001-of-00002*"))
+    log.unlink()
+    r = run_job(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(_shards(out, "v")) == 2
+    assert [json.loads(x)["event"] for x in log.read_text().splitlines()] == ["init", "generate", "generate"]
+
+
+def test_judge_engine_death_exits_nonzero_keeps_stored_batches(
+    run_job: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "runs"
+    for stage in (("generate", "--model", "mock/echo"), ("reduce", "--model-name", "echo")):
+        assert run_job(*stage, "--bench", "smoke", "--output", str(out)).returncode == 0
+    judge = ("judge", "--bench", "smoke", "--output", str(out), "--judge-model", f"vllm/{tiny_model}",
+             "--judge-name", "vj", "--batch-size", "10")  # fmt: skip
+    env = {"PYTHONPATH": str(FAKES), "FAKE_VLLM_APPEND": "Rating: [[5]]"}
+    r = run_job(*judge, env={**env, "FAKE_VLLM_DIE_AT": "2"})
+    assert r.returncode == 75 and "EngineDeadError" in r.stderr.strip().splitlines()[-1], r.stderr
+    rows = (out / "smoke/model_judgment/vj_single.jsonl").read_text().splitlines()
+    assert len(rows) == 10, "the first batch was stored; the one in flight was not"
+    r = run_job(*judge, env=env)
+    assert r.returncode == 0, r.stderr
+    assert len((out / "smoke/model_judgment/vj_single.jsonl").read_text().splitlines()) == 18

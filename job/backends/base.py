@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+from job.errors import JobError
 
 Message = dict[str, str]
 """{"role": "system" | "user" | "assistant", "content": str}"""
@@ -12,12 +15,73 @@ Message = dict[str, str]
 GREEDY_BELOW = 1e-4
 """FastChat decodes greedily when temperature < 1e-4."""
 
+OK = "ok"
+API_ERROR = "api_error"
+"""A remote endpoint failed this request (openai, mock/fail)."""
+ENGINE_ERROR = "error"
+"""A local engine (hf, vllm) failed this one request: the chat template rejected the
+conversation, the prompt does not fit the context, an OOM on one row, vLLM finish_reason
+"error"/"abort", or no text at all."""
+FAILED_STATUSES = (API_ERROR, ENGINE_ERROR)
+STATUSES = (OK, *FAILED_STATUSES)
+
+
+def check_sampling(
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    where: str = "sampling",
+    hint: str = "",
+) -> None:
+    """One rule set for every backend: what vLLM's SamplingParams._verify_args accepts
+    (the strictest engine we drive), so a bad value fails before any model is loaded
+    instead of crashing one engine mid-run or being silently clamped by another."""
+    problem = _sampling_problem(temperature, max_new_tokens, seed, top_p, top_k, min_p, repetition_penalty)
+    if problem:
+        raise JobError(f"{where}: {problem}" + (f" ({hint})" if hint else ""))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _sampling_problem(
+    temperature: Any, max_new_tokens: Any, seed: Any, top_p: Any, top_k: Any, min_p: Any, rep: Any
+) -> str | None:
+    if not _is_num(temperature) or not 0.0 <= temperature <= 2.0:
+        return f"temperature must be a number in [0, 2] (0 = greedy), got {temperature!r}"
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        return f"max new tokens must be an integer >= 1, got {max_new_tokens!r}"
+    if seed is not None and not _is_int(seed):
+        return f"seed must be an integer, got {seed!r}"
+    if top_p is not None and (not _is_num(top_p) or not 0.0 < top_p <= 1.0):
+        return f"top_p must be in (0, 1], got {top_p!r}"
+    if top_k is not None and (not _is_int(top_k) or top_k < -1):
+        return f"top_k must be an integer, 0 or -1 (off) or >= 1, got {top_k!r}"
+    if min_p is not None and (not _is_num(min_p) or not 0.0 <= min_p <= 1.0):
+        return f"min_p must be in [0, 1], got {min_p!r}"
+    if rep is not None and (not _is_num(rep) or rep <= 0.0):
+        return f"repetition_penalty must be a number > 0, got {rep!r}"
+    return None
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0
     max_new_tokens: int = 1024
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_sampling(temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed)
 
     @property
     def greedy(self) -> bool:
@@ -37,17 +101,40 @@ class GenRequest:
 
 @dataclass
 class GenResult:
+    """One request's outcome. Never an ok result without text: __post_init__ turns an
+    empty (or None) completion and a finish_reason "error" into a failure, whichever
+    backend built it, so no caller can store a failed request as an answer or a score."""
+
     text: str
-    status: str = "ok"
-    """ok | api_error | error. A failed request has status != ok and text ''."""
+    status: str = OK
+    """ok | api_error | error (STATUSES). A failed request has status != ok and text ''."""
     error: str | None = None
     finish_reason: str | None = None
     """stop | length | content_filter | None"""
     num_tokens: int = 0
 
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"GenResult status {self.status!r} is not one of {STATUSES}")
+        if self.status == OK:
+            if self.finish_reason == "error":
+                self.status, self.error = ENGINE_ERROR, "the engine finished the request with an error"
+            elif not (self.text or "").strip():
+                self.status = ENGINE_ERROR
+                self.error = (
+                    f"empty completion (finish_reason {self.finish_reason}, {self.num_tokens} tokens)"
+                )
+        if self.status != OK:
+            self.text = ""
+            self.error = self.error or self.status
+
+    @classmethod
+    def failure(cls, error: str, status: str = ENGINE_ERROR, finish_reason: str | None = None) -> GenResult:
+        return cls("", status=status, error=error[:300], finish_reason=finish_reason)
+
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == OK
 
 
 ProgressFn = Callable[[int, int], None]
@@ -58,7 +145,8 @@ class Backend(Protocol):
     spec: str
 
     def generate(self, requests: list[GenRequest], progress: ProgressFn | None = None) -> list[GenResult]:
-        """One result per request, in order. Must not raise for a single failed request."""
+        """One result per request, in order. Must not raise for a single failed request;
+        raises job.errors.BackendDead when the engine can take no more requests."""
         ...
 
     def close(self) -> None: ...

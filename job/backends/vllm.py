@@ -6,6 +6,11 @@ requests in ONE call with one `SamplingParams` per request (temperature, max_tok
 per-choice seed). The engine schedules them with continuous batching, so there is
 no batching logic here. Prompts longer than the model's context are recorded as
 failed results before the call instead of aborting the whole wave.
+
+Failures: one request's (template, context, finish_reason "error", no text) is a failed
+GenResult; an engine that can take no more calls (EngineDeadError, or a failed call after
+which a one-token probe fails too) raises BackendDead, so the process exits and nothing of
+the wave is committed.
 """
 
 from __future__ import annotations
@@ -16,10 +21,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from job.backends.base import GenRequest, GenResult, Message, ProgressFn, SamplingParams
-from job.errors import JobError
+from job.backends.base import GenRequest, GenResult, Message, ProgressFn, SamplingParams, check_sampling
+from job.errors import BackendDead, JobError
 
 log = logging.getLogger(__name__)
+
+
+def _is_engine_dead(e: BaseException) -> bool:
+    """vLLM v1's EngineDeadError (by class name too: its module moved between versions)."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:
+        return type(e).__name__ == "EngineDeadError"
+    return isinstance(e, EngineDeadError)
 
 
 def _first_line(e: BaseException) -> str:
@@ -103,7 +117,12 @@ class VLLMBackend:
         except (AttributeError, TypeError, ValueError):
             return {}
         keep = ("top_p", "top_k", "min_p", "repetition_penalty")
-        return {k: v for k, v in (diff or {}).items() if k in keep}
+        defaults = {k: v for k, v in (diff or {}).items() if k in keep}
+        # the engine would reject these at the first request: say so now, naming the file
+        check_sampling(
+            temperature=0.0, max_new_tokens=1, **defaults, where=f"{self.spec} generation_config.json"
+        )
+        return defaults
 
     def _context_length(self) -> int | None:
         try:
@@ -152,14 +171,12 @@ class VLLMBackend:
             try:
                 ids = self.encode(req)
             except Exception as e:  # a template that rejects this conversation fails one request
-                results[i] = GenResult("", status="error", error=f"chat template: {_first_line(e)}"[:300])
+                results[i] = GenResult.failure(f"chat template: {_first_line(e)}")
                 continue
             if self.max_model_len is not None and len(ids) >= self.max_model_len:
-                results[i] = GenResult(
-                    "",
-                    status="error",
-                    error=f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len} "
-                    "(raise --max-model-len if the model allows it)",
+                results[i] = GenResult.failure(
+                    f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len} "
+                    "(raise --max-model-len if the model allows it)"
                 )
                 continue
             prompts.append({"prompt_token_ids": ids})
@@ -169,29 +186,57 @@ class VLLMBackend:
             try:
                 outputs = self.llm.generate(prompts, sampling, use_tqdm=sys.stderr.isatty())
             except Exception as e:  # engine failure: every request of the wave is recorded as failed
+                self._raise_if_dead(e, len(prompts))
                 log.error("vLLM engine call failed for %d requests: %s", len(prompts), _first_line(e))
-                err = f"{type(e).__name__}: {_first_line(e)}"[:300]
                 outputs = [None] * len(prompts)
                 for i in slots:
-                    results[i] = GenResult("", status="error", error=err)
+                    results[i] = GenResult.failure(f"{type(e).__name__}: {_first_line(e)}")
             for i, out in zip(slots, outputs, strict=True):
                 if out is not None:
                     results[i] = self._result(out)
         if progress:
             progress(len(requests), sum(r.num_tokens for r in results if r is not None))
-        return [r if r is not None else GenResult("", status="error", error="no output") for r in results]
+        return [r if r is not None else GenResult.failure("no output") for r in results]
+
+    def _raise_if_dead(self, e: Exception, n: int) -> None:
+        """EngineDeadError, or any error after which the engine fails a one-token probe too:
+        every later request would fail as well, so stop the process instead of recording
+        them all as failed answers (the launcher retries the shard on a fresh engine)."""
+        dead = _is_engine_dead(e)
+        if not dead:
+            try:
+                probe = self._vllm.SamplingParams(max_tokens=1, temperature=0.0)
+                self.llm.generate([{"prompt_token_ids": [self._probe_token()]}], [probe], use_tqdm=False)
+            except Exception as probe_error:
+                log.error("vLLM engine probe failed after an engine error: %s", _first_line(probe_error))
+                dead = True
+        if dead:
+            raise BackendDead(
+                f"vLLM engine for {self.spec} died during a call of {n} requests "
+                f"({type(e).__name__}: {_first_line(e)}); nothing of it was committed: "
+                "re-run (the Slurm/Kubernetes/Ray retry does) to redo it on a fresh engine"
+            ) from None
+
+    def _probe_token(self) -> int:
+        for tid in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(tid, int):
+                return tid
+        return 0
 
     @staticmethod
     def _result(out: Any) -> GenResult:
         if not out.outputs:
-            return GenResult("", status="error", error="vLLM returned no completion")
+            return GenResult.failure("vLLM returned no completion")
         comp = out.outputs[0]
         reason = comp.finish_reason
-        if reason == "abort":
-            return GenResult(
-                "", status="error", error="request aborted by the vLLM engine", finish_reason=reason
+        if reason in ("abort", "error"):
+            return GenResult.failure(
+                f"the vLLM engine ended the request with finish_reason {reason!r}", finish_reason=reason
             )
-        return GenResult(comp.text.strip(), finish_reason=reason, num_tokens=len(comp.token_ids))
+        # GenResult makes an empty completion a failure
+        return GenResult(
+            (comp.text or "").strip(), finish_reason=reason, num_tokens=len(comp.token_ids or ())
+        )
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -7,6 +7,8 @@ Nothing here does I/O; job.judge_run drives it (load, send, append, resume).
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import math
 import re
 import time
@@ -14,16 +16,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from job.backends.base import Message
+from job.backends.base import Message, SamplingParams
 from job.bench_behaviour import FASTCHAT, BenchBehaviour
 from job.judge_prompts import JudgePrompt
 from job.records import Answer, Question, QuestionId
 
 JUDGE_TEMPERATURE = 0.0
 JUDGE_MAX_TOKENS = 2048
+JUDGE_PARAMS = SamplingParams(temperature=JUDGE_TEMPERATURE, max_new_tokens=JUDGE_MAX_TOKENS)
+"""FastChat's judge sampling: every request sends these, and they are part of inputs_sha256."""
 MODES = ("single", "pairwise-baseline", "pairwise-all")
 DONE_STATUSES = ("ok", "parse_error", "answer_error")
-"""Stored with one of these, a judgment is final; api_error ones are asked again on re-run."""
+"""Stored with one of these, a judgment is final; api_error and judge_error ones are asked
+again on re-run."""
+FAILED_STATUSES = ("answer_error", "api_error", "judge_error", "parse_error")
+"""A row's status is its games' first failure in this order, else ok."""
 
 
 def parse_rating(text: str, patterns: Sequence[re.Pattern[str]] = FASTCHAT.rating_res) -> int | float | None:
@@ -146,6 +153,8 @@ def _matches_for(
     answers: dict[str, dict[QuestionId, Answer]],
     ref: list[str] | None,
 ) -> Iterable[Match]:
+    if any(q.question_id not in answers[m] for m in models):
+        return  # --allow-missing: only this model (pair) has no match for the question
     recs = [answers[m][q.question_id] for m in models]
     pairs: list[tuple[int, tuple[int, ...]]]
     if len(recs) == 1:
@@ -197,12 +206,39 @@ def judge_messages(system_prompt: str, user_prompt: str) -> list[Message]:
     return [*msgs, {"role": "user", "content": user_prompt}]
 
 
+RowKey = tuple[str, str, str, int, tuple[str, ...], int]
 GameKey = tuple[str, str, str, int, tuple[str, ...], int, int]
 
 
+def row_key(judge: str, m: Match) -> RowKey:
+    """(judge name, prompt name, question, turn, model(s), choice): one stored row."""
+    return (judge, m.prompt.name, str(m.question.question_id), m.turn, m.models, m.choice)
+
+
+def stored_row_key(rec: dict[str, Any]) -> RowKey:
+    models = (rec["model"],) if "model" in rec else (rec["model_1"], rec["model_2"])
+    judge, qid = rec["judge"], str(rec["question_id"])
+    return (judge[0], judge[1], qid, int(rec["turn"]), models, int(rec.get("choice", 0)))
+
+
 def game_key(judge: str, m: Match, game: int) -> GameKey:
-    """(judge model, prompt name, question, turn, model(s), choice, game): the resume key."""
-    return (judge, m.prompt.name, str(m.question.question_id), m.turn, m.models, m.choice, game)
+    """Row key + game: the resume key, valid only together with the match's inputs_sha256."""
+    return (*row_key(judge, m), game)
+
+
+def inputs_sha256(judge_model: str, params: SamplingParams, m: Match) -> str:
+    """Hash of everything that decides a judgment: the judge spec and every sampling param
+    sent, the row's key, the prompt (system, filled user prompt of each game: question,
+    answer turns of both sides, reference), the rating format, or the generation failure
+    that replaces them. A stored row is reused only while this is unchanged."""
+    body = {
+        "judge_model": judge_model, "sampling": params.to_dict(),
+        "key": [m.prompt.name, str(m.question.question_id), m.turn, list(m.models), m.choice],
+        "system_prompt": m.prompt.system_prompt, "output_format": m.prompt.output_format,
+        "rating_res": [p.pattern for p in m.prompt.rating_res], "ref": m.ref, "failed": m.failed,
+        "user_prompts": None if m.failed else [build_judge_prompt(m, g) for g in m.games],
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass
@@ -210,16 +246,19 @@ class GameResult:
     user_prompt: str
     judgment: str
     status: str
-    """ok | parse_error | api_error | answer_error"""
+    """ok | parse_error | api_error | judge_error | answer_error"""
     error: str | None = None
     verdict: Any = None
     """score (single; -1 when none) or A | B | tie | error (pairwise)"""
 
 
 def game_result(m: Match, user_prompt: str, text: str, status: str, error: str | None) -> GameResult:
-    """Turn a judge reply (or its failure) into a result; failures never become a score."""
+    """Turn a judge reply (or its failure) into a result; failures never become a score.
+    A failed API call is api_error; any other backend failure (hf/vllm: a template that
+    rejects the system role, a prompt over the context, OOM on one row) is judge_error."""
     if status != "ok":
-        return GameResult(user_prompt, "", status, error, "error" if m.pairwise else -1)
+        failed = "api_error" if status == "api_error" else "judge_error"
+        return GameResult(user_prompt, "", failed, error or status, "error" if m.pairwise else -1)
     if m.pairwise:
         v = parse_verdict(text)
         if v == "error":
@@ -232,21 +271,22 @@ def game_result(m: Match, user_prompt: str, text: str, status: str, error: str |
 
 
 def _row_status(results: Sequence[GameResult]) -> tuple[str, str | None]:
-    for s in ("answer_error", "api_error", "parse_error"):
+    for s in FAILED_STATUSES:
         bad = [r for r in results if r.status == s]
         if bad:
             return s, "; ".join(dict.fromkeys(r.error or s for r in bad))
-    return "ok", None
+    odd = [r for r in results if r.status != "ok"]  # never read an unknown failure as ok
+    return ("judge_error", "; ".join(r.error or r.status for r in odd)) if odd else ("ok", None)
 
 
 def make_record(
-    judge: str, m: Match, results: dict[int, GameResult], tstamp: float | None = None
+    judge: str, m: Match, results: dict[int, GameResult], inputs: str, tstamp: float | None = None
 ) -> dict[str, Any]:
-    """FastChat's single or pairwise record plus choice, status and error."""
+    """FastChat's single or pairwise record plus choice, status, error and inputs_sha256."""
     ts = time.time() if tstamp is None else tstamp
     status, error = _row_status(list(results.values()))
     judge_field = [judge, m.prompt.name]
-    extra = {"choice": m.choice, "status": status, "error": error}
+    extra = {"choice": m.choice, "status": status, "error": error, "inputs_sha256": inputs}
     if not m.pairwise:
         r = results[0]
         return {
@@ -267,17 +307,15 @@ def make_record(
 
 def stored_games(rec: dict[str, Any]) -> Iterable[tuple[GameKey, GameResult]]:
     """The final game results a stored record holds (api_error games are not final)."""
-    judge, pname = rec["judge"][0], rec["judge"][1]
-    qid, turn, choice = str(rec["question_id"]), int(rec["turn"]), int(rec.get("choice", 0))
+    key = stored_row_key(rec)
     if "model" in rec:
         status = rec.get("status") or ("ok" if rec.get("score", -1) != -1 else "parse_error")
         if status in DONE_STATUSES:
             r = GameResult(
                 rec.get("user_prompt", ""), rec.get("judgment", ""), status, rec.get("error"), rec["score"]
             )
-            yield (judge, pname, qid, turn, (rec["model"],), choice, 0), r
+            yield (*key, 0), r
         return
-    models = (rec["model_1"], rec["model_2"])
     unmap = {1: {"model_1": "A", "model_2": "B"}, 2: {"model_2": "A", "model_1": "B"}}
     for g in (1, 2):
         winner = rec.get(f"g{g}_winner", "error")
@@ -287,4 +325,4 @@ def stored_games(rec: dict[str, Any]) -> Iterable[tuple[GameKey, GameResult]]:
             r = GameResult(
                 rec.get(f"g{g}_user_prompt", ""), rec.get(f"g{g}_judgment", ""), status, None, verdict
             )
-            yield (judge, pname, qid, turn, models, choice, g), r
+            yield (*key, g), r

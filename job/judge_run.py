@@ -17,13 +17,12 @@ from typing import Any
 from tqdm import tqdm
 
 from job.backends import load_backend
-from job.backends.base import GenRequest, GenResult, SamplingParams
+from job.backends.base import GenRequest, GenResult
 from job.benches import Bench, resolve_bench, sha256_bytes
 from job.errors import JobError, Terminated
 from job.generate import select_questions
 from job.judge import (
-    JUDGE_MAX_TOKENS,
-    JUDGE_TEMPERATURE,
+    JUDGE_PARAMS,
     MODES,
     GameKey,
     GameResult,
@@ -32,14 +31,17 @@ from job.judge import (
     build_matches,
     game_key,
     game_result,
+    inputs_sha256,
     judge_messages,
     make_record,
     needs_ref,
+    row_key,
     stored_games,
+    stored_row_key,
 )
 from job.judge_prompts import load_prompt_set, select
 from job.judgment_store import JudgmentStore
-from job.layout import judgment_dir
+from job.layout import judgment_dir, manifest_key
 from job.names import check_name, default_model_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, Question, QuestionId, check_judgment, parse_records
@@ -147,8 +149,52 @@ class Plan:
     requests: list[tuple[Match, int, str]]
     """(match, game, user prompt) of every game still to be asked"""
     cached: dict[GameKey, GameResult]
+    """stored final games whose inputs are this run's (content-addressed reuse)"""
     provenance: dict[str, Any]
     missing: dict[str, list[str]]
+    inputs: dict[Match, str] = field(default_factory=dict)
+    """inputs_sha256 of every match"""
+    stored: list[dict[str, Any]] = field(default_factory=list)
+    stale: int = 0
+    """stored final games of this plan's keys that judged other inputs"""
+
+
+SAME_SETTINGS = (
+    "bench", "bench_data_sha256", "judge_model", "mode", "baseline_model", "judge_prompts_sha256",
+    "reference", "reference_sha256", "temperature", "max_tokens", "bench_behaviour",
+)  # fmt: skip
+"""Manifest fields that must match the previous run's for its other rows to stay current."""
+
+
+def current_rows_of(plan: Plan, judge: str, prev: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(inputs_sha256 of the rows current after this run, their models): every match of
+    the plan, plus the previous run's current rows outside this plan (other models or
+    questions) when it used the same settings, so one manifest describes them all."""
+    rows = set(plan.inputs.values())
+    models = list(plan.provenance["models"])
+    if prev and all(prev.get(k) == plan.provenance.get(k) for k in SAME_SETTINGS):
+        planned = {row_key(judge, m) for m in plan.matches}
+        before = set(prev.get("rows") or ())
+        kept = {
+            r["inputs_sha256"]
+            for r in plan.stored
+            if r.get("inputs_sha256") in before and stored_row_key(r) not in planned
+        }
+        if kept:
+            rows |= kept
+            models = sorted({*models, *prev.get("models", [])})
+    return sorted(rows), models
+
+
+def _previous_manifest(storage: Storage, key: str) -> dict[str, Any] | None:
+    if not storage.exists(key):
+        return None
+    try:
+        man = json.loads(storage.read_bytes(key))
+    except (ValueError, RecursionError):
+        log.warning("%s: unreadable judge manifest; it is replaced", storage.uri(key))
+        return None
+    return man if isinstance(man, dict) else None
 
 
 def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan:
@@ -183,16 +229,19 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         if not ref_name:
             raise JobError(f"bench {bench.name!r} has no default reference set; pass --reference NAME")
         refs, ref_sha = load_references(bench, ref_name, questions)
-    # a model without an answer to a question has no match for it (--allow-missing)
-    present = [q for q in questions if all(q.question_id in answers[m] for m in answers)]
-    matches = build_matches(present, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
+    matches = build_matches(questions, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
+    inputs = {m: inputs_sha256(cfg.judge_model, JUDGE_PARAMS, m) for m in matches}
 
     # stored records are checked before resume keys are built from them (file:line on a bad one)
     def check(rec: dict[str, Any], where: str) -> None:
         check_judgment(rec, where, pairwise, need_judge=True)
 
     stored = store.read(repair=not cfg.dry_run, check=check) if store else []
-    cached = {k: r for rec in stored for k, r in stored_games(rec)}
+    current = {game_key(judge, m, g): h for m, h in inputs.items() for g in m.games}
+    # a stored game is reused only if it judged exactly these inputs (no hash: older or FastChat's row)
+    final = [(k, r, rec.get("inputs_sha256")) for rec in stored for k, r in stored_games(rec) if k in current]
+    cached = {k: r for k, r, h in final if h == current[k]}
+    stale = len({k for k, _, h in final if h != current[k]} - cached.keys())
     requests = [
         (m, g, build_judge_prompt(m, g))
         for m in matches
@@ -205,10 +254,10 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         "mode": cfg.mode, "baseline_model": cfg.baseline_model if cfg.mode == "pairwise-baseline" else None,
         "models": models, "judge_prompts": pset.path, "judge_prompts_sha256": pset.sha256,
         "reference": ref_name if refs else None, "reference_sha256": ref_sha,
-        "num_questions": len(questions), "temperature": JUDGE_TEMPERATURE, "max_tokens": JUDGE_MAX_TOKENS,
+        "num_questions": len(questions), "temperature": JUDGE_PARAMS.temperature, "max_tokens": JUDGE_PARAMS.max_new_tokens,
         "bench_behaviour": bb.as_dict(),
     }  # fmt: skip
-    return Plan(matches, requests, cached, prov, missing)
+    return Plan(matches, requests, cached, prov, missing, inputs, stored, stale)
 
 
 def _dump_line(judge: str, m: Match, game: int, user: str) -> dict[str, Any]:
@@ -269,15 +318,15 @@ class _Recorder:
 
     def add(self, m: Match, game: int, user: str, r: GenResult) -> None:
         self.replies += 1
-        if r.status != "ok" and self.first_error is None:
-            self.first_error = r.error
         got = self.games.setdefault(id(m), {})
         got[game] = game_result(m, user, r.text, r.status, r.error)
+        if got[game].status != "ok" and self.first_error is None:
+            self.first_error = got[game].error
         if len(got) + sum(game_key(self.judge, m, g) in self.plan.cached for g in m.games) < len(m.games):
             return
         del self.games[id(m)]
         games = {g: self.plan.cached.get(game_key(self.judge, m, g)) or got[g] for g in m.games}
-        rec = make_record(self.judge, m, games)
+        rec = make_record(self.judge, m, games, self.plan.inputs[m])
         self.counts[rec["status"]] += 1
         self.pending.append(rec)
         if (
@@ -286,18 +335,29 @@ class _Recorder:
         ):
             self.flush()
 
+    def none_worked(self) -> bool:
+        """No call got a reply at all (a reply without a rating is still a reply)."""
+        return self.counts["ok"] + self.counts["parse_error"] == 0
+
+    def all_failed(self, hint: str = "") -> JobError:
+        """The one-line error of a run whose every judgment failed: count, first error, where."""
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        return JobError(
+            f"judge {self.cfg.judge_model}: all {self.counts.total()} judgments of this run failed ({summary}); "
+            f"first error: {self.first_error}; stored with their status in {self.store.uri}{hint}"
+        )
+
     def flush(self) -> None:
-        if self.counts["ok"] + self.counts["parse_error"] == 0 and self.pending:
-            # every call failed and none ever worked (bad key, wrong URL): stop, store nothing
-            raise JobError(
-                f"judge {self.cfg.judge_model} failed on all {self.replies} requests so far: {self.first_error}; "
-                "check the model name, --base-url and OPENAI_API_KEY"
-            )
+        stop = bool(self.pending) and self.none_worked()
         with critical():  # a SIGTERM waits: stored and no longer pending, together
             self.store.append(self.pending)
             self.stored += len(self.pending)
             self.pending = []
         self.last_flush = time.monotonic()
+        if stop:
+            # every call failed and none ever worked (bad key, wrong URL, a template the
+            # judge model rejects): stop instead of failing the same way on every call
+            raise self.all_failed("; check --judge-model (and --base-url, OPENAI_API_KEY for API judges)")
         fatal = getattr(self.backend, "fatal_error", None)
         if fatal:
             # 401/403/404: every further call would fail the same way; stored work is kept
@@ -325,6 +385,7 @@ def _record_answer_errors(plan: Plan, judge: str, store: JudgmentStore) -> int:
                     g: GameResult("", "", "answer_error", m.failed, "error" if m.pairwise else -1)
                     for g in m.games
                 },
+                plan.inputs[m],
             )
             for m in failed
         ]
@@ -337,7 +398,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
     if not plan.requests:
         return Counter({"answer_error": answer_errors} if answer_errors else {})
     backend = load_backend(cfg.judge_model, **cfg.backend_options)
-    params = SamplingParams(temperature=JUDGE_TEMPERATURE, max_new_tokens=JUDGE_MAX_TOKENS)
+    params = JUDGE_PARAMS
     rec = _Recorder(cfg, plan, judge, store, backend)
     bar = tqdm(
         total=len(plan.requests),
@@ -375,6 +436,8 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
                 for q, r in zip(batch, results, strict=True):
                     rec.add(*q, r)
         rec.flush()
+        if not rec.counts["ok"]:
+            raise rec.all_failed()  # a failure is never a success, and never exit 0
     except (Terminated, KeyboardInterrupt) as e:
         stopped = e
         raise
@@ -412,12 +475,20 @@ def run(cfg: JudgeConfig) -> Counter[str]:
         dry_run(cfg, plan, judge)
         return Counter()
     storage.check_writable()
-    manifest = {**plan.provenance, "kind": "judgment", "file": key, "missing": plan.missing,
-                "package_version": package_version(), "git_revision": git_revision(), "started_at": time.time()}  # fmt: skip
-    storage.write_bytes(
-        key.removesuffix(".jsonl") + ".manifest.json",
-        json.dumps(manifest, indent=2, ensure_ascii=False).encode(),
-    )
+    mkey = manifest_key(key)
+    rows, models = current_rows_of(plan, judge, _previous_manifest(storage, mkey))
+    # written before any row of this run: a crash leaves a manifest naming exactly the
+    # rows that count (stored ones with these inputs), never stale ones
+    manifest = {**plan.provenance, "models": models, "kind": "judgment", "file": key, "missing": plan.missing,
+                "package_version": package_version(), "git_revision": git_revision(), "started_at": time.time(),
+                "rows": rows}  # fmt: skip
+    storage.write_bytes(mkey, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    if plan.stale:
+        log.warning(
+            "%d stored judgments were made with other inputs (answers, prompt file, reference or judge "
+            "settings changed): they no longer count and are judged again",
+            plan.stale,
+        )
     log.info(
         "%d matches, %d calls to send, %d games already stored -> %s",
         len(plan.matches),

@@ -8,8 +8,12 @@ append and ignored by readers that resume.
 Object storage (no append): each batch is its own object under
 `<file>.parts/part-<ns>-<pid>-<seq>.jsonl`; readers merge the main object and the
 parts. At the end of a run the parts are compacted into the main object (one PUT) and
-deleted. Compaction skips part lines already present verbatim in the main object, so
-a crash between the PUT and the deletes never duplicates rows.
+deleted. Compaction and reads skip part lines already present verbatim in the main object
+(or an earlier part), so a crash between the PUT and the deletes never duplicates rows.
+
+Which stored rows count is decided by the judge manifest (`current_rows`): rows are only
+ever appended, and a row judged with inputs that are no longer this run's stays in the
+file (FastChat's tools still read it) but is not current.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ log = logging.getLogger(__name__)
 
 def parts_prefix(key: str) -> str:
     return f"{key}.parts/"
+
+
+def current_rows(records: list[dict[str, Any]], manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The rows a report counts. With our judge manifest ("rows": the inputs_sha256 current
+    for its provenance): the last stored row of each of those inputs, in file order (a
+    re-asked api_error row is replaced by its retry); stale rows are dropped. Without one
+    (FastChat's files, older manifests): every record, unchanged."""
+    if not manifest or not isinstance(manifest.get("rows"), list):
+        return records
+    want = set(manifest["rows"])
+    last = {r.get("inputs_sha256"): i for i, r in enumerate(records)}
+    return [
+        r for i, r in enumerate(records) if r.get("inputs_sha256") in want and last[r["inputs_sha256"]] == i
+    ]
+
+
+def _blank_seen(data: bytes, seen: set[bytes]) -> bytes:
+    """`data` with each line already in `seen` blanked (line numbers kept); the others
+    are added to `seen`. A crash after compaction's PUT leaves parts whose lines are also
+    in the main object: they are read once."""
+    lines = data.split(b"\n")
+    out = [b"" if line.strip() and line in seen else line for line in lines]
+    seen.update(lines)
+    return b"\n".join(out)
 
 
 class JudgmentStore:
@@ -57,6 +85,7 @@ class JudgmentStore:
         sources = [self.key] if self.storage.exists(self.key) else []
         if self.use_parts:
             sources += self.storage.list(parts_prefix(self.key))
+        seen: set[bytes] = set()
         for src in sources:
             data = self.storage.read_bytes(src)
             if data and not data.endswith(b"\n"):
@@ -69,6 +98,8 @@ class JudgmentStore:
                 data = data[:cut]
                 if repair and src == self.key and not self.use_parts:
                     os.truncate(self._local_path(), cut)
+            if self.use_parts:
+                data = _blank_seen(data, seen)
             for lineno, obj in iter_jsonl(data, self.storage.uri(src)):
                 if check:
                     check(obj, f"{self.storage.uri(src)}:{lineno}")
@@ -120,11 +151,9 @@ class JudgmentStore:
         have = set(main.split(b"\n"))
         new = bytearray(main)
         for p in parts:
-            data = self.storage.read_bytes(p)
-            for line in data.split(b"\n"):
-                if line.strip() and line not in have:
+            for line in _blank_seen(self.storage.read_bytes(p), have).split(b"\n"):
+                if line.strip():
                     new += line + b"\n"
-                    have.add(line)
         self.storage.write_bytes(self.key, bytes(new))
         for p in parts:
             self.storage.delete(p)

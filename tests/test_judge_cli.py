@@ -38,6 +38,10 @@ def rating_reply(body: dict[str, Any]) -> str:
 
 @pytest.fixture
 def answers(run_job: Any, tmp_path: Path) -> Path:
+    return smoke_answers(run_job, tmp_path)
+
+
+def smoke_answers(run_job: Any, tmp_path: Path) -> Path:
     """smoke bench, 2 choices of mock/echo, generated and reduced by the real CLI."""
     out = tmp_path / "runs"
     r = run_job(

@@ -3,7 +3,10 @@ answers, sampled hf answers do not depend on their batch, truncation stays visib
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +94,126 @@ def test_a_task_that_commits_between_anothers_data_and_manifest_wins(
     assert _texts(storage) == {"second"}, "the committed manifest describes the second task's answers"
     manifests = [k for k in storage.list("mt_bench/shards/m/") if k.endswith(".manifest.json")]
     assert len(storage.list("mt_bench/shards/m/")) == 2 and len(manifests) == 1
+
+
+# --- the shard config hash includes the model's identity ---
+
+
+def _gen_args(shared: Path, out: Path, model: str, *extra: str, qid: str = "81") -> list[str]:
+    """81 is a writing question (T=0.7), 101 a reasoning one (greedy)."""
+    return [
+        "generate", "--bench", "mt_bench", "--bench-data", str(shared), "--model", model,
+        "--model-name", "m", "--question-ids", qid, "--max-new-tokens", "4", "--output", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    return json.loads((out / "mt_bench/shards/m/shard-00000-of-00001.manifest.json").read_text())
+
+
+def test_an_overwritten_checkpoint_is_generated_again(
+    run_job, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "runs"
+    shutil.copytree(tiny_model, ckpt)
+    args = _gen_args(shared_bench_data, out, f"hf/{ckpt}")
+    assert run_job(*args).returncode == 0
+    first = _manifest(out)["sampling"]["model_fingerprint"]
+    assert first["kind"] == "local" and first["path"] == str(ckpt.resolve()) and first["files"] >= 4
+    again = run_job(*args)
+    assert again.returncode == 0 and "already complete" in again.stderr, "same inputs: reused"
+    # the next training step saved over the same directory (new weights file, same spec)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    res = run_job(*args)
+    assert res.returncode == 0, res.stderr
+    assert "already complete" not in res.stderr
+    line = next(x for x in res.stderr.splitlines() if "regenerating" in x)
+    second = _manifest(out)["sampling"]["model_fingerprint"]
+    assert "the model changed" in line and first["sha256"] in line and second["sha256"] in line
+    assert second["sha256"] != first["sha256"]
+    # a changed chat template in the checkpoint is another model too
+    cfg = ckpt / "tokenizer_config.json"
+    cfg.write_text(cfg.read_text().replace("<|im_start|>", "<|im_start|> "))
+    assert "regenerating" in run_job(*args).stderr
+
+
+def test_a_hub_model_is_identified_by_its_cached_revision(
+    tmp_path: Path, shared_bench_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    refs = tmp_path / "hub/models--org--chat/refs"
+    refs.mkdir(parents=True)
+
+    def config_hash(commit: str) -> tuple[str, dict[str, Any]]:
+        (refs / "main").write_text(commit)
+        cfg = GenerateConfig(
+            bench="mt_bench",
+            model="hf/org/chat",
+            first_n=1,
+            output=str(tmp_path),
+            bench_data=str(shared_bench_data),
+        )
+        p = plan(cfg)
+        return p["config_hash"], p["run_config"]["model_fingerprint"]
+
+    h1, fp = config_hash("a" * 40)
+    assert fp == {"kind": "hub", "id": "org/chat", "revision": "a" * 40}
+    h2, _ = config_hash("b" * 40)
+    assert h1 != h2, "a new push to the hub id is another model"
+    assert config_hash("a" * 40)[0] == h1
+
+
+# --- greedy dedupe only where it is exact ---
+
+
+def test_greedy_dedupe_is_off_for_api_models_and_on_for_local_ones(
+    make_openai_server, run_job, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    srv = make_openai_server()
+    base = ["--num-choices", "3", "--base-url", srv.url]
+    env = {"OPENAI_API_KEY": "sk-test"}
+    res = run_job(
+        *_gen_args(shared_bench_data, tmp_path / "a", "openai/test-model", *base, qid="101"), env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert len(srv.requests) == 3 * 2, "every choice asks the API: its temperature-0 replies vary"
+    assert _manifest(tmp_path / "a")["sampling"]["dedupe_greedy"] is False
+    forced = [*base, "--dedupe-greedy"]
+    res = run_job(
+        *_gen_args(shared_bench_data, tmp_path / "b", "openai/test-model", *forced, qid="101"), env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert len(srv.requests) == 6 + 2 and _manifest(tmp_path / "b")["sampling"]["dedupe_greedy"] is True
+    local = run_job(*_gen_args(shared_bench_data, tmp_path / "c", "mock/echo", qid="101"))
+    assert local.returncode == 0 and _manifest(tmp_path / "c")["sampling"]["dedupe_greedy"] is True
+    # the choice is part of the config hash: a shard made with the other setting is not reused
+    other = run_job(
+        *_gen_args(shared_bench_data, tmp_path / "c", "mock/echo", "--no-dedupe-greedy", qid="101")
+    )
+    assert other.returncode == 2 and "different run" in other.stderr
+
+
+# --- truncation is visible ---
+
+
+def test_finish_reasons_survive_reduce_and_truncation_is_warned(
+    run_job, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "runs"
+    assert (
+        run_job(*_gen_args(shared_bench_data, out, f"hf/{tiny_model}", "--num-choices", "2")).returncode == 0
+    )
+    res = run_job("reduce", "--bench", "mt_bench", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "m: 4 of 4 turns (100%) stopped at --max-new-tokens" in res.stderr
+    raw = [json.loads(x) for x in (out / "mt_bench/model_answer/m.jsonl").read_text().splitlines()]
+    assert [c["finish_reasons"] for c in raw[0]["choices"]] == [["length", "length"]] * 2
+    summary = json.loads((out / "mt_bench/model_answer/m.manifest.json").read_text())
+    assert (summary["turns_truncated"], summary["turns_with_finish_reason"]) == (4, 4)
+    # answers that end on their own: no warning
+    echo = tmp_path / "echo"
+    assert run_job(*_gen_args(shared_bench_data, echo, "mock/echo")).returncode == 0
+    res = run_job("reduce", "--bench", "mt_bench", "--output", str(echo))
+    assert res.returncode == 0 and "max-new-tokens" not in res.stderr

@@ -4,19 +4,30 @@ Exit codes of `job run` (documented in the README):
     0 pass, 1 unexpected failure, 2 bad input (JobError), 3 regression (an average dropped
     by more than --max-drop points, or the model got no score at all).
 
-Delta CIs combine the two reports' 95% bootstrap CIs as independent normal errors:
-delta ± sqrt(h_a² + h_b²), h = half the CI width. An approximation, labelled as such.
+Like with like: two reports made with another bench, question file, judge, reference set or
+judge prompt file are refused (JobError, exit 2) unless allow_mismatch; a field unknown on
+either side (an older report, a FastChat file) is not compared.
+
+Delta CIs are paired: both reports' per-question scores are resampled together over the
+questions they share (the same bootstrap as the report's own CIs, of B's mean minus A's).
+Reports without per-question scores (older versions) fall back to combining the two CIs as
+independent normal errors, delta ± sqrt(h_a² + h_b²), labelled as an approximation.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
-from job.errors import JobError
+import numpy as np
 
+from job.errors import JobError
+from job.report import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, percentile_ci, resampled_means, rng_for
+
+log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_REGRESSION = 0, 1, 2, 3
 
 
@@ -26,6 +37,47 @@ def _cells(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 def models_of(doc: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(s["model"] for s in doc.get("scores", [])))
+
+
+# (provenance key, how the one-line error names it); compared only where both reports know it
+COMPARED = (
+    ("bench", "bench"), ("bench_data_sha256", "question file sha256"), ("judges", "judge"),
+    ("judge_model", "judge model"), ("reference", "reference set"),
+    ("reference_sha256", "reference file sha256"), ("judge_prompts_sha256", "judge prompt file sha256"),
+)  # fmt: skip
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, list):
+        return ", ".join(map(str, sorted(v)))
+    s = str(v)
+    return s[:8] if len(s) == 64 else s  # a sha256: its prefix is enough to tell them apart
+
+
+def mismatches(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    pa, pb = a.get("provenance") or {}, b.get("provenance") or {}
+    out = []
+    for key, name in COMPARED:
+        va, vb = pa.get(key), pb.get(key)
+        if va in (None, []) or vb in (None, []):
+            continue
+        if (sorted(va) if isinstance(va, list) else va) != (sorted(vb) if isinstance(vb, list) else vb):
+            out.append(f"{name} (A: {_shown(va)}, B: {_shown(vb)})")
+    return out
+
+
+def check_comparable(a: dict[str, Any], b: dict[str, Any], allow_mismatch: bool = False) -> str | None:
+    """Raise a one-line JobError when the reports were made differently; with allow_mismatch
+    return the warning line instead (None when they match)."""
+    diff = mismatches(a, b)
+    if not diff:
+        return None
+    what = f"the reports differ in {'; '.join(diff)}"
+    if not allow_mismatch:
+        raise JobError(
+            f"{what}: their scores are not comparable; compare like with like, or pass --allow-mismatch"
+        )
+    return f"{what} (--allow-mismatch: compared anyway)"
 
 
 def pair_models(
@@ -38,16 +90,22 @@ def pair_models(
     for name, have, side in ((model_a, ma, "A/baseline"), (model_b, mb, "B/current")):
         if name and name not in have:
             raise JobError(f"model {name!r} is not in the {side} report (has: {', '.join(have)})")
-    if model_a or model_b:
-        return [(model_a or (ma[0] if len(ma) == 1 else ""), m) for m in ([model_b] if model_b else mb)]
-    common = [m for m in mb if m in ma]
-    if common:
-        return [(m, m) for m in common]
-    if len(ma) == 1:
-        return [(ma[0], m) for m in mb]
-    raise JobError(
-        f"cannot tell which baseline model to compare with (baseline has {', '.join(ma)}); name it with --baseline-name / --model-a"
-    )
+    out = []
+    for m in [model_b] if model_b else mb:
+        partner = model_a or (m if m in ma else ma[0] if len(ma) == 1 else None)
+        if partner is None and not model_b:
+            continue  # B's models without a namesake in A, when some have one
+        if partner is None:
+            raise JobError(
+                f"cannot tell which baseline model to compare {m!r} with (baseline has {', '.join(ma)}); "
+                "name it with --baseline-name / --model-a"
+            )
+        out.append((partner, m))
+    if not out:
+        raise JobError(
+            f"cannot tell which baseline model to compare with (baseline has {', '.join(ma)}); name it with --baseline-name / --model-a"
+        )
+    return out
 
 
 def _half(s: dict[str, Any] | None) -> float:
@@ -56,11 +114,35 @@ def _half(s: dict[str, Any] | None) -> float:
     return (float(s["ci_high"]) - float(s["ci_low"])) / 2
 
 
+def _questions(doc: dict[str, Any], model: str, category: str) -> dict[str, dict[str, Any]]:
+    per = (doc.get("per_question") or {}).get(model) or {}
+    return {q: v for q, v in per.items() if category == "all" or v.get("category") == category}
+
+
+def paired_ci(
+    a: dict[str, Any], b: dict[str, Any], model_a: str, model_b: str, category: str
+) -> tuple[tuple[float, float] | None, int]:
+    """(95% CI of B's mean minus A's, resampling the shared questions together; their count)."""
+    qa, qb = _questions(a, model_a, category), _questions(b, model_b, category)
+    shared = sorted(set(qa) & set(qb))
+    if not shared:
+        return None, 0
+    (sa, na), (sb, nb) = (
+        tuple(np.array([q[s][k] for s in shared], float) for k in ("sum", "n")) for q in (qa, qb)
+    )
+    rng = rng_for(BOOTSTRAP_SEED, "paired", model_a, model_b, category)
+    idx = rng.integers(0, len(shared), size=(BOOTSTRAP_SAMPLES, len(shared)))
+    return percentile_ci(resampled_means(sb, nb, idx) - resampled_means(sa, na, idx)), len(shared)
+
+
 @dataclass
 class Delta:
     category: str
     a: dict[str, Any] | None
     b: dict[str, Any] | None
+    paired_ci: tuple[float, float] | None = None
+    paired: int = 0
+    """How many shared questions the paired CI resampled (0: no per-question scores)."""
 
     @property
     def mean_a(self) -> float | None:
@@ -76,16 +158,21 @@ class Delta:
 
     @property
     def ci(self) -> tuple[float, float] | None:
-        h = math.hypot(_half(self.a), _half(self.b))
-        if self.delta is None or math.isnan(h):
+        if self.delta is None:
             return None
-        return self.delta - h, self.delta + h
+        if self.paired:
+            return self.paired_ci
+        h = math.hypot(_half(self.a), _half(self.b))
+        return None if math.isnan(h) else (self.delta - h, self.delta + h)
 
 
 def deltas(a: dict[str, Any], b: dict[str, Any], model_a: str, model_b: str) -> list[Delta]:
     ca, cb = _cells(a), _cells(b)
     cats = sorted(({c for m, c in ca if m == model_a} | {c for m, c in cb if m == model_b}) - {"all"})
-    return [Delta(c, ca.get((model_a, c)), cb.get((model_b, c))) for c in ["all", *cats]]
+    return [
+        Delta(c, ca.get((model_a, c)), cb.get((model_b, c)), *paired_ci(a, b, model_a, model_b, c))
+        for c in ["all", *cats]
+    ]
 
 
 def _f(x: float | None, sign: bool = False) -> str:
@@ -96,22 +183,33 @@ def _ci(s: dict[str, Any] | None) -> str:
     return "" if not s or s.get("ci_low") is None else f" [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
 
 
+def _ci_note(d: Delta) -> str:
+    if d.paired:
+        return f"delta CI: paired bootstrap over {d.paired} shared questions (A and B resampled together)."
+    return "delta CI: the two bootstrap CIs combined as independent errors (approximate: no per-question scores)."
+
+
 def format_compare(
-    a: dict[str, Any], b: dict[str, Any], model_a: str | None = None, model_b: str | None = None
+    a: dict[str, Any],
+    b: dict[str, Any],
+    model_a: str | None = None,
+    model_b: str | None = None,
+    allow_mismatch: bool = False,
 ) -> str:
-    lines = []
+    warning = check_comparable(a, b, allow_mismatch)
+    lines = [f"WARNING: {warning}", ""] if warning else []
     for ma, mb in pair_models(a, b, model_a, model_b):
         rows = [("category", f"A: {ma}", f"B: {mb}", "delta B-A", "≈95% CI of delta", "")]
-        for d in deltas(a, b, ma, mb):
+        ds = deltas(a, b, ma, mb)
+        for d in ds:
             ci = d.ci
             flag = "" if ci is None or ci[0] <= 0 <= ci[1] else ("better" if ci[0] > 0 else "WORSE")
             rows.append((d.category, _f(d.mean_a) + _ci(d.a), _f(d.mean_b) + _ci(d.b), _f(d.delta, True),
                          "–" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]", flag))  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        lines.append("")
-    lines.append("delta CI: the two bootstrap CIs combined as independent errors (approximate).")
-    return "\n".join(lines)
+        lines += [_ci_note(ds[0]), ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 @dataclass
@@ -139,10 +237,17 @@ class GateResult:
 
 
 def gate(
-    baseline: dict[str, Any], current: dict[str, Any], max_drop: float, baseline_name: str | None = None
+    baseline: dict[str, Any],
+    current: dict[str, Any],
+    max_drop: float,
+    baseline_name: str | None = None,
+    allow_mismatch: bool = False,
 ) -> list[GateResult]:
     if max_drop < 0:
         raise JobError(f"--max-drop must be >= 0 points, got {max_drop}")
+    warning = check_comparable(baseline, current, allow_mismatch)
+    if warning:
+        log.warning("%s", warning)
     out = []
     for ma, mb in pair_models(baseline, current, baseline_name, None):
         overall = deltas(baseline, current, ma, mb)[0]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -45,7 +46,9 @@ def choice_rows(rec: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if problem:
         raise JobError(f"{where}: invalid Swallow-style judgment ({problem}); one entry per choice")
     lists = {k: rec[k] for k in CHOICE_LIST_FIELDS if isinstance(rec.get(k), list)}
-    return [{**rec, "score": s, "choice": i, **{k: v[i] for k, v in lists.items()}} for i, s in enumerate(scores)]
+    return [
+        {**rec, "score": s, "choice": i, **{k: v[i] for k, v in lists.items()}} for i, s in enumerate(scores)
+    ]
 
 
 def single_frame(records: Iterable[dict[str, Any]], categories: dict[str, str]) -> pd.DataFrame:
@@ -93,24 +96,50 @@ def _run_means(d: pd.DataFrame) -> pd.Series:
     return d[d["ok"]].groupby("choice")["score"].mean()
 
 
-def _bootstrap_ci(d: pd.DataFrame, rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile CI of the pooled mean, resampling questions with replacement."""
+def rng_for(seed: int, *parts: str) -> np.random.Generator:
+    """A bootstrap stream of its own per (model, category, turn): one model's CI never depends
+    on which other models share the report (Python's hash() is salted, so sha256)."""
+    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def question_matrix(d: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(question ids, sums[question, choice], counts[question, choice]) of the scored rows."""
     ok = d[d["ok"]]
-    if ok.empty:
-        return math.nan, math.nan
-    g = ok.groupby("question_id")["score"].agg(["sum", "count"])
-    sums, counts = g["sum"].to_numpy(), g["count"].to_numpy()
-    idx = rng.integers(0, len(g), size=(BOOTSTRAP_SAMPLES, len(g)))
-    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    sums = ok.pivot_table(index="question_id", columns="choice", values="score", aggfunc="sum", fill_value=0)
+    counts = ok.pivot_table(
+        index="question_id", columns="choice", values="score", aggfunc="count", fill_value=0
+    )
+    return [str(q) for q in sums.index], sums.to_numpy(float), counts.to_numpy(float)
+
+
+def resampled_means(sums: np.ndarray, counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The reported mean (mean over choice runs of each run's mean) of each resample of
+    questions idx[b, :]; a run with no scored row in a resample is left out of it."""
+    s, c = sums[idx].sum(axis=1), counts[idx].sum(axis=1)  # (samples, choices)
+    runs = np.divide(s, c, out=np.zeros_like(s), where=c > 0)
+    n = (c > 0).sum(axis=1)
+    return np.divide(runs.sum(axis=1), n, out=np.full(len(n), math.nan), where=n > 0)
+
+
+def percentile_ci(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.nanpercentile(values, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def _bootstrap_ci(d: pd.DataFrame, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile CI of the reported mean, resampling questions (all their choices and turns)."""
+    qids, sums, counts = question_matrix(d)
+    if not qids:
+        return math.nan, math.nan
+    idx = rng.integers(0, len(qids), size=(BOOTSTRAP_SAMPLES, len(qids)))
+    return percentile_ci(resampled_means(sums, counts, idx))
 
 
 def score_table(
     df: pd.DataFrame, model_list: Sequence[str] | None = None, seed: int = BOOTSTRAP_SEED
 ) -> pd.DataFrame:
     """scores.csv: one row per (model, category|all, turn 1|2|all)."""
-    rng = np.random.default_rng(seed)
     rows = []
     models = [m for m in (model_list or sorted(df["model"].unique())) if m in set(df["model"])]
     for model in models:
@@ -122,7 +151,7 @@ def score_table(
                 if dt.empty:
                     continue
                 runs = _run_means(dt)
-                lo, hi = _bootstrap_ci(dt, rng)
+                lo, hi = _bootstrap_ci(dt, rng_for(seed, model, cat, turn))
                 rows.append({
                     "model": model, "category": cat, "turn": turn,
                     "mean": float(runs.mean()) if len(runs) else math.nan,
@@ -131,6 +160,21 @@ def score_table(
                     "ci_low": lo, "ci_high": hi, "n_runs": int(len(runs)),
                 })  # fmt: skip
     return pd.DataFrame(rows, columns=[*SINGLE_COLUMNS, "n_runs"])
+
+
+def per_question(df: pd.DataFrame, models: Sequence[str]) -> dict[str, Any]:
+    """report.json's per-question sums and counts per choice run (both turns), so a later
+    comparison can bootstrap the two reports paired over the questions they share."""
+    out: dict[str, Any] = {}
+    for model in models:
+        d = df[df["model"] == model]
+        qids, sums, counts = question_matrix(d)
+        cats = d.drop_duplicates("question_id").set_index("question_id")["category"]
+        out[model] = {
+            q: {"category": str(cats[q]), "sum": sums[i].tolist(), "n": counts[i].astype(int).tolist()}
+            for i, q in enumerate(qids)
+        }
+    return out
 
 
 def run_means(df: pd.DataFrame, model: str, turn: str = "all", category: str = "all") -> list[float]:

@@ -66,6 +66,16 @@ def _check(recs: list[tuple[int, dict[str, Any]]], fields: tuple[str, ...], src:
     return [row for lineno, r in recs for row in _checked(r, fields, f"{src}:{lineno}")]
 
 
+def _read_checked(store: JudgmentStore, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def check(r: dict[str, Any], where: str) -> None:
+        rows.extend(_checked(r, fields, where))
+
+    store.read(check=check)
+    return rows
+
+
 def _manifest(data: bytes, where: str) -> dict[str, Any]:
     try:
         man = json.loads(data)
@@ -112,9 +122,7 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
         )
     for key in keys:
         store = JudgmentStore(storage, key)
-        checked: list[dict[str, Any]] = []
-        store.read(check=lambda r, where: checked.extend(_checked(r, fields, where)))
-        recs = checked
+        recs = _read_checked(store, fields)
         out.records += recs
         out.files.append({"path": store.uri, "rows": len(recs)})
         mkey = key.removesuffix(".jsonl") + ".manifest.json"
@@ -228,7 +236,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         n_runs = {m: int(df[(df["model"] == m)]["choice"].nunique()) for m in models}
         runs = {m: {t: agg.run_means(df, m, t) for t in ("1", "2", "all")} for m in models}
         out["scores.csv"] = table[agg.SINGLE_COLUMNS].to_csv(index=False).encode()
-        res.update(scores=table, runs=runs)
+        res.update(scores=table, runs=runs, per_question=agg.per_question(df, models))
     else:
         pdf = agg.pair_frame(loaded.records)
         base = cfg.baseline_model if cfg.mode == "pairwise-baseline" else None
@@ -247,6 +255,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         "fastchat": {k: v.to_dict() for k, v in res.get("fastchat", {}).items()},
         "scores": res["scores"].to_dict(orient="records") if "scores" in res else [],
         "runs": res.get("runs", {}),
+        "per_question": res.get("per_question", {}),
         "pairwise": res["pairwise_table"].to_dict(orient="records") if "pairwise_table" in res else [],
         "japanese_char_share": ja,
     }

@@ -25,7 +25,7 @@ def make_doc(cells: dict[str, dict[str, tuple[float, float, float]]], bench: str
         for m, cats in cells.items() for c, v in cats.items()
     ]  # fmt: skip
     return {
-        "provenance": {"bench": bench, "judges": ["j"], "created_at": 0.0},
+        "provenance": {"bench": bench, "judges": ["judge"], "created_at": 0.0},  # the mock judge's name
         "scores": scores,
         "pairwise": [],
     }
@@ -175,4 +175,134 @@ def test_publish_to_s3_and_compare_from_pointer(tmp_path: Path, run_job, s3) -> 
     c = run_job("compare", s3.uri("reports/latest/smoke/echo.json"), ptr["report"], env=s3.env)
     assert c.returncode == 0, c.stderr
     (overall,) = [ln for ln in c.stdout.splitlines() if ln.startswith("all ")]
-    assert " +0.00 " in overall and "[-" in overall  # same report: delta 0 and a CI around it
+    # same report: delta 0, and paired over its own questions the delta CI has no width
+    assert " +0.00 " in overall and "[+0.00, +0.00]" in overall
+
+
+# --- like with like, paired delta CIs, pairing by --model-b (issue 12 item 9) -----------------
+
+
+def test_only_model_b_pairs_with_the_same_name_or_the_only_baseline_model() -> None:
+    two = make_doc({"ckpt": {"all": (5, 4, 6)}, "m2": {"all": (6, 5, 7)}})
+    both = make_doc({"ckpt": {"all": (6, 5, 7)}, "other": {"all": (1, 0, 2)}})
+    assert g.pair_models(two, both, None, "ckpt") == [("ckpt", "ckpt")]  # was ("", "ckpt")
+    assert g.pair_models(A, both, None, "other") == [("base", "other")]
+    with pytest.raises(JobError, match="--model-a"):
+        g.pair_models(two, both, None, "other")
+
+
+PROV = {
+    "bench": "mt_bench", "judges": ["gpt-4"], "judge_model": "openai/gpt-4", "bench_data_sha256": "q" * 64,
+    "reference": "gpt-4", "reference_sha256": "r" * 64, "judge_prompts_sha256": "p" * 64,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("bench", "japanese_mt_bench", "bench"),
+        ("judges", ["gpt-4o-2024-08-06"], "judge"),
+        ("judge_model", "vllm/gpt-4", "judge model"),
+        ("reference", "gpt-4o", "reference set"),
+        ("reference_sha256", "s" * 64, "reference file sha256"),
+        ("judge_prompts_sha256", "x" * 64, "judge prompt file sha256"),
+        ("bench_data_sha256", "v" * 64, "question file sha256"),
+    ],
+)
+def test_compare_refuses_reports_made_differently(
+    tmp_path: Path, run_job, field: str, value: Any, named: str
+) -> None:  # type: ignore[no-untyped-def]
+    a, b = json.loads(json.dumps(A)), json.loads(json.dumps(B))
+    a["provenance"].update(PROV)
+    b["provenance"].update(PROV, **{field: value})
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    p = run_job("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert p.returncode == 2 and p.stdout == "", p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith(f"error: the reports differ in {named} (A: ") and "--allow-mismatch" in line
+    p = run_job("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--allow-mismatch")
+    assert p.returncode == 0, p.stderr
+    assert f"WARNING: the reports differ in {named}" in p.stdout
+
+
+def test_same_provenance_or_unknown_fields_compare() -> None:
+    a, b = json.loads(json.dumps(A)), json.loads(json.dumps(B))
+    a["provenance"].update(PROV)
+    b["provenance"].update(PROV, reference=None)  # unknown on one side: nothing to compare
+    assert g.mismatches(a, b) == []
+
+
+def _fastchat_file(path: Path, scores: dict[int, float], model: str) -> Path:
+    rows = [{"question_id": q, "model": model, "judge": ["gpt-4", "single-v1"], "score": s, "turn": 1,
+             "judgment": f"[[{s}]]", "user_prompt": "", "tstamp": 0.0} for q, s in scores.items()]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_paired_delta_ci_over_shared_questions(tmp_path: Path, run_job, shared_bench_data: Path) -> None:  # type: ignore[no-untyped-def]
+    # questions vary a lot (wide independent CIs) but B is A + 1 on 16 of 20 real mt_bench questions
+    qids = list(range(81, 101))
+    base = dict(zip(qids, [2, 9, 4, 7, 1, 10, 3, 8, 5, 6] * 2, strict=True))
+    cur = {q: min(s + 1, 10) if i % 5 else s for i, (q, s) in enumerate(base.items())}
+    docs = []
+    for name, scores in (("a", base), ("b", cur)):
+        f = _fastchat_file(tmp_path / f"{name}.jsonl", scores, "m")
+        p = run_job("report", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--judgments",
+                    str(f), "--output-dir", str(tmp_path / name), "--no-html")  # fmt: skip
+        assert p.returncode == 0, p.stderr[-2000:]
+        docs.append(json.loads((tmp_path / name / "report.json").read_text()))
+    a, b = docs
+    d = g.deltas(a, b, "m", "m")[0]
+    assert d.delta == pytest.approx(0.8)
+    lo, hi = d.ci  # type: ignore[misc]
+    assert 0.4 < lo < 0.8 < hi <= 1.0 and d.paired == 20
+    # the two independent CIs combined would have held 0: the paired one is what sees the gain
+    h = math.hypot(*((s["ci_high"] - s["ci_low"]) / 2 for s in (d.a, d.b)))  # type: ignore[index]
+    assert d.delta - h < 0
+    c = run_job("compare", str(tmp_path / "a" / "report.json"), str(tmp_path / "b" / "report.json"))
+    assert c.returncode == 0, c.stderr
+    (overall,) = [ln for ln in c.stdout.splitlines() if ln.startswith("all ")]
+    assert overall.endswith("better") and "paired bootstrap over 20 shared questions" in c.stdout
+    # a baseline that answered only some of the questions: the CI uses the shared ones only
+    b_only = {q: s for q, s in cur.items() if q < 91}
+    f = _fastchat_file(tmp_path / "c.jsonl", b_only, "m")
+    assert run_job("report", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--judgments",
+                   str(f), "--output-dir", str(tmp_path / "c"), "--no-html").returncode == 0  # fmt: skip
+    c_doc = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert g.deltas(a, c_doc, "m", "m")[0].paired == 10
+
+
+def test_unpaired_fallback_is_labelled(tmp_path: Path, run_job) -> None:  # type: ignore[no-untyped-def]
+    # reports without per-question scores (older versions): the approximation, said so
+    (tmp_path / "a.json").write_text(json.dumps(A))
+    (tmp_path / "b.json").write_text(json.dumps(B))
+    p = run_job("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert "independent errors (approximate" in p.stdout
+
+
+def test_job_run_refuses_a_baseline_made_differently(tmp_path: Path, run_job) -> None:  # type: ignore[no-untyped-def]
+    other = tmp_path / "other-judge.json"
+    doc = make_doc({"main": {"all": (5.0, 4.0, 6.0)}})
+    doc["provenance"]["judges"] = ["gpt-4"]
+    other.write_text(json.dumps(doc))
+    p = _run(run_job, tmp_path, "--baseline", str(other), "--max-drop", "1")
+    assert p.returncode == 2 and not (tmp_path / "runs").exists(), p.stderr[-2000:]  # before any work
+    assert (
+        p.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: the reports differ in judge (A: gpt-4, B: judge)")
+    )
+    first = _run(run_job, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    base = json.loads((tmp_path / "runs" / "smoke" / "reports" / "report.json").read_text())
+    base["provenance"]["judge_prompts_sha256"] = "0" * 64  # judged with another prompt file
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    p = _run(run_job, tmp_path, "--baseline", str(tmp_path / "base.json"), "--max-drop", "0")
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "error: the reports differ in judge prompt file sha256 (A: 00000000" in p.stderr
+    p = _run(
+        run_job, tmp_path, "--baseline", str(tmp_path / "base.json"), "--max-drop", "0", "--allow-mismatch"
+    )
+    assert p.returncode == 0 and "delta +0.00" in p.stdout.splitlines()[-1], p.stderr[-2000:]
+    assert "the reports differ in judge prompt file sha256" in p.stderr and "--allow-mismatch" in p.stderr

@@ -80,7 +80,8 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
     t1, t2 = agg.score_table(df, seed=0), agg.score_table(df, seed=0)
     assert t1.equals(t2)
     row = t1.set_index(["model", "category", "turn"]).loc[("s", "all", "all")]
-    assert row["ci_low"] <= 47 / 7 <= row["ci_high"] and row["ci_low"] < row["ci_high"]
+    # a CI of the reported mean (mean of the run means, 6.75), not of the pooled 47/7
+    assert row["ci_low"] <= row["mean"] == 6.75 <= row["ci_high"] and row["ci_low"] < row["ci_high"]
     const = t1.set_index(["model", "category", "turn"]).loc[("c", "all", "1")]
     assert (const["ci_low"], const["ci_high"]) == (5.0, 5.0)
 
@@ -164,3 +165,34 @@ def test_japanese_char_count(text: str, expected: tuple[int, int]) -> None:
 def test_japanese_share_is_micro_averaged() -> None:
     assert share([(5, 10), (0, 30)]) == pytest.approx(5 / 40)
     assert share([]) is None
+
+
+def _ci(df: Any, model: str, cat: str = "all", turn: str = "all") -> tuple[float, float]:
+    row = agg.score_table(df).set_index(["model", "category", "turn"]).loc[(model, cat, turn)]
+    return float(row["ci_low"]), float(row["ci_high"])
+
+
+def test_each_models_ci_depends_only_on_its_own_judgments() -> None:
+    cats = {str(q): "writing" if q % 2 else "math" for q in range(1, 13)}
+    mine = [single("s", q, t, (q * 7 + t * 3) % 10 + 1, status="ok") for q in range(1, 13) for t in (1, 2)]
+    others = [single(m, q, 1, (q * 5) % 10 + 1, status="ok") for m in ("a", "t") for q in range(1, 13)]
+    alone = agg.single_frame(mine, cats)
+    together = agg.single_frame(others + mine, cats)  # "a" sorts before "s": it drew first
+    for cell in (("all", "all"), ("writing", "1"), ("math", "2")):
+        assert _ci(together, "s", *cell) == _ci(alone, "s", *cell)
+    lo, hi = _ci(alone, "s")
+    assert lo < hi
+
+
+def test_ci_is_of_the_mean_of_run_means() -> None:
+    # run 0 scores 8 everywhere, run 1 scores 4 except one failed judgment: every resample
+    # (that draws any question but q2) has run means 8 and 4, so the reported mean 6 has a
+    # zero-width CI; the pooled mean (56/9) would move with how often q2 is drawn
+    cats = {str(q): "writing" for q in range(1, 6)}
+    rows = [single("s", q, 1, 8, choice=0, status="ok") for q in range(1, 6)]
+    rows += [single("s", q, 1, 4, choice=1, status="ok") for q in range(1, 6) if q != 2]
+    rows += [single("s", 2, 1, -1, choice=1, status="parse_error")]
+    df = agg.single_frame(rows, cats)
+    t = agg.score_table(df).set_index(["model", "category", "turn"]).loc[("s", "all", "1")]
+    assert t["mean"] == pytest.approx(6.0)
+    assert (t["ci_low"], t["ci_high"]) == pytest.approx((6.0, 6.0))

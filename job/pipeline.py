@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from job import gate as g
+from job.backends import parse_spec
+from job.endpoints import Generator, judge_endpoint
 from job.errors import JobError
 from job.generate import GenerateConfig
 from job.names import check_name, default_model_name
@@ -36,6 +38,8 @@ class RunConfig:
     baseline_name: str | None = None
     max_drop: float | None = None
     junit_xml: str | None = None
+    allow_mismatch: bool = False
+    """Gate even against a baseline made with another bench, judge, reference set or prompt file."""
 
 
 @dataclass
@@ -52,8 +56,18 @@ def model_name(cfg: RunConfig) -> str:
     )
 
 
+def judge_options(cfg: RunConfig) -> dict[str, Any]:
+    """The judge's backend options, its endpoint and key resolved apart from the generator's."""
+    opts = dict(cfg.judge_backend_options)
+    url, key_env = opts.pop("base_url", None), opts.pop("api_key_env", None)
+    api_generator = parse_spec(cfg.generate.model)[0] == "openai"
+    generator = Generator(cfg.generate.backend_options.get("base_url")) if api_generator else None
+    return {**opts, **judge_endpoint(cfg.judge_model, url, key_env, generator)}
+
+
 def check(cfg: RunConfig) -> dict[str, Any] | None:
     """Everything that can be wrong with the input, before a model is loaded; returns the baseline."""
+    judge_options(cfg)
     if cfg.max_drop is not None and not cfg.baseline:
         raise JobError(
             "--max-drop needs --baseline REPORT (a report.json or a latest/<bench>/<model>.json pointer)"
@@ -74,6 +88,10 @@ def check(cfg: RunConfig) -> dict[str, Any] | None:
 
     base = load_report(cfg.baseline)
     g.pair_models(base, {"scores": [{"model": model_name(cfg)}]}, cfg.baseline_name, None)
+    # what is known before any work (the rest is compared at the gate, from the new report)
+    judge = cfg.judge_name or default_model_name(cfg.judge_model)
+    early = {"provenance": {"bench": cfg.generate.bench, "judges": [judge], "judge_model": cfg.judge_model}}
+    g.check_comparable(base, early, cfg.allow_mismatch)
     return base
 
 
@@ -101,7 +119,7 @@ def run(cfg: RunConfig) -> RunResult:
     jcfg = judge_run.JudgeConfig(
         bench=gcfg.bench, judge_model=cfg.judge_model, judge_name=cfg.judge_name, model_list=[name],
         reference=cfg.reference, question_ids=list(gcfg.question_ids), first_n=gcfg.first_n,
-        output=gcfg.output, bench_data=gcfg.bench_data, backend_options=cfg.judge_backend_options,
+        output=gcfg.output, bench_data=gcfg.bench_data, backend_options=judge_options(cfg),
     )  # fmt: skip
     judge_run.run(jcfg)
     log.info("[4/4] report")
@@ -128,7 +146,7 @@ def finish(cfg: RunConfig, doc: dict[str, Any], baseline: dict[str, Any] | None)
         line = "RESULT (no baseline): " + "; ".join(r.line() for r in results)
         code = g.EXIT_REGRESSION if any(r.regressed for r in results) else g.EXIT_OK
     else:
-        results = g.gate(baseline, doc, float(cfg.max_drop or 0.0), cfg.baseline_name)
+        results = g.gate(baseline, doc, float(cfg.max_drop or 0.0), cfg.baseline_name, cfg.allow_mismatch)
         line = g.summary(results)
         code = g.EXIT_REGRESSION if any(r.regressed for r in results) else g.EXIT_OK
     if cfg.junit_xml:

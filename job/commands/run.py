@@ -9,6 +9,7 @@ from job.commands.common import (
     bench_data_option,
     bench_option,
     dry_run_option,
+    judge_endpoint_options,
     local_model_options,
     model_options,
     output_option,
@@ -41,12 +42,7 @@ from job.commands.common import (
 )
 @click.option("--judge-name", help="Judge name in records and file names (default: from the spec).")
 @click.option("--reference", help="Reference answer set (default per bench).")
-@click.option(
-    "--judge-base-url",
-    envvar="JOB_JUDGE_BASE_URL",
-    show_envvar=True,
-    help="OpenAI-compatible endpoint of the judge (key: OPENAI_API_KEY).",
-)
+@judge_endpoint_options
 @click.option("--judge-concurrency", type=int, default=32, help="Judge requests in flight.")
 @click.option(
     "--allow-failed",
@@ -78,6 +74,11 @@ from job.commands.common import (
     "--max-drop", type=float, help="Largest allowed drop of the average (points on the 1-10 scale)."
 )
 @click.option("--junit-xml", type=click.Path(dir_okay=False), help="Write the gate result as JUnit XML.")
+@click.option(
+    "--allow-mismatch",
+    is_flag=True,
+    help="Gate even against a baseline made with another bench, question file, judge, reference set or judge prompt file.",
+)
 @dry_run_option
 @click.pass_context
 def run_cmd(ctx: click.Context, **kw: object) -> None:
@@ -92,11 +93,12 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
 
     opts = {k: kw.pop(k) for k in (*LOCAL_OPTION_KEYS, "batch_size", *API_OPTION_KEYS)}
     judge_opts = {
-        "base_url": kw.pop("judge_base_url"), "concurrency": kw.pop("judge_concurrency"),
+        "base_url": kw.pop("judge_base_url"), "api_key_env": kw.pop("judge_api_key_env"),
+        "concurrency": kw.pop("judge_concurrency"),
         "request_timeout": opts["request_timeout"], "max_retries": opts["max_retries"],
     }  # fmt: skip
     run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
-    run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml")
+    run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml", "allow_mismatch")
     rkw = {k: kw.pop(k) for k in run_keys}
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     gcfg = GenerateConfig(**kw, backend_options=opts)  # type: ignore[arg-type]

@@ -172,17 +172,26 @@ def current_rows_of(plan: Plan, judge: str, prev: dict[str, Any] | None) -> tupl
     questions) when it used the same settings, so one manifest describes them all."""
     rows = set(plan.inputs.values())
     models = list(plan.provenance["models"])
-    if prev and all(prev.get(k) == plan.provenance.get(k) for k in SAME_SETTINGS):
-        planned = {row_key(judge, m) for m in plan.matches}
-        before = set(prev.get("rows") or ())
-        kept = {
-            r["inputs_sha256"]
-            for r in plan.stored
-            if r.get("inputs_sha256") in before and stored_row_key(r) not in planned
-        }
-        if kept:
-            rows |= kept
-            models = sorted({*models, *prev.get("models", [])})
+    if not prev or not isinstance(prev.get("rows"), list):
+        return sorted(rows), models
+    planned = {row_key(judge, m) for m in plan.matches}
+    before = set(prev["rows"])
+    others = {
+        r["inputs_sha256"]
+        for r in plan.stored
+        if r.get("inputs_sha256") in before and stored_row_key(r) not in planned
+    }
+    if not others:
+        return sorted(rows), models
+    if all(prev.get(k) == plan.provenance.get(k) for k in SAME_SETTINGS):
+        return sorted(rows | others), sorted({*models, *prev.get("models", [])})
+    changed = ", ".join(k for k in SAME_SETTINGS if prev.get(k) != plan.provenance.get(k))
+    log.warning(
+        "%d stored judgments outside this run (other models or questions) were made with other settings "
+        "(%s): they no longer count; judge them again with these settings to include them",
+        len(others),
+        changed,
+    )
     return sorted(rows), models
 
 

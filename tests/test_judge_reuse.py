@@ -138,6 +138,35 @@ def test_changed_judge_spec_rejudges_under_the_same_judge_name(run_job: Any, ans
     assert len(rows) == 36 and {r["score"] for r in rows} == {7}
 
 
+@pytest.mark.timeout(120)
+def test_models_judged_in_separate_runs_stay_current_while_the_settings_match(
+    run_job: Any, tmp_path: Path
+) -> None:
+    data = _custom_bench(tmp_path)
+    ans = _answer_dir(tmp_path)
+    (ans / "n.jsonl").write_text((ans / "m.jsonl").read_text().replace('"b"', '"other"'))
+    out = tmp_path / "out"
+    base = ["judge", "--bench", "mine", "--bench-data", str(data), "--answers-dir", str(ans), "--judge-model",
+            "mock/fixed:[[5]]", *MJ, "--reference", "ref", "--output", str(out)]  # fmt: skip
+    for m in ("m", "n"):
+        r = run_job(*base, "--model-list", m)
+        assert r.returncode == 0 and _judged(r.stdout) == "18 ok", r.stderr
+    man = json.loads((out / "mine" / "model_judgment" / "mj_single.manifest.json").read_text())
+    assert man["models"] == ["m", "n"] and len(man["rows"]) == 36
+    assert {x["model"] for x in _current(out, "mine")} == {"m", "n"} and len(_current(out, "mine")) == 36
+    # other settings for m: n's rows were judged with the old ones, so they stop counting (and it says so)
+    prompts = data / "mine" / "judge_prompts.jsonl"
+    mine = tmp_path / "prompts.jsonl"
+    mine.write_text(prompts.read_text().replace("You are a careful assistant.", "You are strict."))
+    r = run_job(*base, "--model-list", "m", "--judge-prompts", str(mine))
+    assert (
+        r.returncode == 0
+        and "18 stored judgments outside this run" in r.stderr
+        and "judge_prompts_sha256" in r.stderr
+    )
+    assert {x["model"] for x in _current(out, "mine")} == {"m"} and len(_current(out, "mine")) == 18
+
+
 def _pair_match(answer_2: str, **sampling: Any) -> tuple[Match, str]:
     q = Question.model_validate({"question_id": 1, "category": "writing", "turns": ["q1", "q2"]})
     recs = {

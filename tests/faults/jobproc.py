@@ -22,6 +22,10 @@ from ci_gate import unavailable
 
 JOB = [sys.executable, "-c", "from job.cli import main; main()"]
 API_ENV = {"OPENAI_API_KEY": "sk-test-faults", "JOB_API_BACKOFF_BASE": "0.01"}
+# the re-run after a fault uses its own key, so the server can tell its requests from late
+# ones of the stopped process still in the socket (asked_by)
+RERUN_KEY = "sk-test-rerun"
+RERUN_ENV = {**API_ENV, "OPENAI_API_KEY": RERUN_KEY}
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:
@@ -49,6 +53,31 @@ def wait_until(cond: Callable[[], bool], timeout: float, proc: subprocess.Popen[
 def answered(srv: Any, since: int = 0) -> int:
     """Chat requests the test server has answered, of those from the `since`-th on."""
     return sum(q.end is not None for q in srv.chat_requests[since:])
+
+
+def asked_by(srv: Any, key: str) -> int:
+    """Chat requests the test server received with API key `key`."""
+    return sum(q.headers.get("authorization") == f"Bearer {key}" for q in srv.chat_requests)
+
+
+def wait_held(srv: Any, n: int, held: int, proc: subprocess.Popen[bytes], log: Path, since: int = 0) -> None:
+    """Wait until the server (holding requests past n, hold_after) has answered n requests from
+    the `since`-th on and holds `held` more. With `held` = the client's concurrency every slot
+    waits on the server: the client has recorded each reply it got and sends nothing more,
+    so a signal now lands at a known point however loaded the machine is."""
+    ok = wait_until(lambda: answered(srv, since) == n and srv.held >= held, 60, proc)
+    assert ok, f"{answered(srv, since)} of {n} answered, {srv.held} held: {log.read_text()[-3000:]}"
+
+
+def handler_installed(pid: int, sig: int = signal.SIGTERM) -> bool:
+    """The process has a handler for `sig` (the CLI's terminate.install() ran): the kernel's
+    SigCgt mask, so no log line or sleep is needed to know the CLI is up."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
 
 
 def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -193,7 +222,15 @@ class Shards:
     reference: bytes
     """the answer file an uninterrupted reduce writes"""
     seconds: float
-    """how long that reduce took, start-up included: the window for random signals"""
+    """how long that reduce ran once its SIGTERM handler was in: the window for random signals"""
+
+
+def spawn_reduce(out: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """`job reduce` in the background, returned once its SIGTERM handler is installed (and
+    the monotonic time of that)."""
+    proc = spawn(["reduce", "--bench", "mt_bench", "--output", str(out)], env, log)
+    assert wait_until(lambda: handler_installed(proc.pid), 60, proc), log.read_text()
+    return proc, time.monotonic()
 
 
 @pytest.fixture(scope="module", name="many_shards")
@@ -206,10 +243,8 @@ def many_shards_fixture(tmp_path_factory: pytest.TempPathFactory, shared_bench_d
     subprocess.run([*JOB, *gen], check=True, capture_output=True)
     ref = base / "ref"
     shutil.copytree(out, ref)
-    t0 = time.monotonic()
-    subprocess.run(
-        [*JOB, "reduce", "--bench", "mt_bench", "--output", str(ref)], check=True, capture_output=True
-    )
+    proc, t0 = spawn_reduce(ref, dict(os.environ), base / "ref.log")
+    assert proc.wait(timeout=120) == 0, (base / "ref.log").read_text()
     seconds = time.monotonic() - t0
     return Shards(out, (ref / "mt_bench/model_answer/echo.jsonl").read_bytes(), seconds)
 
@@ -217,16 +252,17 @@ def many_shards_fixture(tmp_path_factory: pytest.TempPathFactory, shared_bench_d
 def reduce_under_signal(
     sig: int, seed: int, shards: Shards, job_env: dict[str, str], run_job: Any, tmp_path: Path
 ) -> tuple[int, str]:
-    """Signal `job reduce` at a seeded random point of its run, check its output is whole or
-    absent, re-run it, and check the answer file equals an uninterrupted reduce's."""
+    """Signal `job reduce` at a seeded random point of its run (from its handler's install to
+    80% of an uninterrupted run), check its output is whole or absent, re-run it, and check
+    the answer file equals an uninterrupted reduce's."""
     out = tmp_path / "runs"
     tmp_path.mkdir(exist_ok=True)
     shutil.copytree(shards.out, out)
     answer = out / "mt_bench/model_answer/echo.jsonl"
     manifest = out / "mt_bench/model_answer/echo.manifest.json"
     rng = random.Random(seed)
-    proc = spawn(["reduce", "--bench", "mt_bench", "--output", str(out)], job_env, tmp_path / "reduce.log")
-    wait_until(lambda: False, rng.uniform(0.15, 0.8) * shards.seconds, proc)
+    proc, _ = spawn_reduce(out, job_env, tmp_path / "reduce.log")
+    wait_until(lambda: False, rng.uniform(0.0, 0.8) * shards.seconds, proc)
     kill(proc, sig)
     log = (tmp_path / "reduce.log").read_text()
     assert proc.returncode in (0, -sig, 128 + sig), log

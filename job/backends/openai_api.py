@@ -152,6 +152,8 @@ class OpenAIBackend:
         backoff_base: float | None = None,
         backoff_max: float = 60.0,
         retry_after_max: float = 300.0,
+        base_url_env: str | None = "OPENAI_BASE_URL",
+        api_key_env: str | None = "OPENAI_API_KEY",
         **_: Any,
     ):
         if concurrency < 1:
@@ -162,13 +164,15 @@ class OpenAIBackend:
             raise JobError(f"--max-retries must be >= 0, got {max_retries}")
         self.spec = spec
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        key = os.environ.get("OPENAI_API_KEY") or ""
+        # the judge passes its own endpoint and key variable (None: read none), so it never
+        # falls back to the generator's OPENAI_BASE_URL / OPENAI_API_KEY (job.endpoints)
+        self.base_url = base_url or (os.environ.get(base_url_env) if base_url_env else None) or None
+        key = (os.environ.get(api_key_env) if api_key_env else None) or ""
         if not key:
             if not self.base_url:
                 raise JobError(
-                    f"{spec}: OPENAI_API_KEY is not set; export it, or pass --base-url "
-                    "(OPENAI_BASE_URL) for a local server that needs no key"
+                    f"{spec}: {api_key_env or 'the API key variable'} is not set; export it, or pass "
+                    "--base-url (OPENAI_BASE_URL) for a local server that needs no key"
                 )
             key = "EMPTY"  # local servers (vLLM, SGLang) accept any key
         self._key = key

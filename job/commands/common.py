@@ -159,7 +159,8 @@ def api_options(f: F) -> F:
                 "--base-url",
                 envvar="OPENAI_BASE_URL",
                 show_envvar=True,
-                help="OpenAI-compatible endpoint (vLLM, SGLang, transformers serve). Key: OPENAI_API_KEY.",
+                help="OpenAI-compatible endpoint of openai/ models (vLLM, SGLang, transformers serve); "
+                "in `job run` the generator's. Key: OPENAI_API_KEY.",
             ),
             click.option(
                 "--concurrency",
@@ -181,6 +182,26 @@ def api_options(f: F) -> F:
                 default=6,
                 show_default=True,
                 help="Retries on 429/5xx/timeouts/connection errors, with backoff.",
+            ),
+        ],
+    )
+
+
+def judge_endpoint_options(f: F) -> F:
+    """The judge's own endpoint and key (job run, job judge): never the generator's by default."""
+    return _stack(
+        f,
+        [
+            click.option(
+                "--judge-base-url",
+                envvar="JOB_JUDGE_BASE_URL",
+                show_envvar=True,
+                help="OpenAI-compatible endpoint of an openai/ judge (default: api.openai.com).",
+            ),
+            click.option(
+                "--judge-api-key-env",
+                metavar="VAR",
+                help="Environment variable holding the judge's API key (default: JOB_JUDGE_API_KEY).",
             ),
         ],
     )

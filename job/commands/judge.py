@@ -9,6 +9,7 @@ from job.commands.common import (
     bench_data_option,
     bench_option,
     dry_run_option,
+    judge_endpoint_options,
     local_model_options,
     output_option,
     question_options,
@@ -56,6 +57,7 @@ from job.commands.common import (
     help="Judgments stored per write (API judges stream their calls; at most 5 s between writes); "
     "for hf/vllm judges also the calls per generate batch.",
 )
+@judge_endpoint_options
 @api_options
 @local_model_options
 @dry_run_option
@@ -69,9 +71,14 @@ def judge(**kw: object) -> None:
     format plus choice, status and error. Every choice is judged. Re-running skips judgments
     already stored, so an interrupted run is completed without duplicates.
     """
+    from job.endpoints import judge_endpoint
     from job.judge_run import JudgeConfig, run
 
     backend_options = {k: kw.pop(k) for k in (*API_OPTION_KEYS, *LOCAL_OPTION_KEYS)}
+    # no generator here: --judge-base-url, else --base-url / OPENAI_BASE_URL (job.endpoints)
+    url = kw.pop("judge_base_url") or backend_options["base_url"]
+    key_env = kw.pop("judge_api_key_env")
+    backend_options |= judge_endpoint(str(kw["judge_model"]), url, key_env, None)  # type: ignore[arg-type]
     kw["model_list"] = list(kw.pop("model_list"))  # type: ignore[call-overload]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     run(JudgeConfig(**kw, backend_options=backend_options))  # type: ignore[arg-type]

@@ -1,0 +1,136 @@
+"""The judge and the generator have separate endpoints and keys: two real OpenAI-compatible
+servers on 127.0.0.1, the real CLI; each server sees only its own requests and key, and an
+ambiguous setup (OPENAI_BASE_URL for generation, no judge URL) is a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.timeout(200)
+
+GEN_KEY = "sk-gen-Secret0123456789abcdef"
+JUDGE_KEY = "sk-judge-Secret9876543210fedcba"
+NO_EGRESS = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"}
+"""A request that would leave 127.0.0.1 (e.g. to api.openai.com) hits a dead local port."""
+COMMON = ["--bench", "smoke", "--first-n", "2", "--max-retries", "0"]
+
+
+def _judge_reply(body: dict[str, Any]) -> str:
+    return "Fine. Rating: [[7]]"
+
+
+@pytest.fixture
+def servers(make_openai_server: Any) -> tuple[OpenAIServer, OpenAIServer]:
+    gen = make_openai_server(api_key=GEN_KEY, models=["gen-model"])
+    judge = make_openai_server(reply=_judge_reply, api_key=JUDGE_KEY, models=["judge-model"])
+    return gen, judge
+
+
+def _keys(srv: OpenAIServer) -> set[str]:
+    return {r.headers.get("authorization", "") for r in srv.chat_requests}
+
+
+def _models(srv: OpenAIServer) -> set[str]:
+    return {r.body.get("model") for r in srv.chat_requests}
+
+
+def _no_key_anywhere(root: Path, *texts: str) -> None:
+    blobs = [*texts, *(p.read_text("utf-8", "replace") for p in root.rglob("*") if p.is_file())]
+    for key in (GEN_KEY, JUDGE_KEY):
+        assert not [b for b in blobs if key in b or key[8:] in b], "a key was logged or written"
+
+
+def _one_line_error(p: Any, *names: str) -> str:
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert all(n in line for n in names), line
+    return line
+
+
+def test_run_generates_on_one_server_and_judges_on_the_other(
+    servers: Any, run_job: Any, tmp_path: Path
+) -> None:
+    gen, judge = servers
+    env = {**NO_EGRESS, "OPENAI_BASE_URL": gen.url, "OPENAI_API_KEY": GEN_KEY, "JOB_JUDGE_API_KEY": JUDGE_KEY}
+    p = run_job("run", *COMMON, "--model", "openai/gen-model", "--judge-model", "openai/judge-model",
+                "--judge-base-url", judge.url, env=env)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert gen.chat_requests and judge.chat_requests
+    assert (_models(gen), _keys(gen)) == ({"gen-model"}, {f"Bearer {GEN_KEY}"})
+    assert (_models(judge), _keys(judge)) == ({"judge-model"}, {f"Bearer {JUDGE_KEY}"})
+    assert all("[[" not in r.last_user for r in gen.chat_requests)  # no judge prompt went to the generator
+    _no_key_anywhere(tmp_path / "runs", p.stdout, p.stderr)
+
+
+def test_judge_url_from_env_and_key_from_a_named_variable(servers: Any, run_job: Any, tmp_path: Path) -> None:
+    gen, judge = servers
+    env = {**NO_EGRESS, "OPENAI_API_KEY": GEN_KEY, "JOB_JUDGE_BASE_URL": judge.url, "MY_JUDGE_KEY": JUDGE_KEY}
+    p = run_job("run", *COMMON, "--model", "openai/gen-model", "--base-url", gen.url,
+                "--judge-model", "openai/judge-model", "--judge-api-key-env", "MY_JUDGE_KEY", env=env)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (_keys(gen), _keys(judge)) == ({f"Bearer {GEN_KEY}"}, {f"Bearer {JUDGE_KEY}"})
+
+
+def test_a_judge_without_a_key_of_its_own_never_gets_the_generators(
+    servers: Any, make_openai_server: Any, run_job: Any
+) -> None:
+    gen, _ = servers
+    local_judge = make_openai_server(reply=_judge_reply, models=["judge-model"])  # needs no key
+    env = {**NO_EGRESS, "OPENAI_BASE_URL": gen.url, "OPENAI_API_KEY": GEN_KEY}
+    p = run_job("run", *COMMON, "--model", "openai/gen-model", "--judge-model", "openai/judge-model",
+                "--judge-base-url", local_judge.url, env=env)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert local_judge.chat_requests and GEN_KEY not in " ".join(_keys(local_judge))
+
+
+def test_generation_endpoint_from_openai_base_url_and_no_judge_url_is_an_error(
+    servers: Any, run_job: Any
+) -> None:
+    """The issue's case: `vllm serve` in OPENAI_BASE_URL for generation, an openai/ judge with
+    no URL of its own. Before: the judge's requests went to the generation server."""
+    gen, judge = servers
+    env = {**NO_EGRESS, "OPENAI_BASE_URL": gen.url, "OPENAI_API_KEY": GEN_KEY, "JOB_JUDGE_API_KEY": JUDGE_KEY}
+    p = run_job("run", *COMMON, "--model", "openai/gen-model", "--judge-model", "openai/judge-model", env=env)
+    line = _one_line_error(p, "OPENAI_BASE_URL", "--judge-base-url", "JOB_JUDGE_BASE_URL")
+    assert gen.url not in line  # a URL may carry credentials
+    assert not gen.chat_requests and not judge.chat_requests  # stopped before any work
+    dry = run_job("run", *COMMON, "--model", "openai/gen-model", "--judge-model", "openai/judge-model",
+                  "--dry-run", env=env)  # fmt: skip
+    _one_line_error(dry, "--judge-base-url")
+
+
+def test_default_openai_judge_needs_its_own_key(servers: Any, run_job: Any) -> None:
+    """Generating on a local server with OPENAI_API_KEY: that key is the generator's, so a
+    judge at api.openai.com must be given one (nothing leaves 127.0.0.1 here)."""
+    gen, _ = servers
+    env = {**NO_EGRESS, "OPENAI_API_KEY": GEN_KEY}
+    p = run_job("run", *COMMON, "--model", "openai/gen-model", "--base-url", gen.url,
+                "--judge-model", "openai/gpt-4o", env=env)  # fmt: skip
+    _one_line_error(p, "JOB_JUDGE_API_KEY", "--judge-api-key-env")
+    assert not gen.chat_requests
+    p = run_job("run", *COMMON, "--model", "openai/gen-model", "--base-url", gen.url,
+                "--judge-model", "openai/gpt-4o", "--judge-api-key-env", "UNSET_KEY_VAR", env=env)  # fmt: skip
+    _one_line_error(p, "UNSET_KEY_VAR")
+
+
+def test_job_judge_uses_the_judge_endpoint_and_key(servers: Any, run_job: Any, tmp_path: Path) -> None:
+    gen, judge = servers
+    env = {**NO_EGRESS, "OPENAI_API_KEY": GEN_KEY}
+    out = ["--output", str(tmp_path / "runs")]
+    g = run_job("generate", *COMMON, "--model", "openai/gen-model", "--base-url", gen.url, *out, env=env)
+    r = run_job("reduce", "--bench", "smoke", *out, env=env)
+    assert g.returncode == 0 and r.returncode == 0, g.stderr[-2000:] + r.stderr[-2000:]
+    n_gen = len(gen.chat_requests)
+    env |= {"OPENAI_BASE_URL": gen.url, "JOB_JUDGE_API_KEY": JUDGE_KEY}
+    j = run_job(
+        "judge", *COMMON, "--judge-model", "openai/judge-model", "--judge-base-url", judge.url, *out, env=env
+    )
+    assert j.returncode == 0, j.stderr[-3000:]
+    assert len(gen.chat_requests) == n_gen and (_models(judge), _keys(judge)) == (
+        {"judge-model"}, {f"Bearer {JUDGE_KEY}"},
+    )  # fmt: skip
+    _no_key_anywhere(tmp_path / "runs", g.stderr, j.stdout, j.stderr)

@@ -1,6 +1,11 @@
 """SIGKILL `job generate`, `job judge` and `job reduce` at seeded random points (no cleanup
 can run), then re-run: no duplicate, missing or partial record in shard files, manifests,
-the merged answer file or the judgment file, and nothing stored is asked for again."""
+the merged answer file or the judgment file, and nothing stored is asked for again.
+
+A random point of an API run: the test server answers a seeded number of requests and
+holds the rest (hold_after), the kill comes a seeded moment later, while the replies
+already sent are being recorded, and the run cannot have finished before it, however
+loaded the machine is."""
 
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ from servers.openai_server import OpenAIServer
 
 from faults.jobproc import (
     API_ENV,
+    RERUN_ENV,
+    RERUN_KEY,
     Shards,
+    asked_by,
     check_answers,
     check_judgments,
     check_shards,
@@ -28,6 +36,7 @@ from faults.jobproc import (
     reduce_under_signal,
     seeded_reply,
     spawn,
+    wait_held,
     wait_until,
 )
 
@@ -48,18 +57,20 @@ def test_sigkill_generate_then_rerun(
     seed: int, make_openai_server: MakeServer, run_job: Any, job_env: dict[str, str], tmp_path: Path
 ) -> None:
     rng = random.Random(seed)
-    srv: OpenAIServer = make_openai_server(reply=seeded_reply, latency=0.2)
+    # 4 shards, 18 conversations x 2 turns: kill after 0..35 replies (a shard boundary is at 12)
+    m = rng.randint(0, 35)
+    srv: OpenAIServer = make_openai_server(reply=seeded_reply, latency=0.05, hold_after=m)
     out = tmp_path / "runs"
     env = {**job_env, **API_ENV}
-    proc = spawn(_gen_args(out, srv.url), env, tmp_path / "gen.log")
-    # 4 shards x 9 conversations x 2 turns at ~0.2 s, 2 at a time: ~3.6 s of requests after start-up
-    wait_until(lambda: len(srv.chat_requests) > 0, 60, proc)
-    wait_until(lambda: False, rng.uniform(0.0, 3.0), proc)
+    log = tmp_path / "gen.log"
+    proc = spawn(_gen_args(out, srv.url), env, log)
+    wait_held(srv, m, 1, proc, log)
+    wait_until(lambda: False, rng.uniform(0.0, 0.2), proc)
     kill(proc)
     assert proc.returncode == -signal.SIGKILL
     committed, orphans = check_shards(out, "smoke", "test-model")
-    sent = len(srv.chat_requests)
-    r = run_job(*_gen_args(out, srv.url), env=API_ENV)
+    srv.release()
+    r = run_job(*_gen_args(out, srv.url), env=RERUN_ENV)
     assert r.returncode == 0, r.stderr
     done, orphans = check_shards(out, "smoke", "test-model")
     assert done == {0, 1, 2, 3} and not orphans
@@ -67,7 +78,7 @@ def test_sigkill_generate_then_rerun(
     manifests = {i: (out / f"smoke/shards/test-model/shard-{i:05d}-of-00004.manifest.json") for i in done}
     todo_items = sum(len(jsonl(manifests[i].with_name(manifests[i].name.replace(".manifest.json", ".jsonl"))))
                      for i in done - committed)  # fmt: skip
-    assert len(srv.chat_requests) - sent == 2 * todo_items
+    assert asked_by(srv, RERUN_KEY) == 2 * todo_items
     r = run_job("reduce", "--bench", "smoke", "--output", str(out))
     assert r.returncode == 0, r.stderr
     rows = check_answers(out, "smoke", "test-model", 9, 2)
@@ -95,7 +106,7 @@ def test_sigkill_judge_twice_then_rerun(
     if mode != "single":
         distinct_answers(run_job, out, gen.url, "model-b")
     expected = 36  # single: 9 q x 2 turns x 2 choices; pairwise-all (2 models): as many pairs
-    srv = make_openai_server(reply=lambda b: "[[A]] Rating: [[7]]", latency=0.3, jitter=0.1, seed=seed)
+    srv = make_openai_server(reply=lambda b: "[[A]] Rating: [[7]]", latency=0.1, jitter=0.05, seed=seed)
     args = ["judge", "--bench", "smoke", "--output", str(out), "--judge-model", "openai/test-model",
             "--base-url", srv.url, "--mode", mode, "--batch-size", str(rng.choice([1, 3, 8])),
             "--concurrency", "4"]  # fmt: skip
@@ -103,24 +114,28 @@ def test_sigkill_judge_twice_then_rerun(
     path = out / "smoke" / "model_judgment" / f"test-model_{name}.jsonl"
     env = {**job_env, **API_ENV}
     for attempt in range(2):  # two kills at random points, the second one resuming the first
-        proc = spawn(args, env, tmp_path / f"judge{attempt}.log")
-        before = len(srv.chat_requests)
-        wait_until(lambda n=before: len(srv.chat_requests) > n, 60, proc)
-        wait_until(lambda: False, rng.uniform(0.0, 1.5), proc)
+        # at most 2 x 12 of the 36+ calls answered: each run is held before it could finish
+        m, before = rng.randint(0, 12), len(srv.chat_requests)
+        srv.release()  # the killed run's held requests
+        srv.hold(after=before + m)
+        log = tmp_path / f"judge{attempt}.log"
+        proc = spawn(args, env, log)
+        wait_held(srv, m, 1, proc, log, since=before)
+        wait_until(lambda: False, rng.uniform(0.0, 0.3), proc)
         kill(proc)
-        assert proc.returncode == -signal.SIGKILL  # killed mid-run (36+ calls take > 2.5 s)
+        assert proc.returncode == -signal.SIGKILL
         check_judgments(path, expected, "partial")
     stored = check_judgments(path, expected, "partial") if path.exists() else []
     stored_games = sum(_games(x) for x in stored)
     kept = path.read_bytes() if path.exists() else b""
-    sent = len(srv.chat_requests)
-    r = run_job(*args, env=API_ENV)
+    srv.release()
+    r = run_job(*args, env=RERUN_ENV)
     assert r.returncode == 0, r.stderr
     rows = check_judgments(path, expected, "final")
     assert path.read_bytes().startswith(kept[: kept.rfind(b"\n") + 1])  # nothing stored was lost
     assert len(rows) == expected  # no duplicate rows at all (no faults: every stored row is final)
     total_games = sum(_games(x) for x in rows)
-    assert len(srv.chat_requests) - sent == total_games - stored_games  # stored games not asked again
+    assert asked_by(srv, RERUN_KEY) == total_games - stored_games  # stored games not asked again
     assert Counter(judgment_key(x) for x in rows).most_common(1)[0][1] == 1
 
 

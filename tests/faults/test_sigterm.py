@@ -213,15 +213,15 @@ def test_sigterm_reaches_job_as_pid_1(
     PID 1 ignores every signal it has no handler for: without ours, `docker stop` and pod
     deletion wait out the grace period and SIGKILL."""
     require_pid_namespace()
-    # control: a plain Python as PID 1 survives SIGTERM
+    # control: a plain Python as PID 1 survives SIGTERM (the kernel drops it when kill()
+    # is called, so the reply to a line sent afterwards proves it, with no sleep)
     ctl = subprocess.Popen(
-        ["unshare", "-pf", "--mount-proc", sys.executable, "-c", "import time; time.sleep(20)"]
-    )
-    inner = child_of(ctl.pid)
-    os.kill(inner, signal.SIGTERM)
-    time.sleep(1.0)
-    assert ctl.poll() is None, "SIGTERM stopped a handler-less PID 1: the test below proves nothing"
-    kill(ctl)
+        ["unshare", "-pf", "--mount-proc", sys.executable, "-c", "import sys; sys.stdin.readline(); print('alive')"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    os.kill(child_of(ctl.pid), signal.SIGTERM)
+    alive, _ = ctl.communicate(b"\n", timeout=30)
+    assert alive == b"alive\n", "SIGTERM stopped a handler-less PID 1: the test below proves nothing"
     out = tmp_path / "runs"
     distinct_answers(run_job, out, make_openai_server(reply=seeded_reply).url)
     srv: OpenAIServer = make_openai_server(reply=lambda b: "Rating: [[6]]", latency=0.05, hold_after=6)

@@ -196,12 +196,14 @@ def judge_endpoint_options(f: F) -> F:
                 "--judge-base-url",
                 envvar="JOB_JUDGE_BASE_URL",
                 show_envvar=True,
-                help="OpenAI-compatible endpoint of an openai/ judge (default: api.openai.com).",
+                help="OpenAI-compatible endpoint of an openai/ judge (default api.openai.com; where no "
+                "generator uses an API, as in `job judge`: --base-url / OPENAI_BASE_URL).",
             ),
             click.option(
                 "--judge-api-key-env",
                 metavar="VAR",
-                help="Environment variable holding the judge's API key (default: JOB_JUDGE_API_KEY).",
+                help="Environment variable holding the judge's API key (default JOB_JUDGE_API_KEY; "
+                "else OPENAI_API_KEY, unless an openai/ generator on another endpoint owns it).",
             ),
         ],
     )

@@ -27,7 +27,7 @@ from job.errors import JobError, Terminated
 from job.jsonl import dumps_lines
 from job.layout import manifest_key, shard_key, shards_prefix
 from job.model_fingerprint import describe, fingerprint
-from job.names import check_name, default_model_name
+from job.names import check_model_name, default_model_name
 from job.provenance import git_revision, host, package_version, stable_hash
 from job.records import Question, QuestionId, ShardItem, ShardManifest, id_sort_key
 from job.sharding import resolve_shard, shard
@@ -266,7 +266,7 @@ def plan(cfg: GenerateConfig) -> dict[str, Any]:
         raise JobError(f"--num-choices must be >= 1, got {cfg.num_choices}")
     if cfg.max_new_tokens < 1:
         raise JobError(f"--max-new-tokens must be >= 1, got {cfg.max_new_tokens}")
-    cfg.model_name = check_name("model name", cfg.model_name or default_model_name(cfg.model))
+    cfg.model_name = check_model_name("model name", cfg.model_name or default_model_name(cfg.model))
     bench = resolve_bench(cfg.bench, cfg.bench_data)
     questions, data_sha = bench.load_questions()
     questions = select_questions(questions, cfg.question_ids, cfg.first_n)

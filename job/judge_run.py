@@ -41,8 +41,8 @@ from job.judge import (
 )
 from job.judge_prompts import load_prompt_set, select
 from job.judgment_store import JudgmentStore
-from job.layout import judgment_dir, manifest_key
-from job.names import check_name, default_model_name
+from job.layout import answers_prefix, judgment_dir, manifest_key, model_of_answer_file
+from job.names import check_model_name, check_name, default_model_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, Question, QuestionId, check_judgment, parse_records
 from job.storage import LocalStorage, Storage, open_storage
@@ -84,11 +84,11 @@ def judgment_key(bench: str, judge: str, mode: str) -> str:
 def load_answers(cfg: JudgeConfig) -> tuple[dict[str, list[Answer]], str]:
     """model name -> answer records, from --answers-dir or <output>/<bench>/model_answer/."""
     storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
-    prefix = "" if cfg.answers_dir else f"{cfg.bench}/model_answer/"
+    prefix = "" if cfg.answers_dir else answers_prefix(cfg.bench)
     keys = [k for k in storage.list(prefix) if k.endswith(".jsonl") and "/" not in k[len(prefix) :]]
     out = {}
     for k in keys:
-        name = k[len(prefix) : -len(".jsonl")]
+        name = model_of_answer_file(k[len(prefix) :])  # org%2Fname.jsonl holds org/name's answers
         out[name] = parse_records(storage.read_bytes(k), Answer, storage.uri(k))
     return out, storage.uri(prefix)
 
@@ -213,14 +213,14 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     questions, data_sha = bench.load_questions()
     questions = select_questions(questions, cfg.question_ids, cfg.first_n)
     loaded, where = load_answers(cfg)
-    models = [check_name("model name", m) for m in cfg.model_list] or sorted(loaded)
+    models = [check_model_name("model name", m) for m in cfg.model_list] or sorted(loaded)
     if not models:
         raise JobError(
             f"no answer files in {where}; run `job generate` and `job reduce` first, or pass --answers-dir"
         )
     pairwise = cfg.mode != "single"
     if cfg.mode == "pairwise-baseline":
-        base = check_name("baseline model (--baseline-model)", cfg.baseline_model)
+        base = check_model_name("baseline model (--baseline-model)", cfg.baseline_model)
         models = [*models, base] if base not in models else models
     answers, missing = index_answers(questions, models, loaded, where, cfg.allow_missing)
     if cfg.mode == "pairwise-baseline":

@@ -18,7 +18,7 @@ from job.backends import parse_spec
 from job.endpoints import Generator, judge_endpoint
 from job.errors import JobError
 from job.generate import GenerateConfig
-from job.names import check_name, default_model_name
+from job.names import check_model_name, check_name, default_model_name
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class RunResult:
 
 
 def model_name(cfg: RunConfig) -> str:
-    return check_name(
+    return check_model_name(
         "model name (set --model-name)", cfg.generate.model_name or default_model_name(cfg.generate.model)
     )
 

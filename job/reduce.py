@@ -19,7 +19,7 @@ import shortuuid
 from job.errors import IncompleteError, JobError
 from job.jsonl import dumps_lines
 from job.layout import SHARD_RE, answer_key, answer_manifest_key, shard_of_manifest, shards_prefix
-from job.names import check_name
+from job.names import check_model_name, check_name, name_of_path
 from job.provenance import package_version
 from job.records import Answer, Choice, QuestionId, ShardItem, ShardManifest, id_sort_key, parse_records
 from job.storage import Storage, open_storage
@@ -255,7 +255,8 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
 
 def _discover_models(storage: Storage, bench: str) -> list[str]:
     prefix = f"{bench}/shards/"
-    models = sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list(prefix) if SHARD_RE.search(k)})
+    dirs = {k[len(prefix) :].split("/", 1)[0] for k in storage.list(prefix) if SHARD_RE.search(k)}
+    models = sorted(name_of_path(d) for d in dirs)  # org%2Fname/ holds the shards of org/name
     if not models:
         raise IncompleteError(
             f"no shards under {storage.uri(prefix)}; run `job generate` first or check --output/--bench"
@@ -266,7 +267,7 @@ def _discover_models(storage: Storage, bench: str) -> list[str]:
 def run(cfg: ReduceConfig) -> dict[str, Merged]:
     check_name("bench name", cfg.bench)
     storage = open_storage(cfg.output)
-    models = [check_name("model name", m) for m in cfg.model_names]
+    models = [check_model_name("model name", m) for m in cfg.model_names]
     deadline = time.monotonic() + cfg.wait
     while not models:
         # a reducer started before any task committed (k8s, Slurm without a dependency) waits too

@@ -19,30 +19,17 @@ from typing import Any
 
 from job.benches import resolve_bench
 from job.errors import JobError
-from job.layout import reports_dir
+from job.layout import latest_pointer_key, reports_dir
 from job.names import check_name
-from job.records import Answer, parse_records
 from job.report_html import render_html
 from job.report_plots import plots
 from job.report_questions import question_entries
-from job.report_run import ReportConfig, load_judgments
+from job.report_run import ReportConfig, load_answers, load_judgments
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
 POINTER_KIND = "mtbench-job/latest"
 REPORT_FILES = ("report.html", "report.json", "report.md", "scores.csv", "pairwise.csv")
-
-
-def _answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
-    storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
-    prefix = "" if cfg.answers_dir else f"{cfg.bench}/model_answer/"
-    out = {}
-    for m in models:
-        if storage.exists(f"{prefix}{check_name('model name (in the judgments)', m)}.jsonl"):
-            out[m] = parse_records(
-                storage.read_bytes(f"{prefix}{m}.jsonl"), Answer, storage.uri(f"{prefix}{m}.jsonl")
-            )
-    return out
 
 
 def report_models(doc: dict[str, Any]) -> list[str]:
@@ -60,7 +47,7 @@ def build_html(cfg: ReportConfig, doc: dict[str, Any]) -> dict[str, bytes]:
         models = list(dict.fromkeys([*models, *(str(r[k]) for r in records for k in ("model_1", "model_2"))]))
     if cfg.model_list:
         records = [r for r in records if "model" not in r or r["model"] in cfg.model_list]
-    entries = question_entries(questions, _answers(cfg, models), records, models)
+    entries = question_entries(questions, load_answers(cfg, models), records, models)
     charts, note = plots(doc)
     if note:
         log.warning("%s (report.html has no charts)", note)
@@ -106,9 +93,7 @@ def publish(dest_uri: str, src: Storage, prefix: str, names: list[str], doc: dic
             "judges": doc["provenance"].get("judges"), "git_revision": doc["provenance"].get("git_revision"),
             "created_at": doc["provenance"].get("created_at"), "published_at": time.time(),
         }  # fmt: skip
-        dest.write_bytes(
-            f"latest/{bench}/{check_name('model name', m)}.json", json.dumps(pointer, indent=2).encode()
-        )
+        dest.write_bytes(latest_pointer_key(bench, m), json.dumps(pointer, indent=2).encode())
     print(
         f"published {len(names)} files to {dest.uri(base)}; latest pointers under {dest.uri(f'latest/{bench}/')}"
     )

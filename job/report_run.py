@@ -17,8 +17,8 @@ from job.errors import JobError
 from job.jachars import count_chars, share
 from job.jsonl import iter_jsonl
 from job.judgment_store import JudgmentStore
-from job.layout import judgment_dir, reports_dir
-from job.names import check_name
+from job.layout import answer_file, answers_prefix, judgment_dir, reports_dir
+from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, check_judgment, parse_records
 from job.report_md import render_markdown
@@ -149,12 +149,13 @@ def japanese_share(
     return out
 
 
-def _answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
+def load_answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
+    """The answer files of these models that exist (--answers-dir or <output>/<bench>/model_answer/)."""
     storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
-    prefix = "" if cfg.answers_dir else f"{cfg.bench}/model_answer/"
+    prefix = "" if cfg.answers_dir else answers_prefix(cfg.bench)
     out = {}
-    for m in models:  # names come from judgment files: they must not reach outside model_answer/
-        key = f"{prefix}{check_name('model name (in the judgments)', m)}.jsonl"
+    for m in models:  # names from judgment files reach paths only in their safe form
+        key = prefix + answer_file(check_model_name("model name (in the judgments)", m))
         if storage.exists(key):
             out[m] = parse_records(storage.read_bytes(key), Answer, storage.uri(key))
     return out
@@ -214,9 +215,9 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     if cfg.judge_name:
         check_name("judge name (--judge-name)", cfg.judge_name)
     for m in cfg.model_list:
-        check_name("model name (--model-list)", m)
+        check_model_name("model name (--model-list)", m)
     if cfg.mode == "pairwise-baseline":
-        check_name("baseline model (--baseline-model)", cfg.baseline_model)
+        check_model_name("baseline model (--baseline-model)", cfg.baseline_model)
     bench = resolve_bench(cfg.bench, cfg.bench_data)
     questions, data_sha = bench.load_questions()
     categories = {str(q.question_id): q.category for q in questions}
@@ -248,7 +249,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         out["pairwise.csv"] = ptable.to_csv(index=False).encode()
         res.update(pairwise_table=ptable, n_error_rows=n_err)
     want_ja = cfg.ja_chars if cfg.ja_chars is not None else bench.name.startswith("japanese")
-    ja = japanese_share(bench, _answers(cfg, models), categories) if want_ja else {}
+    ja = japanese_share(bench, load_answers(cfg, models), categories) if want_ja else {}
     prov = provenance(cfg, bench, data_sha, loaded, judges, n_runs)
     doc = {
         "provenance": prov,

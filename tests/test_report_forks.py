@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from job import names
 from job import report as agg
 from job.errors import JobError
 
@@ -56,11 +60,13 @@ def test_swallow_list_rows_give_the_swallow_numbers(tmp_path: Path, run_job, sha
     # both turns: 35/6, 34/5, 32/5, 44/6, 40/6 -> 991/150
     assert c[("all", "1")]["mean"] == pytest.approx(257 / 30)
     assert c[("all", "2")]["mean"] == pytest.approx(4.6)
-    assert c[("all", "2")]["std"] == pytest.approx(math.sqrt(19 / 30))  # sample std (ddof=1) of the 5 run means
+    # sample std (ddof=1) of the 5 run means
+    assert c[("all", "2")]["std"] == pytest.approx(math.sqrt(19 / 30))
     assert c[("all", "all")]["mean"] == pytest.approx(991 / 150)
     assert (c[("all", "all")]["n_scored"], c[("all", "all")]["n_failed"]) == (28, 2)
     # per category from the bench's category field: coding runs 6.5, 6, 5, 7, 5.5; writing 5, 9, 6.5, 7.5, 6.5
-    assert (c[("coding", "all")]["mean"], c[("coding", "all")]["std"]) == pytest.approx((6.0, math.sqrt(0.625)))
+    assert c[("coding", "all")]["mean"] == pytest.approx(6.0)
+    assert c[("coding", "all")]["std"] == pytest.approx(math.sqrt(0.625))
     assert c[("writing", "all")]["mean"] == pytest.approx(6.9)
     assert c[("math", "1")]["mean"] == pytest.approx(10.0) and c[("math", "1")]["std"] == 0
     assert doc["provenance"]["num_choices"] == {"lfm-3b": 5}
@@ -93,7 +99,9 @@ def test_swallow_numbers_match_the_forks_matrix_formula() -> None:
         ({"choice": 2}, "choice with a list of scores"),
     ],
 )
-def test_bad_list_rows_name_the_line(tmp_path: Path, run_job, shared_bench_data: Path, change, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_list_rows_name_the_line(
+    tmp_path: Path, run_job, shared_bench_data: Path, change, message
+) -> None:  # type: ignore[no-untyped-def]
     row = {**swallow_row(1, 1, [8, 7, -1, 9, 6]), **change}
     f = tmp_path / "j.jsonl"
     f.write_text(json.dumps(swallow_row(71, 1, [1, 2, 3, 4, 5])) + "\n" + json.dumps(row) + "\n")
@@ -109,3 +117,75 @@ def test_expand_keeps_plain_rows() -> None:
     assert agg.choice_rows(plain, "x.jsonl:3") == [plain]
     with pytest.raises(JobError, match="x.jsonl:3: .*user_prompt has 1 entries but score has 2"):
         agg.choice_rows({**plain, "score": [1, 2], "user_prompt": ["a"]}, "x.jsonl:3")
+
+
+# --- Hugging Face model ids (org/name) ---------------------------------------------------------
+
+HF_ID = "Qwen/Qwen2.5-7B-Instruct"
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_path_name_is_reversible_safe_and_collision_free(name: str) -> None:
+    enc = names.path_name(name)
+    assert names.name_of_path(enc) == name  # reversible, hence no two names share a path
+    assert (
+        re.fullmatch(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})[A-Za-z0-9._+=@%-]*", enc)
+        and ".." not in enc
+        and "/" not in enc
+    )
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*", name) and ".." not in name:
+        assert enc == name  # names that were already safe keep their paths
+
+
+def test_publish_and_compare_a_hugging_face_id(tmp_path: Path, run_job, shared_bench_data: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"question_id": q, "model": HF_ID, "judge": ["gpt-4", "single-v1"], "score": q % 9 + 1, "turn": 1}
+            for q in range(81, 91)]  # fmt: skip
+    f = tmp_path / "gpt-4_single.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pub = tmp_path / "pub"
+    p = run_job("report", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--judgments", str(f),
+                "--output-dir", str(tmp_path / "rep"), "--publish", str(pub))  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]  # was: invalid model name (in the judgments) 'Qwen/...'
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert {s["model"] for s in doc["scores"]} == {HF_ID}  # the record keeps the exact name
+    pointer = pub / "latest" / "mt_bench" / "Qwen%2FQwen2.5-7B-Instruct.json"
+    assert json.loads(pointer.read_text())["model"] == HF_ID
+    assert HF_ID in (tmp_path / "rep" / "report.html").read_text("utf-8")
+    c = run_job("compare", str(pointer), str(tmp_path / "rep" / "report.json"))
+    assert c.returncode == 0 and f"A: {HF_ID}" in c.stdout, c.stderr[-2000:]
+
+
+def test_job_run_with_a_hugging_face_model_name(tmp_path: Path, run_job) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "runs"
+    p = run_job("run", "--bench", "smoke", "--model", "mock/echo", "--model-name", "org/echo-7b",
+                "--judge-model", "mock/judge", "--output", str(out), "--publish", str(tmp_path / "pub"))  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1].startswith("RESULT (no baseline): org/echo-7b ")
+    answers = out / "smoke" / "model_answer" / "org%2Fecho-7b.jsonl"
+    assert {json.loads(line)["model_id"] for line in answers.read_text().splitlines()} == {"org/echo-7b"}
+    assert [d.name for d in (out / "smoke" / "shards").iterdir()] == ["org%2Fecho-7b"]
+    (judgments,) = (out / "smoke" / "model_judgment").glob("*_single.jsonl")
+    assert {json.loads(line)["model"] for line in judgments.read_text().splitlines()} == {"org/echo-7b"}
+    assert (tmp_path / "pub" / "latest" / "smoke" / "org%2Fecho-7b.json").is_file()
+    again = run_job("run", "--bench", "smoke", "--model", "mock/echo", "--model-name", "org/echo-7b",
+                    "--judge-model", "mock/judge", "--output", str(out))  # fmt: skip
+    assert again.returncode == 0 and "nothing new" in again.stderr + again.stdout, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "/abs", ".hidden", "", "a\nb", "x" * 201])
+def test_path_like_model_names_are_refused(bad: str) -> None:
+    with pytest.raises(JobError, match="invalid model name"):
+        names.check_model_name("model name", bad)
+
+
+def test_reduce_finds_the_shards_of_a_hugging_face_id(tmp_path: Path, run_job) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "runs")
+    g = run_job(
+        "generate", "--bench", "smoke", "--model", "mock/echo", "--model-name", "org/m", "--output", out
+    )
+    assert g.returncode == 0, g.stderr[-2000:]
+    r = run_job(
+        "reduce", "--bench", "smoke", "--output", out
+    )  # no --model-name: found from the shard folders
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "runs" / "smoke" / "model_answer" / "org%2Fm.jsonl").is_file()

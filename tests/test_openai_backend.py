@@ -326,3 +326,50 @@ def test_scrub_never_lets_the_key_through(prefix: str, suffix: str) -> None:
     backend = OpenAIBackend("openai/m", "m", base_url="http://127.0.0.1:9/v1")
     out = backend._scrub(prefix + KEY + suffix)
     assert KEY not in out and "\n" not in out and len(out) <= 300
+
+
+@pytest.mark.parametrize("text", ["", "  \n "])
+def test_empty_completion_is_a_failure_not_an_empty_answer(make_openai_server, text: str) -> None:
+    srv = make_openai_server(reply=lambda body: Reply(text, finish_reason="length", completion_tokens=64))
+    [res] = make(srv).generate([req()])
+    assert (res.status, res.text) == ("api_error", "") and "empty completion" in (res.error or "")
+    assert "length limit was used up" in (res.error or "")
+    assert len(srv.requests) == 1, "the same request would pay for the same nothing"
+
+
+@pytest.mark.parametrize(
+    ("model", "reasoning"),
+    [("o1", True), ("o3-mini", True), ("o4-mini-2025-04-16", True), ("gpt-5", True), ("gpt-5.1", True),
+     ("gpt-5-mini", True), ("openai/o3", True), ("gpt-4o-2024-08-06", False), ("gpt-5-chat-latest", False),
+     ("gpt-4.1", False), ("omni-moderation", False), ("llama-3-o1-distill", False)],
+)  # fmt: skip
+def test_reasoning_models_are_known_by_name(model: str, reasoning: bool) -> None:
+    from job.backends.openai_api import is_reasoning_model
+
+    assert is_reasoning_model(model) is reasoning
+
+
+def test_reasoning_model_gets_max_completion_tokens_and_no_temperature(make_openai_server) -> None:
+    srv = make_openai_server(models=["o3-mini"], reasoning_models=["o3-mini"], reply=lambda b: "a b c d e")
+    backend = load_backend("openai/o3-mini", base_url=srv.url, backoff_base=0.001)
+    _made.append(backend)  # type: ignore[arg-type]
+    res = backend.generate([req("x", 0.0, 3), req("y", 0.7, 100, seed=1)])
+    assert [(r.ok, r.text, r.finish_reason) for r in res] == [
+        (True, "a b c", "length"),
+        (True, "a b c d e", "stop"),
+    ]
+    assert len(srv.requests) == 2, "no request was refused"
+    for r in srv.requests:
+        assert "max_tokens" not in r.body and "temperature" not in r.body
+    assert sorted(r.body["max_completion_tokens"] for r in srv.requests) == [3, 100]
+
+
+def test_deployment_hiding_a_reasoning_model_switches_on_the_first_refusal(make_openai_server) -> None:
+    """An Azure-style deployment name: the server's 400 says what to send; asked again at once."""
+    srv = make_openai_server(models=["my-deploy"], reasoning_models=["my-deploy"])
+    backend = load_backend("openai/my-deploy", base_url=srv.url, backoff_base=0.001, concurrency=1)
+    _made.append(backend)  # type: ignore[arg-type]
+    res = backend.generate([req("a"), req("b")])
+    assert all(r.ok for r in res), res
+    assert "max_tokens" in srv.requests[0].body
+    assert len(srv.requests) == 3 and all("max_completion_tokens" in r.body for r in srv.requests[1:])

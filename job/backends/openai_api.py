@@ -49,6 +49,15 @@ CONNECTIONS_PER_CLIENT = 8
 """Requests in flight per AsyncOpenAI client (see _ClientPool)."""
 MAX_BAD_RESPONSE_RETRIES = 2
 """Empty choices / null content / garbage JSON: retried, but fewer times than overload."""
+REASONING_MODEL = re.compile(r"(o[1-9][0-9]*|gpt-5(?!-chat))([.-].*)?")
+"""OpenAI's reasoning families (o1, o3-mini, o4-mini, gpt-5, gpt-5.1, gpt-5-mini, ...): they
+take max_completion_tokens (max_tokens is a 400) and only their default temperature;
+gpt-5-chat-* is a chat model."""
+
+
+def is_reasoning_model(model: str) -> bool:
+    """By name, the last path part (openai/o3 on a router, o3-mini-2025-01-31 pinned)."""
+    return REASONING_MODEL.fullmatch(model.rsplit("/", 1)[-1].lower()) is not None
 
 
 class _Retryable(Exception):
@@ -180,6 +189,8 @@ class OpenAIBackend:
         self.request_timeout = float(request_timeout)
         self.max_retries = max_retries
         self.system_prompt = system_prompt
+        self.reasoning = is_reasoning_model(model)
+        """Send max_completion_tokens and no temperature (set by name, or on the server's 400)."""
         # JOB_API_BACKOFF_BASE: tests and impatient users shrink the first backoff step
         env_base = os.environ.get("JOB_API_BACKOFF_BASE")
         self.backoff_base = backoff_base if backoff_base is not None else float(env_base or 1.0)
@@ -199,6 +210,12 @@ class OpenAIBackend:
             "openai backend: model %s at %s (concurrency %d, timeout %.0fs, %d retries)",
             model, self.endpoint, concurrency, self.request_timeout, max_retries,
         )  # fmt: skip
+        if self.reasoning:
+            log.warning(
+                "%s is a reasoning model: sending max_completion_tokens (it includes the reasoning) "
+                "and no temperature (it takes only its default, so the requested one is not applied)",
+                model,
+            )
 
     # -- public API ------------------------------------------------------------------
 
@@ -331,6 +348,17 @@ class OpenAIBackend:
                 log.warning("%s: %s", req.key or "request", msg)
                 return self._fail(msg)
 
+    def _limits(self, req: GenRequest) -> dict[str, Any]:
+        """The length limit and temperature as this model takes them."""
+        if self.reasoning:  # the limit covers reasoning tokens too; temperature: the model's own
+            return {"max_completion_tokens": req.params.max_new_tokens}
+        return {"temperature": req.params.temperature, "max_tokens": req.params.max_new_tokens}
+
+    def _switch_to_reasoning(self, detail: str) -> None:
+        if not self.reasoning:  # a deployment name that hides a reasoning model (Azure, routers)
+            self.reasoning = True
+            log.warning("%s: %s; sending max_completion_tokens and no temperature from now on", self.spec, detail)
+
     def _fail(self, error: str) -> GenResult:
         self.stats["failed"] += 1
         return GenResult("", status="api_error", error=error)
@@ -353,13 +381,8 @@ class OpenAIBackend:
         import openai
         from openai.types.chat import ChatCompletion
 
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self._messages(req),
-            "temperature": req.params.temperature,
-            "max_tokens": req.params.max_new_tokens,
-            "n": 1,
-        }
+        body: dict[str, Any] = {"model": self.model, "messages": self._messages(req), "n": 1}
+        body.update(self._limits(req))
         if req.params.seed is not None:
             body["seed"] = req.params.seed
         try:
@@ -375,6 +398,9 @@ class OpenAIBackend:
                 raise _Failed(detail + " (the account is out of quota)", fatal=True) from None
             if code in RETRY_STATUS or code >= 500:
                 raise _Retryable(detail, retry_after) from None
+            if code == 400 and _wants_reasoning_params(e):  # sent before the switch: ask again at once
+                self._switch_to_reasoning(detail)
+                raise _Retryable(detail, retry_after=0.0) from None
             if code == 401:
                 detail += " (invalid API key? check OPENAI_API_KEY)"
             raise _Failed(detail, fatal=code in FATAL_STATUS) from None
@@ -415,6 +441,14 @@ class _ClientPool:
             await c.close()
 
 
+def _wants_reasoning_params(e: Any) -> bool:
+    """OpenAI's 400 for max_tokens or a temperature sent to a reasoning model."""
+    return getattr(e, "param", None) in ("max_tokens", "temperature") and getattr(e, "code", None) in (
+        "unsupported_parameter",
+        "unsupported_value",
+    )
+
+
 def _error_message(e: Any) -> str:
     """The server's own message ({"error": {"message": ...}}), else the client's."""
     body = getattr(e, "body", None)
@@ -443,6 +477,13 @@ def _to_result(resp: Any) -> GenResult:
     tokens = int(getattr(usage, "completion_tokens", 0) or 0)
     if finish == "content_filter" and not content:
         raise _Failed("content_filter: the provider filtered the reply and returned no text")
+    if content is not None and not content.strip():  # asking again would pay for the same nothing
+        hint = (
+            "; the length limit was used up (a reasoning model counts its reasoning)"
+            if finish == "length"
+            else ""
+        )
+        raise _Failed(f"empty completion (finish_reason {finish}, {tokens} tokens){hint}")
     if content is None:
         refusal = getattr(choice.message, "refusal", None)
         reason = f"refusal: {refusal}" if refusal else f"null content (finish_reason {finish})"

@@ -20,6 +20,8 @@ Faults (the kinds are FAULTS' keys):
 - `hold_after=N` (or `hold(after=N)`): answer the first N chat requests, hold every later
   one until `release()`; `held` counts those waiting. Signal tests use it so the run under
   test can neither finish nor store more before the signal (no timing involved).
+- `reasoning_models=[ids]`: those served ids answer `max_tokens` or a temperature other than 1
+  with OpenAI's 400 (unsupported_parameter / unsupported_value), as o1/o3/o4/gpt-5 do.
 A fault entry is a kind ("429") or a `Fault(kind, retry_after=...)`.
 
 Every chat request is recorded (`requests`: headers, JSON body, fault, reply text,
@@ -155,6 +157,24 @@ def _error(
     return _json(status, {"error": {"message": message, "type": etype, "param": None, "code": None}}, headers)
 
 
+def _reasoning_refusal(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes] | None:
+    """api.openai.com's 400 for a reasoning model (o1/o3/o4/gpt-5) sent chat-model parameters."""
+    bad: tuple[str, str, str] | None = None
+    if "max_tokens" in body:
+        msg = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+        bad = ("max_tokens", "unsupported_parameter", msg)
+    elif body.get("temperature") not in (None, 1):
+        t = body["temperature"]
+        msg = f"Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) value is supported."
+        bad = ("temperature", "unsupported_value", msg)
+    if bad is None:
+        return None
+    param, code, msg = bad
+    return _json(
+        400, {"error": {"message": msg, "type": "invalid_request_error", "param": param, "code": code}}
+    )
+
+
 class OpenAIServer:
     def __init__(
         self,
@@ -169,6 +189,7 @@ class OpenAIServer:
         hang_seconds: float = 60.0,
         seed: int = 0,
         hold_after: int | None = None,
+        reasoning_models: Sequence[str] = (),
     ):
         self.reply = reply
         self.latency = latency
@@ -182,6 +203,8 @@ class OpenAIServer:
         self.hang_seconds = hang_seconds
         self.rng = random.Random(seed)
         self.hold_after = hold_after
+        self.reasoning_models = set(reasoning_models)
+        """Served ids that refuse chat-model parameters as OpenAI's o-series/gpt-5 do."""
         self.requests: list[Recorded] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -351,10 +374,12 @@ class OpenAIServer:
         model = body.get("model")
         if self.models and model not in self.models:
             return _error(404, f"The model `{model}` does not exist.", "invalid_request_error")
+        if model in self.reasoning_models and (refusal := _reasoning_refusal(body)):
+            return refusal
         out = self.reply(body)
         r = out if isinstance(out, Reply) else Reply(out)
         words = r.text.split(" ")
-        limit = body.get("max_tokens")
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
         text, finish = r.text, r.finish_reason
         if isinstance(limit, int) and len(words) > limit:
             text, finish = " ".join(words[:limit]), "length"

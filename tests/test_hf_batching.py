@@ -1,4 +1,5 @@
-"""HF backend batching: mixed temperatures share batches without changing greedy answers."""
+"""HF backend batching: mixed temperatures share batches without changing greedy answers;
+a sampled answer does not depend on its batch; a request that cannot run fails alone."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import pytest
 import torch
 from transformers import GenerationConfig
 from transformers.generation.logits_process import (
+    MinPLogitsWarper,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
 from job.backends.base import GenRequest, SamplingParams
-from job.backends.hf import HFBackend, RowSampler, RowTemperature, sampling_kwargs
+from job.backends.hf import HFBackend, RowSampler, sampling_kwargs
 from job.backends.hf_cache import prefilled_cache, reserved_cache
 
 
@@ -42,43 +44,41 @@ def _count_calls(backend: HFBackend, monkeypatch: pytest.MonkeyPatch) -> list[in
     return calls
 
 
-def test_row_temperature_processor() -> None:
-    scores = torch.tensor([[1.0, 3.0, 2.0], [1.0, 3.0, 2.0], [3.0, 3.0, 0.0]])
-    out = RowTemperature([0.0, 0.5, 0.0], "cpu")(torch.zeros(3, 1, dtype=torch.long), scores.clone())
-    assert out[0].tolist() == [float("-inf"), 0.0, float("-inf")]
-    assert out[1].tolist() == [2.0, 6.0, 4.0]
-    # a tie keeps exactly one token, the first, like torch.argmax in greedy search
-    assert out[2].tolist() == [0.0, float("-inf"), float("-inf")]
-
-
-def test_sampling_kwargs_pick_row_sampler_or_hf_paths() -> None:
-    assert sampling_kwargs([0.0, 0.0], "cpu") == {"do_sample": False}
-    fast = sampling_kwargs([0.0, 0.7], "cpu", GenerationConfig())
+def test_sampling_kwargs_pick_row_sampler_with_hfs_warpers_where_needed() -> None:
+    assert sampling_kwargs([0.0, 0.0], [1, 2], 4, "cpu") == {"do_sample": False}
+    fast = sampling_kwargs([0.0, 0.7], [1, 2], 4, "cpu", GenerationConfig())
     assert fast["do_sample"] is False and isinstance(fast["logits_processor"][0], RowSampler)
-    # a warper RowSampler does not implement (min_p): HF's own sampling paths
-    min_p = GenerationConfig(min_p=0.1)
-    assert sampling_kwargs([0.7, 0.7], "cpu", min_p) == {"do_sample": True, "temperature": 0.7}
-    mixed = sampling_kwargs([0.0, 0.7], "cpu", min_p)
-    assert mixed["do_sample"] is True and mixed["temperature"] == 1.0
-    assert isinstance(mixed["logits_processor"][0], RowTemperature)
+    assert fast["logits_processor"][0].warpers is None
+    # a warper RowSampler does not implement itself (min_p): HF's warper objects, still per-row draws
+    slow = sampling_kwargs([0.7, 0.7], [1, 2], 4, "cpu", GenerationConfig(min_p=0.1))["logits_processor"][0]
+    assert [type(w) for w in slow.warpers] == [TopKLogitsWarper, MinPLogitsWarper]
 
 
-@pytest.mark.parametrize(("temp", "top_k", "top_p"), [(0.7, 50, 1.0), (1.0, 4, 0.8), (0.3, 0, 0.9)])
-def test_row_sampler_draws_from_hfs_distribution(temp: float, top_k: int, top_p: float) -> None:
-    """Frequencies of RowSampler's draws match HF's temperature -> top-k -> top-p probabilities."""
+CASES = [(0.7, 50, 1.0, None), (1.0, 4, 0.8, None), (0.3, 0, 0.9, None), (0.8, 50, 1.0, 0.05)]
+
+
+@pytest.mark.parametrize(("temp", "top_k", "top_p", "min_p"), CASES)
+def test_row_sampler_draws_from_hfs_distribution(
+    temp: float, top_k: int, top_p: float, min_p: float | None
+) -> None:
+    """Frequencies of RowSampler's draws match HF's temperature -> top-k -> top-p (-> min-p) probabilities."""
     torch.manual_seed(0)
     logits = torch.randn(1, 10) * 2
-    warped = TemperatureLogitsWarper(temp)(torch.zeros(1, 1, dtype=torch.long), logits.clone())
+    none = torch.zeros(1, 1, dtype=torch.long)
+    warped = TemperatureLogitsWarper(temp)(none, logits.clone())
     if top_k:
-        warped = TopKLogitsWarper(top_k)(torch.zeros(1, 1, dtype=torch.long), warped)
-    warped = TopPLogitsWarper(top_p)(torch.zeros(1, 1, dtype=torch.long), warped)
+        warped = TopKLogitsWarper(top_k)(none, warped)
+    warped = TopPLogitsWarper(top_p)(none, warped)
+    if min_p is not None:
+        warped = MinPLogitsWarper(min_p)(none, warped)
     expected = warped.softmax(-1)[0]
     n = 20000
-    # greedy rows interleaved with the sampled ones keep their argmax
+    # greedy rows interleaved with the sampled ones keep their argmax; every row has its own seed
     temps = [temp if i % 2 else 0.0 for i in range(2 * n)]
-    out = RowSampler(temps, "cpu", top_k, top_p)(
-        torch.zeros(2 * n, 1, dtype=torch.long), logits.repeat(2 * n, 1)
-    )
+    config = GenerationConfig(top_k=top_k, top_p=top_p, min_p=min_p)
+    sampler = sampling_kwargs(temps, list(range(2 * n)), 1, "cpu", config)["logits_processor"][0]
+    assert (sampler.warpers is None) == (min_p is None)
+    out = sampler(torch.zeros(2 * n, 1, dtype=torch.long), logits.repeat(2 * n, 1))
     assert bool((out.isfinite().sum(-1) == 1).all()), "exactly one finite token per row"
     picked = out.argmax(-1)
     assert bool((picked[0::2] == logits.argmax()).all())
@@ -127,7 +127,7 @@ def test_mixed_temperatures_share_one_call_and_keep_greedy_answers(
     assert [r.text for r in again] == [r.text for r in mixed]
 
 
-def test_groups_split_by_seed_and_max_tokens(backend: HFBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_groups_split_by_max_tokens_only(backend: HFBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _count_calls(backend, monkeypatch)
     reqs = [
         _req("a", 0.7, seed=0),
@@ -136,7 +136,7 @@ def test_groups_split_by_seed_and_max_tokens(backend: HFBackend, monkeypatch: py
         _req("d", 0.0, seed=0, n=5),
     ]
     results = backend.generate(reqs)
-    assert sorted(calls) == [1, 1, 2]
+    assert sorted(calls) == [1, 3], "seeds no longer split batches: each row has its own stream"
     assert all(r.ok for r in results)
 
 
@@ -159,3 +159,75 @@ def test_grouped_prefill_keeps_greedy_answers(backend: HFBackend) -> None:
     assert [r.text for r in backend.generate(reqs)] == alone
     # one length group: the usual padded prefill
     assert prefilled_cache(backend.model, [ids[0], ids[0]], 0, 16) is None
+
+
+def test_a_sampled_answer_does_not_depend_on_its_batch(tiny_model: Path) -> None:
+    """Same (prompt, temperature, seed) -> same text, whatever shares the batch and however it is cut."""
+    mine = [
+        _req(f"tell me about lighthouse {i}", t, seed=s, n=10)
+        for i, (t, s) in enumerate([(0.7, 0), (1.0, 1), (0.7, 2), (0.1, 0)])
+    ]
+    others = [
+        _req(f"a much longer and quite different question number {i} " * 3, 0.7, seed=9, n=10)
+        for i in range(5)
+    ]
+    alone = HFBackend("hf/tiny", str(tiny_model), device="cpu", batch_size=1)
+    expected = [r.text for r in alone.generate(mine)]
+    assert len(set(expected)) == len(expected)
+    for opts in ({}, {"batch_size": 3}, {"token_budget": 120}):
+        b = HFBackend("hf/tiny", str(tiny_model), device="cpu", **opts)
+        assert [r.text for r in b.generate(mine)] == expected, opts
+        mixed = b.generate(
+            [others[0], mine[2], *others[1:3], mine[0], mine[3], others[3], mine[1], others[4]]
+        )
+        assert [mixed[k].text for k in (4, 7, 1, 5)] == expected, f"with batch-mates {opts}"
+    # another seed (choice) gives another answer
+    assert alone.generate([_req(mine[0].messages[0]["content"], 0.7, seed=5, n=10)])[0].text != expected[0]
+
+
+def test_a_request_that_cannot_run_fails_alone(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = tmp_path / "no-system.jinja"
+    # Gemma-style: the template itself refuses a system message
+    template.write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    b = HFBackend("hf/tiny", str(tiny_model), device="cpu", chat_template=str(template))
+    system = GenRequest(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        SamplingParams(0.0, 8),
+    )
+    too_long = _req("lighthouse " * 5000, 0.0, n=8)
+    results = b.generate([_req("hello", 0.0, n=8), system, too_long, _req("hello there", 0.7, n=8)])
+    assert [r.status for r in results] == ["ok", "error", "error", "ok"]
+    assert (
+        results[1].text == ""
+        and "chat template rejected" in str(results[1].error)
+        and "System role" in str(results[1].error)
+    )
+    assert "does not fit the model's context of 4096 tokens" in str(results[2].error)
+    # an OOM that persists down to one row fails that row only
+    real = b.model.generate
+
+    def oom_on_long_rows(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["attention_mask"].sum(-1).max() > 40:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(b.model, "generate", oom_on_long_rows)
+    reqs = [_req("short", 0.0, n=4), _req("lighthouse " * 60, 0.0, n=4), _req("also short", 0.7, n=4)]
+    results = b.generate(reqs)
+    assert [r.status for r in results] == ["ok", "error", "ok"]
+    assert "OutOfMemoryError" in str(results[1].error)
+
+
+def test_a_prompt_near_the_context_end_stops_at_the_context(tiny_model: Path) -> None:
+    b = HFBackend("hf/tiny", str(tiny_model), device="cpu", min_new_tokens=64)
+    req = _req("lighthouse " * 10, 0.0, n=64)
+    n = len(b.tokenizer(b.render(req), add_special_tokens=False)["input_ids"])
+    b.max_positions = n + 5  # as a model whose context ends 5 tokens after this prompt
+    res = b.generate([req])[0]
+    assert res.ok and res.num_tokens == 5 and res.finish_reason == "length"

@@ -1,31 +1,40 @@
 """transformers backend: chat template, left padding, length-sorted batched generate.
 
-Requests are grouped by sampling params (temperature, max tokens, seed), sorted
-by prompt length and cut into batches by a token budget, so padding stays small
-and there is no Python loop per question around `generate`.
+Requests are grouped by max new tokens, sorted by prompt length and cut into batches
+by a token budget, so padding stays small and there is no Python loop per question
+around `generate`. Temperatures and seeds may differ inside a batch: each sampled row
+draws from its own stream, seeded from (seed, prompt), so an answer is the same in any
+batch, shard or token budget (hf_sampling.row_draws).
+
+A request that cannot run (the chat template rejects it, the prompt does not fit the
+model's context, an OOM on that row alone) is a failed result with its error; the
+other requests of the call are unaffected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from job.backends.base import GenRequest, GenResult, ProgressFn
 from job.backends.hf_cache import prefilled_cache, reserved_cache
-from job.backends.hf_sampling import RowSampler, RowTemperature, sampling_kwargs
-from job.errors import JobError
+from job.backends.hf_sampling import RowSampler, sampling_kwargs
+from job.errors import BackendDead, JobError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HFBackend", "RowSampler", "RowTemperature", "sampling_kwargs", "tiny_backend"]
+__all__ = ["HFBackend", "RowSampler", "row_seed", "sampling_kwargs", "tiny_backend"]
 
 MIN_TRANSFORMERS = "4.56"
 """`from_pretrained(dtype=...)` and layered KV caches; pyproject's lower bound says the same."""
@@ -45,6 +54,26 @@ def check_transformers(version: str) -> None:
 
 def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class _Row:
+    ids: list[int]
+    temperature: float
+    """0.0 = greedy"""
+    seed: int
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def row_seed(seed: int | None, prompt: str) -> int:
+    """A row's sampling seed from the request's seed (seed + choice) and the prompt it sees:
+    two turns or questions with one --seed still draw different streams."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _pick_device(device: str) -> str:
@@ -121,6 +150,7 @@ class HFBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eos_ids = self._eos_ids()
+        self.max_positions: int | None = getattr(self.model.config, "max_position_embeddings", None)
         # length-grouped prefill needs a decoder that takes explicit position ids
         self._grouped_prefill = "position_ids" in inspect.signature(self.model.forward).parameters
         self._special = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
@@ -167,13 +197,40 @@ class HFBackend:
             text = text.replace(tok, "")
         return text.strip()
 
+    def _encode(self, req: GenRequest) -> _Row | GenResult:
+        """The request as a batch row, or the failure that keeps it from running at all."""
+        try:
+            prompt = self.render(req)
+        except (TemplateError, ValueError, TypeError) as e:  # e.g. "System role not supported"
+            return GenResult.failure(f"the chat template rejected this conversation: {_first_line(e)}")
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if self.max_positions and len(ids) >= self.max_positions:
+            return GenResult.failure(
+                f"prompt of {len(ids)} tokens does not fit the model's context of {self.max_positions} tokens"
+            )
+        p = req.params
+        return _Row(ids, 0.0 if p.greedy else p.temperature, row_seed(p.seed, prompt))
+
+    def _room(self, row: _Row, max_new: int) -> int:
+        """New tokens this row may have: the request's limit, or what is left of the context."""
+        return min(max_new, self.max_positions - len(row.ids)) if self.max_positions else max_new
+
     @torch.inference_mode()
-    def _run_batch(self, ids: list[list[int]], temps: list[float], max_new: int) -> list[GenResult]:
+    def _run_batch(self, rows: list[_Row], max_new: int) -> list[GenResult]:
         pad = self.tokenizer.pad_token_id
+        ids = [r.ids for r in rows]
         width = max(len(x) for x in ids)
+        limits = [self._room(r, max_new) for r in rows]
+        max_new = max(limits)
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
-        kwargs: dict[str, Any] = sampling_kwargs(temps, self.device, self.model.generation_config)
+        kwargs: dict[str, Any] = sampling_kwargs(
+            [r.temperature for r in rows],
+            [r.seed for r in rows],
+            max_new,
+            self.device,
+            self.model.generation_config,
+        )
         if self.min_new_tokens:
             kwargs["min_new_tokens"] = min(self.min_new_tokens, max_new)
         cache = prefilled_cache(self.model, ids, pad, max_new) if self._grouped_prefill else None
@@ -189,49 +246,54 @@ class HFBackend:
             use_cache=True,
             **kwargs,
         )
-        results = []
         eos = set(self.eos_ids)
-        for row in out[:, width:].tolist():
+        results = []
+        for row, limit in zip(out[:, width:].tolist(), limits, strict=True):
+            row = row[:limit]
             cut = next((k for k, t in enumerate(row) if t in eos), None)
             toks = row if cut is None else row[:cut]
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            text = self._clean(self.tokenizer.decode(toks, skip_special_tokens=True))
             results.append(
-                GenResult(
-                    self._clean(text), finish_reason="length" if cut is None else "stop", num_tokens=len(toks)
-                )
+                GenResult(text, finish_reason="length" if cut is None else "stop", num_tokens=len(toks))
             )
         return results
 
-    def _run_safe(self, ids: list[list[int]], temps: list[float], max_new: int) -> list[GenResult]:
+    def _run_safe(self, rows: list[_Row], max_new: int) -> list[GenResult]:
         """Run a batch; on OOM split it in half, and record an error only for a single row."""
         try:
-            return self._run_batch(ids, temps, max_new)
+            return self._run_batch(rows, max_new)
         except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
-            if len(ids) > 1:
-                if self.device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                mid = len(ids) // 2
-                log.warning("batch of %d failed (%s); retrying as two halves", len(ids), str(e)[:120])
-                return self._run_safe(ids[:mid], temps[:mid], max_new) + self._run_safe(
-                    ids[mid:], temps[mid:], max_new
-                )
-            return [GenResult("", status="error", error=f"{type(e).__name__}: {str(e)[:300]}")]
+            if "CUDA error" in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
+                # a device-side fault poisons the CUDA context: every later call fails too
+                raise BackendDead(f"{self.spec}: {_first_line(e)}; the CUDA context is unusable") from e
+            if len(rows) == 1:
+                return [GenResult.failure(f"{type(e).__name__}: {_first_line(e)}")]
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            mid = len(rows) // 2
+            log.warning("batch of %d failed (%s); retrying as two halves", len(rows), str(e)[:120])
+            return self._run_safe(rows[:mid], max_new) + self._run_safe(rows[mid:], max_new)
 
     def generate(self, requests: list[GenRequest], progress: ProgressFn | None = None) -> list[GenResult]:
         results: list[GenResult | None] = [None] * len(requests)
-        encoded = [self.tokenizer(self.render(r), add_special_tokens=False)["input_ids"] for r in requests]
-        # One group per (max new tokens, seed): temperatures may differ inside a batch (a per-row
-        # temperature processor), so greedy and sampled questions share batches and calls.
-        groups: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+        rows: dict[int, _Row] = {}
         for i, r in enumerate(requests):
-            groups[(r.params.max_new_tokens, r.params.seed)].append(i)
-        for (max_new, seed), idxs in groups.items():
-            if seed is not None:
-                torch.manual_seed(seed)
-            by_len = sorted(((i, len(encoded[i])) for i in idxs), key=lambda x: (x[1], x[0]))
+            enc = self._encode(r)
+            if isinstance(enc, GenResult):
+                results[i] = enc
+            else:
+                rows[i] = enc
+        if progress and len(rows) < len(requests):
+            progress(len(requests) - len(rows), 0)
+        # One group per max new tokens: temperatures and seeds may differ inside a batch (per-row
+        # sampling), so greedy and sampled questions, and every choice, share batches and calls.
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i in rows:
+            groups[requests[i].params.max_new_tokens].append(i)
+        for max_new, idxs in groups.items():
+            by_len = sorted(((i, len(rows[i].ids)) for i in idxs), key=lambda x: (x[1], x[0]))
             for batch in self._batches(by_len, max_new):
-                temps = [0.0 if requests[i].params.greedy else requests[i].params.temperature for i in batch]
-                outs = self._run_safe([encoded[i] for i in batch], temps, max_new)
+                outs = self._run_safe([rows[i] for i in batch], max_new)
                 for i, res in zip(batch, outs, strict=True):
                     results[i] = res
                 if progress:

@@ -48,7 +48,7 @@ from job.commands.common import (
 @click.option(
     "--allow-missing",
     is_flag=True,
-    help="Skip questions a model has no answer for (listed) instead of failing.",
+    help="Skip the questions a model has no answer for, for that model only (listed), instead of failing.",
 )
 @click.option(
     "--batch-size",
@@ -68,8 +68,10 @@ def judge(**kw: object) -> None:
     """Judge answers with FastChat's prompts (single or pairwise) and store every judgment.
 
     Writes <output>/<bench>/model_judgment/<judge>_single.jsonl (or _pair.jsonl) in FastChat's
-    format plus choice, status and error. Every choice is judged. Re-running skips judgments
-    already stored, so an interrupted run is completed without duplicates.
+    format plus choice, status, error and inputs_sha256. Every choice is judged. Re-running
+    skips judgments already stored for the same inputs (answers, filled prompt, reference,
+    judge spec and sampling), so an interrupted run is completed without duplicates and
+    changed inputs are judged again. Exits 2 when no judgment of the run came back ok.
     """
     from job.endpoints import judge_endpoint
     from job.judge_run import JudgeConfig, run

@@ -232,7 +232,9 @@ def inputs_sha256(judge_model: str, params: SamplingParams, m: Match) -> str:
     answer turns of both sides, reference), the rating format, or the generation failure
     that replaces them. A stored row is reused only while this is unchanged."""
     body = {
-        "judge_model": judge_model, "sampling": params.to_dict(),
+        "judge_model": judge_model,
+        # unset params (None) left out: a new optional param does not invalidate stored rows
+        "sampling": {k: v for k, v in params.to_dict().items() if v is not None},
         "key": [m.prompt.name, str(m.question.question_id), m.turn, list(m.models), m.choice],
         "system_prompt": m.prompt.system_prompt, "output_format": m.prompt.output_format,
         "rating_res": [p.pattern for p in m.prompt.rating_res], "ref": m.ref, "failed": m.failed,

@@ -28,6 +28,16 @@ class Generator:
     """None: api.openai.com (or OPENAI_BASE_URL, already folded in by the option)"""
 
 
+def launcher_generator(env: Mapping[str, str] = os.environ) -> Generator | None:
+    """The generator beside `job judge`: the launchers (k8s ConfigMap, Slurm) give every step
+    the same environment, so with an openai/ JOB_MODEL, OPENAI_BASE_URL is that generator's."""
+    try:
+        api = parse_spec(env.get("JOB_MODEL") or "none")[0] == "openai"
+    except JobError:  # unset or not a spec: no generator to keep apart from
+        return None
+    return Generator(env.get("OPENAI_BASE_URL") or None) if api else None
+
+
 def _same(a: str | None, b: str | None) -> bool:
     return (a or "").rstrip("/") == (b or "").rstrip("/")
 
@@ -48,8 +58,9 @@ def judge_endpoint(
 ) -> dict[str, Any]:
     """Backend options (base_url, base_url_env, api_key_env) of an openai/ judge; {} for others.
 
-    generator is None when nothing else talks to an API (`job judge`, or `job run` with a
-    local generator): then OPENAI_BASE_URL / OPENAI_API_KEY are the judge's fallbacks.
+    generator is None when nothing else talks to an API (`job judge` with no openai/
+    JOB_MODEL, `job run` with a local generator): then OPENAI_BASE_URL / OPENAI_API_KEY are
+    the judge's fallbacks.
     """
     if parse_spec(judge_spec)[0] != "openai":
         return {}

@@ -134,3 +134,36 @@ def test_job_judge_uses_the_judge_endpoint_and_key(servers: Any, run_job: Any, t
         {"judge-model"}, {f"Bearer {JUDGE_KEY}"},
     )  # fmt: skip
     _no_key_anywhere(tmp_path / "runs", g.stderr, j.stdout, j.stderr)
+
+
+def test_job_judge_beside_an_api_generator_does_not_take_its_url(
+    servers: Any, make_openai_server: Any, run_job: Any, tmp_path: Path
+) -> None:
+    """The launchers (k8s ConfigMap, Slurm env) give `job judge` the generation step's
+    environment: with JOB_MODEL=openai/... OPENAI_BASE_URL is the generator's, not the judge's."""
+    gen, judge = servers
+    out = ["--output", str(tmp_path / "runs")]
+    env = {
+        **NO_EGRESS,
+        "OPENAI_API_KEY": GEN_KEY,
+        "OPENAI_BASE_URL": gen.url,
+        "JOB_MODEL": "openai/gen-model",
+    }
+    assert run_job("generate", *COMMON, *out, env=env).returncode == 0
+    assert run_job("reduce", "--bench", "smoke", *out, env=env).returncode == 0
+    n_gen = len(gen.chat_requests)
+    j = run_job("judge", *COMMON, "--judge-model", "openai/judge-model", *out, env=env)
+    _one_line_error(j, "OPENAI_BASE_URL", "--judge-base-url")
+    assert len(gen.chat_requests) == n_gen
+    # an explicit --base-url on `job judge` is the judge's own; the generator's key stays its own
+    keyless = make_openai_server(reply=_judge_reply, models=["judge-model"])
+    j = run_job("judge", *COMMON, "--judge-model", "openai/judge-model", "--base-url", keyless.url,
+                "--judge-name", "keyless", *out, env=env)  # fmt: skip
+    assert j.returncode == 0, j.stderr[-2000:]
+    assert keyless.chat_requests and GEN_KEY not in " ".join(_keys(keyless))
+    env["JOB_JUDGE_API_KEY"] = JUDGE_KEY
+    j = run_job(
+        "judge", *COMMON, "--judge-model", "openai/judge-model", "--base-url", judge.url, *out, env=env
+    )
+    assert j.returncode == 0, j.stderr[-2000:]
+    assert len(gen.chat_requests) == n_gen and _keys(judge) == {f"Bearer {JUDGE_KEY}"}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from job.commands.common import (
     API_OPTION_KEYS,
@@ -73,14 +74,17 @@ def judge(**kw: object) -> None:
     judge spec and sampling), so an interrupted run is completed without duplicates and
     changed inputs are judged again. Exits 2 when no judgment of the run came back ok.
     """
-    from job.endpoints import judge_endpoint
+    from job.endpoints import judge_endpoint, launcher_generator
     from job.judge_run import JudgeConfig, run
 
     backend_options = {k: kw.pop(k) for k in (*API_OPTION_KEYS, *LOCAL_OPTION_KEYS)}
-    # no generator here: --judge-base-url, else --base-url / OPENAI_BASE_URL (job.endpoints)
-    url = kw.pop("judge_base_url") or backend_options["base_url"]
+    # --judge-base-url, else an explicit --base-url; OPENAI_BASE_URL only if no openai/
+    # JOB_MODEL beside this step owns it (job.endpoints)
+    explicit = click.get_current_context().get_parameter_source("base_url") is ParameterSource.COMMANDLINE
+    generator = launcher_generator()
+    url = kw.pop("judge_base_url") or (backend_options["base_url"] if explicit or not generator else None)
     key_env = kw.pop("judge_api_key_env")
-    backend_options |= judge_endpoint(str(kw["judge_model"]), url, key_env, None)  # type: ignore[arg-type]
+    backend_options |= judge_endpoint(str(kw["judge_model"]), url, key_env, generator)  # type: ignore[arg-type]
     kw["model_list"] = list(kw.pop("model_list"))  # type: ignore[call-overload]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     run(JudgeConfig(**kw, backend_options=backend_options))  # type: ignore[arg-type]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,7 +53,7 @@ def test_hold_after_answers_n_then_holds_until_release(make_openai_server: Any) 
 
 
 @pytest.mark.timeout(60)
-def test_stop_ends_held_requests(tmp_path: Path) -> None:
+def test_stop_ends_held_requests() -> None:
     srv = OpenAIServer(hold_after=0).start()
     threads, codes = _post_in_background(srv.url, 1)
     assert wait_until(lambda: srv.held == 1, 20)

@@ -241,17 +241,17 @@ def _no_system_role(model: Path, dst: Path) -> Path:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("provider", ["vllm", "hf"])
 def test_local_judge_request_failure_is_a_failed_status_never_ok(
-    run_job: Any, answers: Path, tiny_model: Path, tmp_path: Path
+    run_job: Any, answers: Path, tiny_model: Path, tmp_path: Path, provider: str
 ) -> None:
-    """vllm judge (the fake engine) whose template rejects the system role: every row is
-    a failure with the template's error, never `status: ok` with score -1; exit non-zero."""
+    """hf / vllm (the fake engine) judge whose template rejects the system role: every row
+    is a failure with the template's error, never `status: ok` with score -1; exit non-zero."""
     judge = _no_system_role(tiny_model, tmp_path / "judge-model")
     fakes = str(Path(__file__).parent / "fakes")
     env = {"PYTHONPATH": os.pathsep.join([fakes, os.environ.get("PYTHONPATH", "")])}
-    r = run_job(
-        "judge", "--bench", "smoke", "--output", str(answers), *MJ, "--judge-model", f"vllm/{judge}", env=env
-    )
+    spec = f"{provider}/{judge}"
+    r = run_job("judge", "--bench", "smoke", "--output", str(answers), *MJ, "--judge-model", spec, env=env)
     assert r.returncode != 0 and "System role not supported" in r.stderr.strip().splitlines()[-1], r.stderr
     rows = _jsonl(answers / "smoke" / "model_judgment" / "mj_single.jsonl")
     assert rows and all(x["status"] == "judge_error" and "System role" in x["error"] for x in rows)

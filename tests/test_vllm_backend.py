@@ -3,10 +3,16 @@ real-vLLM test for machines with a GPU (marked `gpu`, excluded from CI)."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import inspect
 import json
+import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -466,3 +472,198 @@ def test_judge_engine_death_exits_nonzero_keeps_stored_batches(
     r = run_job(*judge, env=env)
     assert r.returncode == 0, r.stderr
     assert len((out / "smoke/model_judgment/vj_single.jsonl").read_text().splitlines()) == 18
+
+
+SAMPLING_CASES = (
+    [{"temperature": t} for t in (-0.1, 0.0, 0.7, 2.0, 2.01, float("nan"), float("inf"))]
+    + [{"max_new_tokens": n} for n in (-5, 0, 1)]
+    + [{"top_p": p} for p in (0.0, 0.5, 1.0, 1.5, float("nan"))]
+    + [{"top_k": k} for k in (-2, -1, 0, 5, 2.5)]
+    + [{"min_p": p} for p in (-0.1, 0.0, 1.0, 1.1)]
+    + [{"repetition_penalty": r} for r in (-1.0, 0.0, 1.1)]
+)
+
+
+@pytest.mark.parametrize("case", SAMPLING_CASES, ids=lambda c: f"{next(iter(c))}={next(iter(c.values()))}")
+def test_sampling_check_rejects_exactly_what_vllm_rejects(fake_vllm: Any, case: dict[str, Any]) -> None:
+    """One rule set (job.backends.base.check_sampling) for every backend, the same as vLLM
+    0.33's SamplingParams (mirrored by the fake; test_fake_vllm_matches_the_real_wheel pins it)."""
+    from job.backends.base import check_sampling
+
+    values = {"temperature": 0.5, "max_new_tokens": 8, **case}
+    vllm_kw = {("max_tokens" if k == "max_new_tokens" else k): v for k, v in values.items()}
+    try:
+        fake_vllm.SamplingParams(**vllm_kw)
+        engine_ok = True
+    except fake_vllm.exceptions.VLLMValidationError:
+        engine_ok = False
+    try:
+        check_sampling(**values)
+        ours_ok = True
+    except JobError as e:
+        ours_ok = False
+        assert "\n" not in str(e) and next(iter(case)).split("_")[0] in str(e).replace(" ", "_")
+    assert ours_ok is engine_ok
+
+
+@pytest.mark.parametrize(
+    ("option", "shown"),
+    [(("--temperature", "-1"), "got -1.0"), (("--temperature", "nan"), "got nan"),
+     (("--category-temperature", "writing=2.5"), "got 2.5")],
+)  # fmt: skip
+def test_invalid_sampling_value_is_one_line_error_before_the_model_loads(
+    run_job: Any,
+    tiny_model: Path,
+    shared_bench_data: Path,
+    tmp_path: Path,
+    option: tuple[str, str],
+    shown: str,
+) -> None:
+    log = tmp_path / "vllm.jsonl"
+    r = run_job(
+        "generate", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--model", f"vllm/{tiny_model}",
+        "--first-n", "3", "--output", str(tmp_path / "runs"), *option,
+        env={"PYTHONPATH": str(FAKES), "FAKE_VLLM_LOG": str(log)},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: question 81 (writing): temperature must be") and shown in last, r.stderr
+    assert "--temperature, --category-temperature" in last and "Traceback" not in r.stderr
+    assert not log.exists(), "no engine was started"
+
+
+def test_invalid_model_sampling_defaults_fail_at_load_naming_the_file(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**gen, "top_p": 0.0}))
+    with pytest.raises(JobError, match=r"generation_config.json: top_p must be in \(0, 1\], got 0.0"):
+        load_backend(f"vllm/{model}")
+
+
+# -- the fake vllm against the real wheel --------------------------------------------
+# The fake vllm (tests/fakes/vllm) against the real vLLM wheel's source.
+#
+# The real package cannot be imported here (no GPU build, no CUDA deps), so its source is
+# read: the signatures of LLM.generate / LLM.chat and SamplingParams' fields are compared
+# with the fake's, and the real SamplingParams._verify_args is executed on its own for each
+# case the fake is tested with. Install the wheel (no deps) to run it:
+#
+#     pip install --no-deps --target .venv/vllm-0.33.0 vllm==0.33.0
+#
+# Found in JOB_REAL_VLLM (a folder holding vllm/), .venv/vllm-*/ or site-packages; skipped
+# (locally and in CI alike: issue 13 makes CI install it) when none is there.
+
+REPO = Path(__file__).resolve().parent.parent
+ENGINE_ARGS_WE_PASS = ("tensor_parallel_size", "dtype", "gpu_memory_utilization", "enforce_eager",
+                       "trust_remote_code", "max_model_len", "revision")  # fmt: skip
+"""What job/backends/vllm.py hands LLM(); see test_engine_args_are_passed_exactly."""
+
+
+def _real_vllm() -> Path | None:
+    roots = [os.environ.get("JOB_REAL_VLLM", ""), *sorted(map(str, REPO.glob(".venv/vllm-*")))]
+    spec = importlib.util.find_spec("vllm")  # a real install (the fake has no sampling_params.py)
+    if spec and spec.origin:
+        roots.append(str(Path(spec.origin).parent.parent))
+    return next(
+        (Path(r) / "vllm" for r in roots if r and (Path(r) / "vllm/sampling_params.py").is_file()), None
+    )
+
+
+REAL = _real_vllm()
+needs_real_vllm = pytest.mark.skipif(REAL is None, reason="the real vllm wheel is not installed (see above)")
+
+
+def _tree(rel: str) -> ast.Module:
+    assert REAL is not None
+    return ast.parse((REAL / rel).read_text("utf-8"))
+
+
+def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+
+
+def _default(node: ast.expr | None) -> Any:
+    if node is None:
+        return inspect.Parameter.empty
+    if isinstance(node, ast.Attribute):  # RequestOutputKind.CUMULATIVE -> "CUMULATIVE"
+        return node.attr
+    return ast.literal_eval(node)
+
+
+def _params(fn: ast.FunctionDef) -> list[tuple[str, str, Any]]:
+    """(name, kind, default) of each parameter after self, as inspect names them."""
+    a, out = fn.args, []
+    positional = a.posonlyargs + a.args
+    pos_defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    for arg, d in zip(positional, pos_defaults, strict=True):
+        out.append((arg.arg, "POSITIONAL_OR_KEYWORD", _default(d)))
+    out += [
+        (arg.arg, "KEYWORD_ONLY", _default(d)) for arg, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)
+    ]
+    if a.kwarg:
+        out.append((a.kwarg.arg, "VAR_KEYWORD", inspect.Parameter.empty))
+    return out[1:]
+
+
+def _fake_params(fn: Any) -> list[tuple[str, str, Any]]:
+    return [(p.name, p.kind.name, p.default) for p in inspect.signature(fn).parameters.values()][1:]
+
+
+@needs_real_vllm
+def test_fake_vllm_matches_the_real_wheel(fake_vllm: Any) -> None:
+    llm = _class(_tree("entrypoints/llm.py"), "LLM")
+    methods = {n.name: n for n in llm.body if isinstance(n, ast.FunctionDef)}
+    for name in ("generate", "chat"):
+        assert _fake_params(getattr(fake_vllm.LLM, name)) == _params(methods[name]), f"LLM.{name}"
+    # every engine argument we pass is a real LLM() keyword or an EngineArgs field
+    init = {p[0] for p in _params(methods["__init__"])}
+    engine_args = {n.target.id for n in _class(_tree("engine/arg_utils.py"), "EngineArgs").body
+                   if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}  # fmt: skip
+    assert set(ENGINE_ARGS_WE_PASS) <= init | engine_args
+    fields = [(n.target.id, _default(n.value)) for n in _class(_tree("sampling_params.py"), "SamplingParams").body
+              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and not n.target.id.startswith("_")]  # fmt: skip
+    assert list(fake_vllm.SAMPLING_FIELDS.items()) == fields
+    dead = _class(_tree("v1/engine/exceptions.py"), "EngineDeadError")
+    assert [ast.unparse(b) for b in dead.bases] == ["VLLMServerError"]
+
+
+def _real_verify_args() -> Any:
+    """The real SamplingParams._verify_args (and the helper it calls), run on a plain object."""
+    tree = _tree("sampling_params.py")
+    verify = next(n for n in _class(tree, "SamplingParams").body if getattr(n, "name", "") == "_verify_args")
+    helper = next(n for n in tree.body if getattr(n, "name", "") == "_verify_num_sequences")
+
+    class VLLMValidationError(Exception):
+        def __init__(self, message: str, **_: Any) -> None:
+            super().__init__(message)
+
+    env = {"math": math, "Any": Any, "VLLMValidationError": VLLMValidationError,
+           "envs": SimpleNamespace(VLLM_MAX_N_SEQUENCES=16384)}  # fmt: skip
+    exec(compile(ast.Module([helper, verify], []), "real_sampling_params", "exec"), env)  # noqa: S102
+    return env["_verify_args"], VLLMValidationError
+
+
+@needs_real_vllm
+@pytest.mark.parametrize("case", SAMPLING_CASES, ids=lambda c: f"{next(iter(c))}={next(iter(c.values()))}")
+def test_fake_sampling_params_reject_what_the_real_ones_reject(fake_vllm: Any, case: dict[str, Any]) -> None:
+    verify, real_error = _real_verify_args()
+    kw = {("max_tokens" if k == "max_new_tokens" else k): v for k, v in {"temperature": 0.5, **case}.items()}
+    obj = SimpleNamespace(
+        **{**fake_vllm.SAMPLING_FIELDS, **kw, "stop": [], "stop_token_ids": [], "bad_words": []}
+    )
+    try:
+        verify(obj)
+        real_ok = True
+    except real_error:
+        real_ok = False
+    try:
+        fake_vllm.SamplingParams(**kw)
+        fake_ok = True
+    except fake_vllm.exceptions.VLLMValidationError:
+        fake_ok = False
+    assert fake_ok is real_ok

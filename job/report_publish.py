@@ -24,7 +24,7 @@ from job.names import check_name
 from job.report_html import render_html
 from job.report_plots import plots
 from job.report_questions import question_entries
-from job.report_run import ReportConfig, load_answers, load_judgments
+from job.report_run import ReportConfig, bench_of, load_answers, load_judgments
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def report_models(doc: dict[str, Any]) -> list[str]:
 
 def build_html(cfg: ReportConfig, doc: dict[str, Any]) -> dict[str, bytes]:
     """report.html plus the chart PNGs it embeds, as {file name: bytes}."""
-    bench = resolve_bench(cfg.bench, cfg.bench_data)
+    bench = resolve_bench(bench_of(cfg), cfg.bench_data)
     questions, _ = bench.load_questions()
     records = load_judgments(cfg, open_storage(cfg.output)).records
     models = report_models(doc)
@@ -59,7 +59,7 @@ def write_html(cfg: ReportConfig, doc: dict[str, Any]) -> tuple[Storage, str, li
     """Write report.html and plots where report_run wrote report.json; (storage, prefix, names)."""
     files = build_html(cfg, doc)
     dest: Storage = LocalStorage(cfg.output_dir) if cfg.output_dir else open_storage(cfg.output)
-    prefix = "" if cfg.output_dir else reports_dir(cfg.bench)
+    prefix = "" if cfg.output_dir else reports_dir(bench_of(cfg))
     for name, data in files.items():
         dest.write_bytes(prefix + name, data)
     print(f"wrote {', '.join(files)} to {dest.uri(prefix) if prefix else dest.root}")

@@ -21,6 +21,7 @@ from job.layout import answer_file, answers_prefix, judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, check_judgment, parse_records
+from job.report_bench import DEFAULT_BENCH, infer_bench
 from job.report_md import render_markdown
 from job.storage import LocalStorage, Storage, open_storage
 
@@ -30,7 +31,8 @@ PAIR_FIELDS = ("question_id", "model_1", "model_2", "g1_winner", "g2_winner")
 
 @dataclass
 class ReportConfig:
-    bench: str
+    bench: str | None = None
+    """None: the bench the --judgments files' question ids identify (job.report_bench)"""
     mode: str = "single"
     baseline_model: str = "gpt-3.5-turbo"
     model_list: list[str] = field(default_factory=list)
@@ -43,6 +45,11 @@ class ReportConfig:
     ja_chars: bool | None = None
     """None: on for Japanese benches"""
     seed: int = agg.BOOTSTRAP_SEED
+
+
+def bench_of(cfg: ReportConfig) -> str:
+    """The bench given or inferred (run() infers it first), else FastChat's default."""
+    return cfg.bench or DEFAULT_BENCH
 
 
 @dataclass
@@ -105,7 +112,7 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
             if man.is_file():
                 out.manifests.append(_manifest(man.read_bytes(), str(man)))
         return out
-    prefix = judgment_dir(cfg.bench)
+    prefix = judgment_dir(bench_of(cfg))
     keys = sorted(
         {k.split(".parts/")[0] for k in storage.list(prefix) if k.split(".parts/")[0].endswith(suffix)}
     )
@@ -152,7 +159,7 @@ def japanese_share(
 def load_answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
     """The answer files of these models that exist (--answers-dir or <output>/<bench>/model_answer/)."""
     storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
-    prefix = "" if cfg.answers_dir else answers_prefix(cfg.bench)
+    prefix = "" if cfg.answers_dir else answers_prefix(bench_of(cfg))
     out = {}
     for m in models:  # names from judgment files reach paths only in their safe form
         key = prefix + answer_file(check_model_name("model name (in the judgments)", m))
@@ -218,11 +225,15 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         check_model_name("model name (--model-list)", m)
     if cfg.mode == "pairwise-baseline":
         check_model_name("baseline model (--baseline-model)", cfg.baseline_model)
-    bench = resolve_bench(cfg.bench, cfg.bench_data)
+    storage = open_storage(cfg.output)
+    loaded = load_judgments(cfg, storage) if cfg.judgments else None  # files first: they may name the bench
+    if cfg.bench is None:
+        where = ", ".join(cfg.judgments)
+        cfg.bench = infer_bench(loaded.records, loaded.manifests, where, cfg.bench_data) if loaded else None
+    bench = resolve_bench(bench_of(cfg), cfg.bench_data)
     questions, data_sha = bench.load_questions()
     categories = {str(q.question_id): q.category for q in questions}
-    storage = open_storage(cfg.output)
-    loaded = load_judgments(cfg, storage)
+    loaded = loaded or load_judgments(cfg, storage)
     if not loaded.records:  # an empty file (FastChat's, or a judge killed before its first write)
         files = ", ".join(f["path"] for f in loaded.files)
         raise JobError(f"{files}: no judgments in file; run `job judge` first")
@@ -264,7 +275,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     out["report.json"] = json.dumps(doc, indent=2, ensure_ascii=False).encode()
     out["report.md"] = render_markdown(doc).encode()
     dest: Storage = LocalStorage(cfg.output_dir) if cfg.output_dir else storage
-    prefix = "" if cfg.output_dir else reports_dir(cfg.bench)
+    prefix = "" if cfg.output_dir else reports_dir(bench_of(cfg))
     for name, data in out.items():
         dest.write_bytes(prefix + name, data)
     print_fastchat(cfg, res, [f["path"] for f in loaded.files])

@@ -189,3 +189,66 @@ def test_reduce_finds_the_shards_of_a_hugging_face_id(tmp_path: Path, run_job) -
     )  # no --model-name: found from the shard folders
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "runs" / "smoke" / "model_answer" / "org%2Fm.jsonl").is_file()
+
+
+# --- --bench omitted: the judgments' question ids pick the bench --------------------------------
+
+
+def _report_no_bench(run_job, tmp_path: Path, f: Path, bench_data: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return run_job("report", "--judgments", str(f), "--bench-data", str(bench_data),
+                   "--output-dir", str(tmp_path / "rep"), "--no-html", *extra)  # fmt: skip
+
+
+def _plain_rows(path: Path, qids: list[Any], model: str = "m") -> Path:
+    rows = [
+        {"question_id": q, "model": model, "judge": ["gpt-4", "single-v1"], "score": 5, "turn": 1}
+        for q in qids
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bench_inferred_from_question_ids(tmp_path: Path, run_job, shared_bench_data: Path) -> None:  # type: ignore[no-untyped-def]
+    f = _plain_rows(tmp_path / "gpt-4_single.jsonl", list(range(81, 91)))  # mt_bench ids only
+    p = _report_no_bench(run_job, tmp_path, f, shared_bench_data)
+    assert p.returncode == 0, p.stderr[-2000:]  # was: Missing option '--bench'
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert doc["provenance"]["bench"] == "mt_bench"
+    assert "bench mt_bench (the only bench whose questions hold" in p.stderr
+    # a custom FastChat-layout bench under --bench-data whose ids nobody else has
+    data = tmp_path / "data"
+    (data / "my_bench").mkdir(parents=True)
+    (data / "my_bench" / "question.jsonl").write_text(
+        "".join(
+            json.dumps({"question_id": f"x{i}", "category": "writing", "turns": ["hi"]}) + "\n"
+            for i in range(3)
+        )
+    )
+    f = _plain_rows(tmp_path / "mine.jsonl", ["x0", "x2"])
+    p = _report_no_bench(run_job, tmp_path, f, data)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["provenance"]["bench"] == "my_bench"
+
+
+def test_ambiguous_or_unknown_ids_default_to_mt_bench_or_say_so(
+    tmp_path: Path, run_job, shared_bench_data: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # ids 1-80 are every Japanese MT-bench revision's (and smoke has 1-9): FastChat's default
+    # mt_bench does not hold them, so the error names the benches that do
+    f = write_swallow(tmp_path / "swallow.jsonl")
+    p = _report_no_bench(run_job, tmp_path, f, shared_bench_data)
+    assert p.returncode == 2
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith(f"error: {f}: question ids fit several benches (japanese_mt_bench, ")
+    assert "not mt_bench (FastChat's default); pass --bench" in line
+    f = _plain_rows(tmp_path / "odd.jsonl", [999, 1000])
+    p = _report_no_bench(run_job, tmp_path, f, shared_bench_data)
+    assert p.returncode == 2
+    (line,) = p.stderr.strip().splitlines()
+    assert line == (f"error: {f}: question ids 999, 1000 are in no known bench's question file "
+                    "(mt_bench is FastChat's default); pass --bench NAME or --bench-data DIR")  # fmt: skip
+    # --bench given: used as it is, no guessing
+    p = _report_no_bench(
+        run_job, tmp_path, write_swallow(tmp_path / "s2.jsonl"), shared_bench_data, "--bench", JA
+    )
+    assert p.returncode == 0, p.stderr[-2000:]

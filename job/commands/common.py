@@ -18,15 +18,14 @@ def _stack(f: F, options: list[Callable[[F], F]]) -> F:
     return f
 
 
+BENCH_HELP = (
+    "Bench name: mt_bench, japanese_mt_bench (Swallow v202411), japanese_mt_bench_v202407, "
+    "japanese_mt_bench_stability, smoke, or any folder under --bench-data."
+)
+
+
 def bench_option(f: F) -> F:
-    return click.option(
-        "--bench",
-        envvar="JOB_BENCH",
-        required=True,
-        show_envvar=True,
-        help="Bench name: mt_bench, japanese_mt_bench (Swallow v202411), japanese_mt_bench_v202407, "
-        "japanese_mt_bench_stability, smoke, or any folder under --bench-data.",
-    )(f)
+    return click.option("--bench", envvar="JOB_BENCH", required=True, show_envvar=True, help=BENCH_HELP)(f)
 
 
 def bench_data_option(f: F) -> F:

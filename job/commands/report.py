@@ -2,11 +2,17 @@ from __future__ import annotations
 
 import click
 
-from job.commands.common import bench_data_option, bench_option, output_option
+from job.commands.common import BENCH_HELP, bench_data_option, output_option
 
 
 @click.command(context_settings={"show_default": True})
-@bench_option
+@click.option(
+    "--bench",
+    envvar="JOB_BENCH",
+    show_envvar=True,
+    help=BENCH_HELP + " Default: a judge manifest's bench, else the one bench whose question file holds"
+    " every question id of --judgments, else mt_bench (FastChat's default).",
+)
 @click.option("--mode", type=click.Choice(["single", "pairwise-baseline", "pairwise-all"]), default="single")
 @click.option(
     "--baseline-model", default="gpt-3.5-turbo", help="Baseline for pairwise-baseline (as show_result)."

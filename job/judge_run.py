@@ -226,7 +226,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     if cfg.mode == "pairwise-baseline":
         models = [m for m in models if m != cfg.baseline_model]
     bb = bench.behaviour  # judged turns, prompt names, rating format: the bench's
-    kinds = {(t, needs_ref(q, bb)) for q in questions for t in bb.judged_turns if t <= len(q.turns)}
+    kinds = {(t, needs_ref(q, bb)) for q in questions for t in bb.judged_turns if t == 1 or len(q.turns) == 2}
     pset = load_prompt_set(cfg.judge_prompts or bench.judge_prompts_path)
     prompts = select(pset, "pairwise" if pairwise else "single", kinds, bb)
     ref_name = cfg.reference or bench.default_reference

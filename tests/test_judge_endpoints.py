@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from servers.openai_server import OpenAIServer
 
+from job.endpoints import Generator, judge_endpoint, launcher_generator
+from job.errors import JobError
+
 pytestmark = pytest.mark.timeout(200)
 
 GEN_KEY = "sk-gen-Secret0123456789abcdef"
@@ -167,3 +170,47 @@ def test_job_judge_beside_an_api_generator_does_not_take_its_url(
     )
     assert j.returncode == 0, j.stderr[-2000:]
     assert len(gen.chat_requests) == n_gen and _keys(judge) == {f"Bearer {JUDGE_KEY}"}
+
+
+X, Y = "http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"
+
+
+@pytest.mark.parametrize(
+    ("url", "key_env", "generator", "env", "expected"),
+    [
+        (None, None, None, {"OPENAI_BASE_URL": X}, (X, "OPENAI_API_KEY")),  # job judge: the only endpoint
+        (Y, None, None, {"JOB_JUDGE_API_KEY": "k"}, (Y, "JOB_JUDGE_API_KEY")),
+        (None, None, Generator(None), {}, (None, "OPENAI_API_KEY")),  # both api.openai.com: one server
+        (X, None, Generator(X + "/"), {}, (X, "OPENAI_API_KEY")),  # the generator's own server
+        (Y, None, Generator(X), {}, (Y, None)),  # a local judge gets no key of the generator's
+        (Y, "MINE", Generator(X), {"MINE": "k"}, (Y, "MINE")),
+    ],
+)
+def test_judge_endpoint_rules(
+    url: str | None, key_env: str | None, generator: Generator | None, env: dict[str, str], expected: Any
+) -> None:
+    got = judge_endpoint("openai/j", url, key_env, generator, env)
+    assert (got["base_url"], got["api_key_env"], got["base_url_env"]) == (*expected, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "key_env", "generator", "env", "message"),
+    [
+        (None, None, Generator(X), {"OPENAI_BASE_URL": X}, "--judge-base-url"),
+        (None, None, Generator(None), {"OPENAI_BASE_URL": X}, "--judge-base-url"),
+        (None, None, Generator(X), {}, "JOB_JUDGE_API_KEY"),
+        (Y, "MINE", None, {}, "MINE"),
+    ],
+)
+def test_judge_endpoint_refuses_to_guess(
+    url: str | None, key_env: str | None, generator: Generator | None, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(JobError, match=message):
+        judge_endpoint("openai/j", url, key_env, generator, env)
+
+
+def test_only_openai_judges_and_generators_have_endpoints() -> None:
+    assert judge_endpoint("mock/judge", X, "UNSET", Generator(X), {"OPENAI_BASE_URL": X}) == {}
+    assert launcher_generator({"JOB_MODEL": "vllm/ckpt", "OPENAI_BASE_URL": X}) is None
+    assert launcher_generator({"JOB_MODEL": "not a spec"}) is None and launcher_generator({}) is None
+    assert launcher_generator({"JOB_MODEL": "openai/m", "OPENAI_BASE_URL": X}) == Generator(X)

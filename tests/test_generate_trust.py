@@ -217,3 +217,48 @@ def test_finish_reasons_survive_reduce_and_truncation_is_warned(
     assert run_job(*_gen_args(shared_bench_data, echo, "mock/echo")).returncode == 0
     res = run_job("reduce", "--bench", "mt_bench", "--output", str(echo))
     assert res.returncode == 0 and "max-new-tokens" not in res.stderr
+
+
+# --- per-item reproducibility and failures of the hf backend, through the CLI ---
+
+
+def test_sampled_hf_answers_are_the_same_for_any_shard_count_or_batch_size(
+    run_job, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    def answers(name: str, *extra: str) -> list[Answer]:
+        out = tmp_path / name
+        args = _gen_args(
+            shared_bench_data, out, f"hf/{tiny_model}", "--num-choices", "2", *extra, qid="81-83,101"
+        )
+        res = run_job(*args)
+        assert res.returncode == 0, res.stderr
+        assert run_job("reduce", "--bench", "mt_bench", "--output", str(out)).returncode == 0
+        path = out / "mt_bench/model_answer/m.jsonl"
+        return parse_records(path.read_bytes(), Answer, str(path))
+
+    one = answers("one")
+    assert len({tuple(c.turns) for c in one[0].choices}) == 2, "writing is sampled: the choices differ"
+    for name, extra in [
+        ("three", ["--num-shards", "3"]),
+        ("b1", ["--batch-size", "1"]),
+        ("tb", ["--token-budget", "64"]),
+    ]:
+        assert [a.choices for a in answers(name, *extra)] == [a.choices for a in one], name
+
+
+def test_an_hf_run_whose_every_request_fails_exits_non_zero(
+    run_job, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    template = tmp_path / "no-system.jinja"
+    template.write_text(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "<|im_start|>assistant\n"
+    )
+    out = tmp_path / "runs"
+    extra = ["--chat-template", str(template), "--system-prompt", "Be brief."]
+    res = run_job(*_gen_args(shared_bench_data, out, f"hf/{tiny_model}", *extra))
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert "all 1 conversations failed" in last and "System role not supported" in last
+    assert not list(out.glob("mt_bench/shards/m/*"))

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from job.report_md import TRUNCATION_HEAD, truncation_cell
 from job.report_plots import MISSING
 
 
@@ -42,12 +43,19 @@ def _table(tid: str, head: list[str], rows: list[list[str]]) -> str:
     return f'<table id="{tid}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _truncation(t: dict[str, Any] | None) -> str:
+    text, bad = truncation_cell(t)
+    return f'<span class="bad">{esc(text)}</span>' if bad else esc(text)
+
+
 def scores_section(doc: dict[str, Any]) -> str:
     by = {(s["model"], s["category"], s["turn"]): s for s in doc["scores"]}
     models = list(dict.fromkeys(s["model"] for s in doc["scores"]))
     n_runs = doc["provenance"].get("num_choices") or {}
     fc_avg = (doc.get("fastchat") or {}).get("average") or {}
+    trunc = doc.get("truncation") or {}
     head = ["model", "N", "turn 1", "turn 2", "average", "95% CI", "FastChat average", "n_scored", "n_failed"]
+    head.append(TRUNCATION_HEAD)
     rows = []
     for m in models:
         t1, t2, a = (by.get((m, "all", t)) for t in ("1", "2", "all"))
@@ -55,7 +63,7 @@ def scores_section(doc: dict[str, Any]) -> str:
         rows.append([
             esc(m), esc(n_runs.get(m, "")), esc(_pm(t1)), esc(_pm(t2)), f"<b>{esc(_pm(a))}</b>", esc(_ci(a)),
             esc(_f(fc_avg.get(m))), esc((a or {}).get("n_scored", 0)),
-            f'<span class="{"bad" if failed else ""}">{esc(failed)}</span>',
+            f'<span class="{"bad" if failed else ""}">{esc(failed)}</span>', _truncation(trunc.get(m)),
         ])  # fmt: skip
     out = "<h2>Scores</h2><p class=note>Mean ± std across choice runs (Swallow, when N &gt; 1); "
     out += "95% bootstrap CI resampling questions; FastChat average = show_result's pooled mean.</p>"

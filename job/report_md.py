@@ -16,6 +16,18 @@ def _pm(mean: Any, std: Any, digits: int = 2, scale: float = 1.0) -> str:
     return s + (f" ± {std / scale:.{digits}f}" if std is not None else "")
 
 
+TRUNCATION_HEAD = "cut at max tokens"
+
+
+def truncation_cell(t: dict[str, Any] | None) -> tuple[str, bool]:
+    """("15.0% (3/20) ⚠", True) for a model's share of turns that hit max_new_tokens; "unknown"
+    when no answer file said how its turns ended. True: over the warning line, make it stand out."""
+    if not t or t.get("share") is None:
+        return "unknown", False
+    bad = bool(t.get("warn"))
+    return f"{t['share']:.1%} ({t['turns_truncated']}/{t['turns_known']})" + (" ⚠" if bad else ""), bad
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -30,8 +42,9 @@ def _summary(doc: dict[str, Any]) -> list[str]:
     models = list(dict.fromkeys(s["model"] for s in scores))
     ja = doc.get("japanese_char_share") or {}
     n_runs = doc["provenance"].get("num_choices", {})
+    trunc = doc.get("truncation") or {}
     head = ["model", "N", "turn 1", "turn 2", "overall", "overall /10", "95% CI", "n_scored", "n_failed"]
-    head += ["ja share"] if ja else []
+    head += [TRUNCATION_HEAD] + (["ja share"] if ja else [])
     rows = []
     for m in models:
         t1, t2, a = (by.get((m, "all", t), {}) for t in ("1", "2", "all"))
@@ -40,6 +53,7 @@ def _summary(doc: dict[str, Any]) -> list[str]:
             _pm(a.get("mean"), a.get("std")), _pm(a.get("mean"), a.get("std"), 3, 10.0),
             f"{_f(a.get('ci_low'))}–{_f(a.get('ci_high'))}", str(a.get("n_scored", 0)), str(a.get("n_failed", 0)),
         ]  # fmt: skip
+        row.append(truncation_cell(trunc.get(m))[0])
         if ja:
             row.append(_f((ja.get(m) or {}).get("all"), 3))
         rows.append(row)

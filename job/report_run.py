@@ -5,6 +5,7 @@ show_result-like table."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,10 +22,12 @@ from job.layout import answer_file, answers_prefix, judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, check_judgment, parse_records
+from job.reduce import TRUNCATED_WARN, truncation
 from job.report_bench import DEFAULT_BENCH, infer_bench
 from job.report_md import render_markdown
 from job.storage import LocalStorage, Storage, open_storage
 
+log = logging.getLogger(__name__)
 SINGLE_FIELDS = ("question_id", "model", "score", "turn")
 PAIR_FIELDS = ("question_id", "model_1", "model_2", "g1_winner", "g2_winner")
 
@@ -156,6 +159,27 @@ def japanese_share(
     return out
 
 
+def truncation_shares(answers: dict[str, list[Answer]], models: list[str]) -> dict[str, dict[str, Any]]:
+    """Per model: answer turns that stopped at max_new_tokens, of those with a known finish
+    reason (share None = unknown: no answer file, or a FastChat one without finish_reasons)."""
+    out = {}
+    for m in models:
+        cut, known = truncation(answers.get(m, []))
+        warn = bool(known) and cut / known > TRUNCATED_WARN
+        out[m] = {
+            "turns_truncated": cut,
+            "turns_known": known,
+            "share": cut / known if known else None,
+            "warn": warn,
+        }
+        if warn:
+            log.warning(
+                "%s: %d of %d answer turns (%.0f%%) stopped at max_new_tokens: cut-off answers are scored "
+                "as they are; check --max-new-tokens and the model's end-of-turn token", m, cut, known, 100 * cut / known,
+            )  # fmt: skip
+    return out
+
+
 def load_answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
     """The answer files of these models that exist (--answers-dir or <output>/<bench>/model_answer/)."""
     storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
@@ -260,7 +284,8 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         out["pairwise.csv"] = ptable.to_csv(index=False).encode()
         res.update(pairwise_table=ptable, n_error_rows=n_err)
     want_ja = cfg.ja_chars if cfg.ja_chars is not None else bench.name.startswith("japanese")
-    ja = japanese_share(bench, load_answers(cfg, models), categories) if want_ja else {}
+    answers = load_answers(cfg, models)
+    ja = japanese_share(bench, answers, categories) if want_ja else {}
     prov = provenance(cfg, bench, data_sha, loaded, judges, n_runs)
     doc = {
         "provenance": prov,
@@ -270,6 +295,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         "per_question": res.get("per_question", {}),
         "pairwise": res["pairwise_table"].to_dict(orient="records") if "pairwise_table" in res else [],
         "japanese_char_share": ja,
+        "truncation": truncation_shares(answers, models),
     }
     doc = _clean(doc)
     out["report.json"] = json.dumps(doc, indent=2, ensure_ascii=False).encode()

@@ -91,9 +91,9 @@ def test_changed_judge_prompts_rejudge_only_the_prompts_that_changed(
     mine = tmp_path / "prompts.jsonl"
     mine.write_text("".join(json.dumps(p) + "\n" for p in prompts))
     r = _smoke(run_job, answers, *judge, "--judge-prompts", str(mine))
-    assert (
-        _judged(r.stdout) == "12 ok"
-    )  # single-v1: turn 1 of the 6 questions without a reference, x 2 choices
+    # single-v1: turn 1 of the 6 questions without a reference, x 2 choices
+    assert _judged(r.stdout) == "12 ok"
+    assert "12 stored judgments were made with other inputs" in r.stderr
     man = json.loads((answers / "smoke" / "model_judgment" / "mj_single.manifest.json").read_text())
     assert man["judge_prompts"] == str(mine) and len(man["rows"]) == 36
     rows = _current(answers)

@@ -328,8 +328,11 @@ def test_real_vllm_tiny_model(tmp_path: Path) -> None:
         backend.close()
     assert all(r.ok and 0 < r.num_tokens <= 12 for r in results)
     assert all(r.finish_reason in ("stop", "length") for r in results)
-    assert [r.text for r in results] == [r.text for r in again], "greedy and seeded sampling are reproducible"
-    assert results[8].text == results[9].text
+    # vLLM guarantees each seeded request its own random stream, not batch invariance: the same
+    # request in another batch row or another call may differ unless VLLM_BATCH_INVARIANT=1
+    if os.environ.get("VLLM_BATCH_INVARIANT") == "1":
+        assert [r.text for r in results] == [r.text for r in again], "batch-invariant: reproducible"
+        assert results[8].text == results[9].text
 
 
 def test_model_sampling_defaults_apply_like_vllm_serve(

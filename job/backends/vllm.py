@@ -155,7 +155,8 @@ class VLLMBackend:
         else:
             kwargs.update(self.model_defaults)
             kwargs["temperature"] = params.temperature
-            # a per-request seed makes each choice reproducible whatever it is batched with
+            # a per-request seed gives each choice its own random stream, whatever else is drawn;
+            # the logits still depend on the batch unless VLLM_BATCH_INVARIANT=1 (README)
             if params.seed is not None:
                 kwargs["seed"] = params.seed
         if self.min_new_tokens:
@@ -212,8 +213,8 @@ class VLLMBackend:
                 dead = True
         if dead:
             raise BackendDead(
-                f"vLLM engine for {self.spec} died during a call of {n} requests "
-                f"({type(e).__name__}: {_first_line(e)}); nothing of it was committed: "
+                f"vLLM engine for {self.spec} died during an engine call ({n} requests; "
+                f"{type(e).__name__}: {_first_line(e)}); nothing of it was committed: "
                 "re-run (the Slurm/Kubernetes/Ray retry does) to redo it on a fresh engine"
             ) from None
 

@@ -175,7 +175,7 @@ def current_rows_of(plan: Plan, judge: str, prev: dict[str, Any] | None) -> tupl
     if not prev or not isinstance(prev.get("rows"), list):
         return sorted(rows), models
     planned = {row_key(judge, m) for m in plan.matches}
-    before = set(prev["rows"])
+    before = {h for h in prev["rows"] if isinstance(h, str)}
     others = {
         r["inputs_sha256"]
         for r in plan.stored

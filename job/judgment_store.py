@@ -43,7 +43,7 @@ def current_rows(records: list[dict[str, Any]], manifest: dict[str, Any] | None)
     (FastChat's files, older manifests): every record, unchanged."""
     if not manifest or not isinstance(manifest.get("rows"), list):
         return records
-    want = set(manifest["rows"])
+    want = {h for h in manifest["rows"] if isinstance(h, str)}
     last = {r.get("inputs_sha256"): i for i, r in enumerate(records)}
     return [
         r for i, r in enumerate(records) if r.get("inputs_sha256") in want and last[r["inputs_sha256"]] == i

@@ -18,12 +18,13 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from job import terminate
 from job.backends import load_backend
-from job.errors import JobError, Terminated
+from job.errors import BackendDead, JobError, Terminated
 from job.generate import (
     GenerateConfig,
     backend_options,
@@ -155,8 +156,11 @@ def _plan_replicas(ray: Any, opts: RayOptions, pending: int, local: bool) -> tup
     return replicas, gpus, opts.cpus_per_replica
 
 
-def _schedule(ray: Any, actors: list[Any], todo: list[int], n: int) -> tuple[list[dict], dict[int, str]]:
-    """Queue: each idle actor takes the next shard. Returns (results, failures by shard)."""
+def _schedule(
+    ray: Any, actors: list[Any], todo: list[int], n: int, spawn: Callable[[], Any]
+) -> tuple[list[dict], dict[int, str]]:
+    """Queue: each idle actor takes the next shard. Returns (results, failures by shard).
+    A replica whose engine died (BackendDead) is killed and replaced by a fresh one (spawn)."""
     from ray.exceptions import RayActorError
 
     queue, idle = deque(todo), deque(range(len(actors)))
@@ -190,6 +194,14 @@ def _schedule(ray: Any, actors: list[Any], todo: list[int], n: int) -> tuple[lis
                 failed[i] = _describe(e)
             continue
         except Exception as e:  # the shard failed; the replica takes the next one
+            if isinstance(getattr(e, "cause", None), BackendDead):  # never reuse a dead engine
+                log.error("replica %d: engine died during shard %d/%d; starting a fresh replica", a, i + 1, n)
+                ray.kill(actors[a])
+                actors[a] = spawn()
+                if attempts[i] < MAX_ATTEMPTS:
+                    queue.appendleft(i)
+                    idle.append(a)
+                    continue
             failed[i] = _describe(e)
             log.error("shard %d/%d failed on replica %d: %s", i + 1, n, a, failed[i])
             idle.append(a)
@@ -259,9 +271,13 @@ def run_ray(cfg: GenerateConfig, opts: RayOptions) -> list[ShardManifest]:
         plan_ref = ray.put(p)
         worker = ray.remote(ShardWorker).options(num_gpus=gpus, num_cpus=cpus, max_restarts=0)
         level = logging.getLogger().getEffectiveLevel()
-        actors = [worker.remote(cfg, plan_ref, env, level) for _ in range(replicas)]
+
+        def spawn() -> Any:
+            return worker.remote(cfg, plan_ref, env, level)
+
+        actors = [spawn() for _ in range(replicas)]
         t1 = time.monotonic()
-        results, failed = _schedule(ray, actors, todo, p["num_shards"])
+        results, failed = _schedule(ray, actors, todo, p["num_shards"], spawn)
         wall = time.monotonic() - t1
         _summarize(ray, actors, results, wall)
     except Terminated as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -92,41 +93,45 @@ def _pattern_problem(p: str) -> str | None:
     return None if groups == 1 else f"{p!r} must have exactly one (group) for the number"
 
 
+def _temperature_table(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _number(t) for k, t in v.items())
+
+
+def _turns(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and set(v) <= {1, 2} and len(set(v)) == len(v)
+
+
+def _slots(v: Any) -> bool:
+    names_ok = isinstance(v, dict) and all(isinstance(n, str) and n for n in v.values())
+    return names_ok and set(v) <= set(FASTCHAT_PROMPT_NAMES)
+
+
+# field -> (valid?, what it must be, conversion to BenchBehaviour's type)
+FIELDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    "temperatures": (_temperature_table, "must map category names to numbers >= 0",
+                     lambda v: {k: float(t) for k, t in v.items()}),
+    "default_temperature": (_number, "must be a number >= 0", float),
+    "reference_categories": (_strings, "must be a list of category names", tuple),
+    "judged_turns": (_turns, "must be [1], [2] or [1, 2]", lambda v: tuple(sorted(v))),
+    "prompt_names": (_slots, f"must map slots ({', '.join(FASTCHAT_PROMPT_NAMES)}) to prompt names",
+                     lambda v: {**FASTCHAT_PROMPT_NAMES, **v}),
+    "rating_format": (lambda v: isinstance(v, str) and bool(v),
+                      "must be the output_format string of the single prompts, e.g. [[rating]]", str),
+    "rating_patterns": (lambda v: _strings(v) and bool(v), "must be a non-empty list of regexes", tuple),
+}  # fmt: skip
+
+
 def _check(where: str, key: str, v: Any) -> Any:
     """The field's value in BenchBehaviour's type, or a one-line error naming it."""
-    if key == "temperatures":
-        if not isinstance(v, dict) or not all(isinstance(k, str) and _number(t) for k, t in v.items()):
-            raise _fail(where, key, "must map category names to numbers >= 0")
-        return {k: float(t) for k, t in v.items()}
-    if key == "default_temperature":
-        if not _number(v):
-            raise _fail(where, key, "must be a number >= 0")
-        return float(v)
-    if key == "reference_categories":
-        if not _strings(v):
-            raise _fail(where, key, "must be a list of category names")
-        return tuple(v)
-    if key == "judged_turns":
-        if not (isinstance(v, list) and v and set(v) <= {1, 2} and len(set(v)) == len(v)):
-            raise _fail(where, key, "must be [1], [2] or [1, 2]")
-        return tuple(sorted(v))
-    if key == "prompt_names":
-        bad = [k for k in v if k not in FASTCHAT_PROMPT_NAMES] if isinstance(v, dict) else ["(not an object)"]
-        if bad or not all(isinstance(n, str) and n for n in v.values()):
-            raise _fail(where, key, f"has unknown slots {bad}; slots: {', '.join(FASTCHAT_PROMPT_NAMES)}")
-        return {**FASTCHAT_PROMPT_NAMES, **v}
-    if key == "rating_format":
-        if not isinstance(v, str) or not v:
-            raise _fail(where, key, "must be the output_format string of the single prompts, e.g. [[rating]]")
-        return v
-    if key == "rating_patterns":
-        problem = "must be a non-empty list of regexes" if not (_strings(v) and v) else None
-        problem = problem or next(filter(None, map(_pattern_problem, v)), None)
-        if problem:
-            raise _fail(where, key, problem)
-        return tuple(v)
-    known = ", ".join([*BenchBehaviour.__dataclass_fields__, "note"])
-    raise _fail(where, key, f"is unknown; known fields: {known}")
+    if key not in FIELDS:
+        raise _fail(where, key, f"is unknown; known fields: {', '.join([*FIELDS, 'note'])}")
+    valid, must, convert = FIELDS[key]
+    if not valid(v):
+        raise _fail(where, key, must)
+    problem = next(filter(None, map(_pattern_problem, v)), None) if key == "rating_patterns" else None
+    if problem:
+        raise _fail(where, key, problem)
+    return convert(v)
 
 
 def load_behaviour(doc: dict[str, Any], where: str) -> BenchBehaviour:

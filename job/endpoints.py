@@ -12,10 +12,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from job.backends import parse_spec
 from job.errors import JobError
 
+OPENAI_URL = "https://api.openai.com/v1"
+"""Where the openai client goes without a base URL."""
 JUDGE_KEY_ENV = "JOB_JUDGE_API_KEY"
 """Default variable holding the judge's key (--judge-api-key-env names another)."""
 
@@ -38,8 +41,13 @@ def launcher_generator(env: Mapping[str, str] = os.environ) -> Generator | None:
     return Generator(env.get("OPENAI_BASE_URL") or None) if api else None
 
 
+def _is_openai(url: str | None) -> bool:
+    """api.openai.com (the default): a server that certainly wants a real key."""
+    return not url or urlsplit(url).hostname == "api.openai.com"
+
+
 def _same(a: str | None, b: str | None) -> bool:
-    return (a or "").rstrip("/") == (b or "").rstrip("/")
+    return (a or OPENAI_URL).rstrip("/") == (b or OPENAI_URL).rstrip("/")
 
 
 def _key_env(name: str | None, env: Mapping[str, str]) -> str | None:
@@ -71,14 +79,14 @@ def judge_endpoint(
     if not judge_base_url and env.get("OPENAI_BASE_URL"):
         raise JobError(
             "OPENAI_BASE_URL is the generation endpoint here, so the judge will not guess its own: "
-            "pass --judge-base-url URL (or JOB_JUDGE_BASE_URL; https://api.openai.com/v1 for OpenAI)"
+            f"pass --judge-base-url URL (or JOB_JUDGE_BASE_URL; {OPENAI_URL} for OpenAI)"
         )
     if own_key is None and _same(judge_base_url, generator.base_url):
         own_key = "OPENAI_API_KEY"  # one server for both: it already has that key
-    if own_key is None and not judge_base_url:
+    if own_key is None and _is_openai(judge_base_url):
         raise JobError(
             f"the judge {judge_spec} at api.openai.com needs its own key: set {JUDGE_KEY_ENV}, or pass "
             "--judge-api-key-env OPENAI_API_KEY to send it the generator's key"
         )
-    # own_key None + a judge URL: a local judge server that needs no key gets none of ours
+    # own_key None + another judge URL: a local judge server that needs no key gets none of ours
     return {"base_url": judge_base_url, "base_url_env": None, "api_key_env": own_key}

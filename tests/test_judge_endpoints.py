@@ -181,6 +181,13 @@ X, Y = "http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"
         (None, None, None, {"OPENAI_BASE_URL": X}, (X, "OPENAI_API_KEY")),  # job judge: the only endpoint
         (Y, None, None, {"JOB_JUDGE_API_KEY": "k"}, (Y, "JOB_JUDGE_API_KEY")),
         (None, None, Generator(None), {}, (None, "OPENAI_API_KEY")),  # both api.openai.com: one server
+        (
+            "https://api.openai.com/v1/",
+            None,
+            Generator(None),
+            {},
+            ("https://api.openai.com/v1/", "OPENAI_API_KEY"),
+        ),
         (X, None, Generator(X + "/"), {}, (X, "OPENAI_API_KEY")),  # the generator's own server
         (Y, None, Generator(X), {}, (Y, None)),  # a local judge gets no key of the generator's
         (Y, "MINE", Generator(X), {"MINE": "k"}, (Y, "MINE")),
@@ -199,6 +206,7 @@ def test_judge_endpoint_rules(
         (None, None, Generator(X), {"OPENAI_BASE_URL": X}, "--judge-base-url"),
         (None, None, Generator(None), {"OPENAI_BASE_URL": X}, "--judge-base-url"),
         (None, None, Generator(X), {}, "JOB_JUDGE_API_KEY"),
+        ("https://api.openai.com/v1", None, Generator(X), {}, "JOB_JUDGE_API_KEY"),
         (Y, "MINE", None, {}, "MINE"),
     ],
 )

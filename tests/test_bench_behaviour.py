@@ -87,6 +87,23 @@ def test_stability_bench_judges_and_reports_end_to_end(
     dry = run_job("generate", *args[1:5], "--model", "mock/echo", "--question-ids", ids, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "temperatures: coding=0.1, extraction=0.2, humanities=0.2, reasoning=0.1" in dry.stdout
+    # it has no pairwise prompts: a one-line error naming the file and the fix
+    pw = run_job(
+        "judge",
+        *args[1:5],
+        "--judge-model",
+        "mock/judge",
+        "--mode",
+        "pairwise-all",
+        "--question-ids",
+        ids,
+        "--dry-run",
+    )
+    assert pw.returncode == 2 and pw.stderr.count("\n") == 1, pw.stderr[-2000:]
+    assert (
+        "judge_ja_prompts.jsonl: judge prompt 'pair-v2' is missing" in pw.stderr
+        and "--judge-prompts" in pw.stderr
+    )
 
 
 def _custom_bench(root: Path, behaviour: dict[str, Any]) -> Path:

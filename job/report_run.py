@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from job.benches import Bench, resolve_bench, sha256_bytes
 from job.errors import JobError
 from job.jachars import count_chars, share
 from job.jsonl import iter_jsonl
-from job.judgment_store import JudgmentStore
+from job.judgment_store import JudgmentStore, current_rows
 from job.layout import answer_file, answers_prefix, judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
@@ -72,18 +73,11 @@ def _checked(r: dict[str, Any], fields: tuple[str, ...], where: str) -> list[dic
     return rows
 
 
-def _check(recs: list[tuple[int, dict[str, Any]]], fields: tuple[str, ...], src: str) -> list[dict[str, Any]]:
-    return [row for lineno, r in recs for row in _checked(r, fields, f"{src}:{lineno}")]
-
-
-def _read_checked(store: JudgmentStore, fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-
+def _validator(fields: tuple[str, ...]) -> Callable[[dict[str, Any], str], None]:
     def check(r: dict[str, Any], where: str) -> None:
-        rows.extend(_checked(r, fields, where))
+        _checked(r, fields, where)
 
-    store.read(check=check)
-    return rows
+    return check
 
 
 def _manifest(data: bytes, where: str) -> dict[str, Any]:
@@ -109,11 +103,13 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
                 data = p.read_bytes()
             except OSError as e:
                 raise JobError(f"--judgments {p}: {e.strerror}") from None
-            out.records += _check(list(iter_jsonl(data, str(p))), fields, str(p))
-            out.files.append({"path": str(p), "sha256": sha256_bytes(data)})
-            man = p.with_name(p.name.removesuffix(".jsonl") + ".manifest.json")
-            if man.is_file():
-                out.manifests.append(_manifest(man.read_bytes(), str(man)))
+            check, raw = _validator(fields), []
+            for lineno, r in iter_jsonl(data, str(p)):
+                check(r, f"{p}:{lineno}")
+                raw.append(r)
+            mpath = p.with_name(p.name.removesuffix(".jsonl") + ".manifest.json")
+            man = _manifest(mpath.read_bytes(), str(mpath)) if mpath.is_file() else None
+            _add(out, raw, man, fields, {"path": str(p), "sha256": sha256_bytes(data)})
         return out
     prefix = judgment_dir(bench_of(cfg))
     keys = sorted(
@@ -132,13 +128,27 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
         )
     for key in keys:
         store = JudgmentStore(storage, key)
-        recs = _read_checked(store, fields)
-        out.records += recs
-        out.files.append({"path": store.uri, "rows": len(recs)})
+        raw = store.read(check=_validator(fields))
         mkey = key.removesuffix(".jsonl") + ".manifest.json"
-        if storage.exists(mkey):
-            out.manifests.append(_manifest(storage.read_bytes(mkey), storage.uri(mkey)))
+        man = _manifest(storage.read_bytes(mkey), storage.uri(mkey)) if storage.exists(mkey) else None
+        _add(out, raw, man, fields, {"path": store.uri})
     return out
+
+
+def _add(
+    out: Loaded,
+    raw: list[dict[str, Any]],
+    man: dict[str, Any] | None,
+    fields: tuple[str, ...],
+    file: dict[str, Any],
+) -> None:
+    """Count only the rows the judge manifest names as current (all rows of a file without
+    one; a Swallow list row as one row per choice); provenance says how many of the stored."""
+    current = current_rows(raw, man)
+    out.records += [row for r in current for row in _checked(r, fields, str(file["path"]))]
+    out.files.append({**file, "rows": len(current), "stored_rows": len(raw)})
+    if man is not None:
+        out.manifests.append(man)
 
 
 def japanese_share(

@@ -5,6 +5,7 @@ pointer per model.
 Published layout (DEST is a local dir or s3://bucket/prefix):
     DEST/<bench>/<run-id>/{report.html,report.json,report.md,scores.csv,*.png}
     DEST/latest/<bench>/<model>.json   {"kind": "mtbench-job/latest", "report": "<uri of report.json>", ...}
+    (<model> in its file-name form, job.names.path_name: org/name -> org%2Fname)
 A pointer file is accepted wherever a report.json is (`job compare`, `job run --baseline`).
 """
 

@@ -252,3 +252,18 @@ def test_ambiguous_or_unknown_ids_default_to_mt_bench_or_say_so(
         run_job, tmp_path, write_swallow(tmp_path / "s2.jsonl"), shared_bench_data, "--bench", JA
     )
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_publish_a_hugging_face_id_to_s3(tmp_path: Path, run_job, shared_bench_data: Path, s3) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"question_id": q, "model": HF_ID, "judge": ["gpt-4", "single-v1"], "score": 7, "turn": 1}
+            for q in range(81, 86)]  # fmt: skip
+    f = tmp_path / "gpt-4_single.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = run_job("report", "--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--judgments", str(f),
+                "--output-dir", str(tmp_path / "rep"), "--publish", s3.uri("reports"), env=s3.env)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    key = "reports/latest/mt_bench/Qwen%2FQwen2.5-7B-Instruct.json"
+    assert key in s3.list_keys("reports/")
+    assert json.loads(s3.get(key))["model"] == HF_ID
+    c = run_job("compare", s3.uri(key), str(tmp_path / "rep" / "report.json"), env=s3.env)
+    assert c.returncode == 0 and f"B: {HF_ID}" in c.stdout, c.stderr[-2000:]

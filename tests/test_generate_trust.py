@@ -262,3 +262,15 @@ def test_an_hf_run_whose_every_request_fails_exits_non_zero(
     last = res.stderr.strip().splitlines()[-1]
     assert "all 1 conversations failed" in last and "System role not supported" in last
     assert not list(out.glob("mt_bench/shards/m/*"))
+
+
+def test_an_api_run_whose_every_request_fails_exits_non_zero(
+    make_openai_server, run_job, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    srv = make_openai_server(faults=lambda body, n: "500")
+    out = tmp_path / "runs"
+    args = _gen_args(shared_bench_data, out, "openai/test-model", "--base-url", srv.url, "--max-retries", "0")
+    res = run_job(*args, env={"OPENAI_API_KEY": "sk-test"})
+    assert res.returncode == 2, res.stderr
+    assert "all 1 conversations failed" in res.stderr.strip().splitlines()[-1]
+    assert srv.requests and not list(out.glob("mt_bench/shards/m/*"))

@@ -174,7 +174,8 @@ def test_a_sampled_answer_does_not_depend_on_its_batch(tiny_model: Path) -> None
     alone = HFBackend("hf/tiny", str(tiny_model), device="cpu", batch_size=1)
     expected = [r.text for r in alone.generate(mine)]
     assert len(set(expected)) == len(expected)
-    for opts in ({}, {"batch_size": 3}, {"token_budget": 120}):
+    cuts: list[dict[str, Any]] = [{}, {"batch_size": 3}, {"token_budget": 120}]
+    for opts in cuts:
         b = HFBackend("hf/tiny", str(tiny_model), device="cpu", **opts)
         assert [r.text for r in b.generate(mine)] == expected, opts
         mixed = b.generate(

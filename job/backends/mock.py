@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from job.backends.base import GenRequest, GenResult, ProgressFn
+from job.backends.base import API_ERROR, GenRequest, GenResult, ProgressFn
 from job.errors import JobError
 
 
@@ -38,13 +38,13 @@ class MockBackend:
 
     def _reply(self, req: GenRequest) -> GenResult:
         if self.behaviour == "fail":
-            return GenResult("", status="api_error", error="mock/fail always fails")
+            return GenResult.failure("mock/fail always fails", API_ERROR)
         if self.behaviour == "fixed":
             text = self.arg
         elif self.behaviour == "script":
             item: Any = self._script[(len(self.calls) - 1) % len(self._script)]
             if isinstance(item, dict):
-                return GenResult("", status="api_error", error=str(item.get("error", "scripted error")))
+                return GenResult.failure(str(item.get("error", "scripted error")), API_ERROR)
             text = str(item)
         elif self.behaviour == "digest":
             text = conversation_digest(req.messages)

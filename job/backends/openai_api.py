@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from job.backends.base import GenRequest, GenResult, Message, ProgressFn
+from job.backends.base import API_ERROR, GenRequest, GenResult, Message, ProgressFn
 from job.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -357,11 +357,13 @@ class OpenAIBackend:
     def _switch_to_reasoning(self, detail: str) -> None:
         if not self.reasoning:  # a deployment name that hides a reasoning model (Azure, routers)
             self.reasoning = True
-            log.warning("%s: %s; sending max_completion_tokens and no temperature from now on", self.spec, detail)
+            log.warning(
+                "%s: %s; sending max_completion_tokens and no temperature from now on", self.spec, detail
+            )
 
     def _fail(self, error: str) -> GenResult:
         self.stats["failed"] += 1
-        return GenResult("", status="api_error", error=error)
+        return GenResult.failure(error, API_ERROR)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float | None:
         """Retry-After if the server gave one, else full jitter: U(0, min(cap, base * 2^n))."""

@@ -114,16 +114,21 @@ def _half(s: dict[str, Any] | None) -> float:
     return (float(s["ci_high"]) - float(s["ci_low"])) / 2
 
 
-def _questions(doc: dict[str, Any], model: str, category: str) -> dict[str, dict[str, Any]]:
-    per = (doc.get("per_question") or {}).get(model) or {}
+def _questions(doc: dict[str, Any], model: str, category: str) -> dict[str, dict[str, Any]] | None:
+    per = (doc.get("per_question") or {}).get(model)
+    if per is None:
+        return None  # an older report: no per-question scores
     return {q: v for q, v in per.items() if category == "all" or v.get("category") == category}
 
 
 def paired_ci(
     a: dict[str, Any], b: dict[str, Any], model_a: str, model_b: str, category: str
-) -> tuple[tuple[float, float] | None, int]:
-    """(95% CI of B's mean minus A's, resampling the shared questions together; their count)."""
+) -> tuple[tuple[float, float] | None, int | None]:
+    """(95% CI of B's mean minus A's, resampling the shared questions together; their count,
+    None when a report has no per-question scores)."""
     qa, qb = _questions(a, model_a, category), _questions(b, model_b, category)
+    if qa is None or qb is None:
+        return None, None
     shared = sorted(set(qa) & set(qb))
     if not shared:
         return None, 0
@@ -141,8 +146,8 @@ class Delta:
     a: dict[str, Any] | None
     b: dict[str, Any] | None
     paired_ci: tuple[float, float] | None = None
-    paired: int = 0
-    """How many shared questions the paired CI resampled (0: no per-question scores)."""
+    paired: int | None = None
+    """How many shared questions the paired CI resampled (None: no per-question scores)."""
 
     @property
     def mean_a(self) -> float | None:
@@ -160,8 +165,8 @@ class Delta:
     def ci(self) -> tuple[float, float] | None:
         if self.delta is None:
             return None
-        if self.paired:
-            return self.paired_ci
+        if self.paired is not None:
+            return self.paired_ci  # None when the reports share no question
         h = math.hypot(_half(self.a), _half(self.b))
         return None if math.isnan(h) else (self.delta - h, self.delta + h)
 
@@ -184,7 +189,7 @@ def _ci(s: dict[str, Any] | None) -> str:
 
 
 def _ci_note(d: Delta) -> str:
-    if d.paired:
+    if d.paired is not None:
         return f"delta CI: paired bootstrap over {d.paired} shared questions (A and B resampled together)."
     return "delta CI: the two bootstrap CIs combined as independent errors (approximate: no per-question scores)."
 

@@ -306,3 +306,14 @@ def test_job_run_refuses_a_baseline_made_differently(tmp_path: Path, run_job) ->
     )
     assert p.returncode == 0 and "delta +0.00" in p.stdout.splitlines()[-1], p.stderr[-2000:]
     assert "the reports differ in judge prompt file sha256" in p.stderr and "--allow-mismatch" in p.stderr
+
+
+def test_no_shared_question_gives_no_ci() -> None:
+    def doc(qids: range) -> dict[str, Any]:
+        d = make_doc({"m": {"all": (5.0, 4.0, 6.0)}})
+        d["per_question"] = {"m": {str(q): {"category": "writing", "sum": [5.0], "n": [1]} for q in qids}}
+        return d
+
+    (d,) = g.deltas(doc(range(1, 5)), doc(range(5, 9)), "m", "m")
+    assert d.delta == 0 and d.ci is None and d.paired == 0  # not the unpaired approximation
+    assert "[" not in g.format_compare(doc(range(1, 5)), doc(range(5, 9))).splitlines()[1].split("+0.00")[1]

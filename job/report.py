@@ -5,7 +5,10 @@
 - `score_table` is the long table of scores.csv: per model, category (and `all`) and turn
   (1, 2, `all`), the Swallow convention (mean of the per-choice-run means, sample std across
   runs; for one choice it equals FastChat's pooled mean), n_scored / n_failed, and a 95%
-  bootstrap CI that resamples questions (all choices and turns of a question together).
+  bootstrap CI of that same mean that resamples questions (all choices and turns of a question
+  together), from a stream of its own per (model, category, turn).
+- `choice_rows` reads Swallow / Liquid4All rows (lists over choices) as one row per choice;
+  `per_question` keeps the sums a paired comparison (job.gate) resamples.
 """
 
 from __future__ import annotations

@@ -83,6 +83,12 @@ def _summary(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _rows_used(f: dict[str, Any]) -> str:
+    if f.get("stored_rows") is None or f.get("rows") == f["stored_rows"]:
+        return ""
+    return f" ({f['rows']} of {f['stored_rows']} stored rows current)"
+
+
 def render_markdown(doc: dict[str, Any], stdout: bool = False) -> str:
     prov = doc["provenance"]
     lines: list[str] = [] if stdout else [f"# {prov['bench']}: judged by {', '.join(prov['judges'])}", ""]
@@ -109,5 +115,5 @@ def render_markdown(doc: dict[str, Any], stdout: bool = False) -> str:
             "git_revision",
         ):
             lines.append(f"- {k}: {prov.get(k)}")
-        lines += [f"- judgment file: {f['path']}" for f in prov["judgment_files"]]
+        lines += [f"- judgment file: {f['path']}{_rows_used(f)}" for f in prov["judgment_files"]]
     return "\n".join(lines).rstrip() + "\n"

@@ -22,7 +22,9 @@ def _overall(doc: dict[str, Any], model: str = "echo") -> dict[str, Any]:
 
 def test_report_counts_only_the_current_rows(tmp_path: Path, run_job) -> None:  # type: ignore[no-untyped-def]
     out = str(tmp_path / "runs")
-    _ok(run_job("generate", "--bench", "smoke", "--model", "mock/echo", "--num-choices", "2", "--output", out))
+    _ok(
+        run_job("generate", "--bench", "smoke", "--model", "mock/echo", "--num-choices", "2", "--output", out)
+    )
     _ok(run_job("reduce", "--bench", "smoke", "--output", out))
     judge = ["judge", "--bench", "smoke", "--output", out, "--judge-name", "mj"]
     _ok(run_job(*judge, "--judge-model", "mock/fixed:[[5]]"))
@@ -45,3 +47,5 @@ def test_report_counts_only_the_current_rows(tmp_path: Path, run_job) -> None:  
     assert doc2["provenance"]["bench"] == "smoke"  # named by the manifest
     assert (_overall(doc2)["mean"], _overall(doc2)["n_scored"]) == (9.0, 36)
     assert doc2["provenance"]["judgment_files"][0]["rows"] == 36
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"- judgment file: {copy / 'mj_single.jsonl'} (36 of 72 stored rows current)" in md

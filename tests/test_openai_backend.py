@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from servers.openai_server import Fault, OpenAIServer, Reply, rules_reply
+from servers.openai_server import Fault, OpenAIServer, Reply, rules_reply, scripted_reply
 
 from job.backends import load_backend
 from job.backends.base import GenRequest, GenResult, SamplingParams
@@ -373,3 +373,13 @@ def test_deployment_hiding_a_reasoning_model_switches_on_the_first_refusal(make_
     assert all(r.ok for r in res), res
     assert "max_tokens" in srv.requests[0].body
     assert len(srv.requests) == 3 and all("max_completion_tokens" in r.body for r in srv.requests[1:])
+
+
+def test_finish_reason_error_is_retried_never_an_answer(make_openai_server) -> None:
+    """vllm serve ends a request it failed with finish_reason "error" (and partial text)."""
+    srv = make_openai_server(reply=scripted_reply([Reply("half an", finish_reason="error"), "whole answer"]))
+    [res] = make(srv).generate([req()])
+    assert (res.ok, res.text, len(srv.requests)) == (True, "whole answer", 2)
+    srv2 = make_openai_server(reply=lambda body: Reply("half an", finish_reason="error"))
+    [bad] = make(srv2).generate([req()])
+    assert (bad.status, bad.text) == ("api_error", "") and "finish_reason error" in (bad.error or "")

@@ -479,6 +479,10 @@ def _to_result(resp: Any) -> GenResult:
     tokens = int(getattr(usage, "completion_tokens", 0) or 0)
     if finish == "content_filter" and not content:
         raise _Failed("content_filter: the provider filtered the reply and returned no text")
+    if finish == "error":  # vllm serve: the engine failed this request (e.g. a KV transfer); may not again
+        raise _Retryable(
+            "bad response: finish_reason error (the server failed the request)", bad_response=True
+        )
     if content is not None and not content.strip():  # asking again would pay for the same nothing
         hint = (
             "; the length limit was used up (a reasoning model counts its reasoning)"

@@ -45,6 +45,18 @@ def answers(run_job: Any, tmp_path: Path) -> Path:
     return smoke_answers(run_job, tmp_path)
 
 
+def _report(run_job: Any, out: Path, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """`job report` on the stored judgments: report.json (what the report counted)."""
+    rep = tmp_path / "rep"
+    r = run_job("report", "--output", str(out), "--output-dir", str(rep), *args)
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads((rep / "report.json").read_text()))
+
+
+def _overall(doc: dict[str, Any], model: str) -> dict[str, Any]:
+    return next(s for s in doc["scores"] if (s["model"], s["category"], s["turn"]) == (model, "all", "all"))
+
+
 def _smoke(run_job: Any, out: Path, *args: str) -> Any:
     r = run_job("judge", "--bench", "smoke", "--output", str(out), *MJ, *args)
     assert r.returncode == 0, r.stderr
@@ -70,9 +82,10 @@ def test_regenerated_answers_are_judged_again(run_job: Any, tmp_path: Path) -> N
     assert _judged(_smoke(run_job, out, *judge).stdout) == "18 ok"
     rows = _current(out)
     assert len(rows) == 18 and {r["status"] for r in rows} == {"ok"}
-    assert (
-        len(_jsonl(out / "smoke" / "model_judgment" / "mj_single.jsonl")) == 36
-    )  # old rows kept, not counted
+    # the old rows stay in the file (FastChat's tools read it) but the report does not count them
+    assert len(_jsonl(out / "smoke" / "model_judgment" / "mj_single.jsonl")) == 36
+    doc = _report(run_job, out, tmp_path, "--bench", "smoke")
+    assert (_overall(doc, "m")["n_scored"], _overall(doc, "m")["n_failed"]) == (18, 0)
     # identical inputs: nothing is asked again, the same rows stay current
     assert _judged(_smoke(run_job, out, *judge).stdout) == "nothing new"
     assert _current(out) == rows
@@ -100,6 +113,11 @@ def test_changed_judge_prompts_rejudge_only_the_prompts_that_changed(
     assert len(rows) == 36 and len({(r["question_id"], r["turn"], r["choice"]) for r in rows}) == 36
     v1 = [r for r in rows if r["judge"][1] == "single-v1"]
     assert len(v1) == 12 and all(r["inputs_sha256"] in man["rows"] for r in rows)
+    # the report counts exactly those rows (48 stored), and its provenance is the new prompt file's
+    doc = _report(run_job, answers, tmp_path, "--bench", "smoke")
+    assert _overall(doc, "echo")["n_scored"] == 36
+    assert doc["provenance"]["judge_prompts_sha256"] == man["judge_prompts_sha256"]
+    assert [(f["rows"], f["stored_rows"]) for f in doc["provenance"]["judgment_files"]] == [(36, 48)]
     # back to the bench's prompt file: its judgments are still stored, so nothing is asked
     assert _judged(_smoke(run_job, answers, *judge).stdout) == "nothing new"
     assert len(_current(answers)) == 36 and not [r for r in _current(answers) if r in v1]

@@ -215,7 +215,7 @@ class VLLMBackend:
             raise BackendDead(
                 f"vLLM engine for {self.spec} died during an engine call ({n} requests; "
                 f"{type(e).__name__}: {_first_line(e)}); nothing of it was committed: "
-                "re-run (the Slurm/Kubernetes/Ray retry does) to redo it on a fresh engine"
+                "run it again (a Kubernetes or Ray retry does) to redo it on a fresh engine"
             ) from None
 
     def _probe_token(self) -> int:

@@ -25,6 +25,13 @@ from job.errors import JobError
 from job.names import check_name, default_model_name
 
 BAD_NAMES = ["../evil", "/etc/passwd", "a/b", "..", ".hidden", "a b", "x\ny", "é", "x" * 201, "a\\b"]
+# model names may be Hugging Face ids and any printable text (issue 12): keys hold them
+# percent-encoded (job.names.path_name), so only path-like or unprintable ones are refused
+BAD_MODEL_NAMES = ["../evil", "/etc/passwd", "..", ".hidden", "x\ny", "x" * 201]
+MODEL_ENTRIES = {
+    "generate --model-name", "reduce --model-name", "judge --model-list", "judge --baseline-model",
+    "report --model-list", "report --baseline-model", "run --model-name",
+}  # fmt: skip
 
 # every CLI entry that takes a name; {v} is the bad value, {o} the output root of a finished run
 ENTRIES: dict[str, list[str]] = {
@@ -113,6 +120,10 @@ def test_default_names_from_any_model_spec_are_safe(spec: str) -> None:
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
 @pytest.mark.parametrize("bad", ["../evil", "/etc/passwd", "a/b", "x\ny"])
 def test_every_cli_name_is_checked(finished_run: Path, tmp_path: Path, entry: str, bad: str) -> None:
+    if entry in MODEL_ENTRIES and bad not in BAD_MODEL_NAMES:
+        pytest.skip(
+            f"{bad!r} is a valid model name (org/name); tests/test_report_forks.py checks where it lands"
+        )
     before = _tree(finished_run)
     args = [a.replace("{v}", bad) for a in ENTRIES[entry]] + ["--output", str(finished_run)]
     if entry.startswith("judge") or entry.startswith("run"):
@@ -131,7 +142,7 @@ def test_every_cli_name_is_checked(finished_run: Path, tmp_path: Path, entry: st
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("bad", BAD_NAMES)
+@pytest.mark.parametrize("bad", BAD_MODEL_NAMES)
 def test_model_name_values(run_job: Any, tmp_path: Path, bad: str) -> None:
     """The real CLI (subprocess), every odd value, on the option that names the output files."""
     out = tmp_path / "o"

@@ -203,6 +203,19 @@ def check_judgment(rec: dict[str, Any], where: str, pairwise: bool, need_judge: 
         raise JobError(f"{where}: invalid {'pairwise' if pairwise else 'single'} judgment ({problem})")
 
 
+TRUNCATED_WARN = 0.05
+"""Reduce warns (and reports flag) when more than this share of a model's turns stopped at
+--max-new-tokens: cut-off answers, or a checkpoint whose end-of-turn token is wrong."""
+
+
+def truncation(answers: Sequence[Answer]) -> tuple[int, int]:
+    """(turns that hit max_new_tokens, turns with a known finish reason) over ok choices."""
+    reasons = [
+        r for a in answers for c in a.choices if c.status is None for r in (c.finish_reasons or []) if r
+    ]
+    return sum(r == "length" for r in reasons), len(reasons)
+
+
 def id_sort_key(qid: QuestionId) -> tuple[int, int | str]:
     """Sort ints numerically and before strings, so mixed ids still order stably."""
     return (0, qid) if isinstance(qid, int) else (1, qid)

@@ -21,15 +21,23 @@ from job.jsonl import dumps_lines
 from job.layout import SHARD_RE, answer_key, answer_manifest_key, shard_of_manifest, shards_prefix
 from job.names import check_model_name, check_name, name_of_path
 from job.provenance import package_version
-from job.records import Answer, Choice, QuestionId, ShardItem, ShardManifest, id_sort_key, parse_records
+from job.records import (
+    TRUNCATED_WARN,
+    Answer,
+    Choice,
+    QuestionId,
+    ShardItem,
+    ShardManifest,
+    id_sort_key,
+    parse_records,
+    truncation,
+)
 from job.storage import Storage, open_storage
 from job.terminate import critical
 
 log = logging.getLogger(__name__)
 
 READ_THREADS = 16
-TRUNCATED_WARN = 0.05
-"""Warn when more than this share of a model's turns stopped at --max-new-tokens."""
 
 
 @dataclass
@@ -180,14 +188,6 @@ def merge_model(storage: Storage, bench: str, model: str, allow_failed: bool) ->
     wanted = set(expected)
     merged = {k: v for k, v in merged.items() if k in wanted}
     return Merged(to_answers(model, ref.config_hash, merged), manifests, len(failed))
-
-
-def truncation(answers: list[Answer]) -> tuple[int, int]:
-    """(turns that hit max_new_tokens, turns with a known finish reason) over ok choices."""
-    reasons = [
-        r for a in answers for c in a.choices if c.status is None for r in (c.finish_reasons or []) if r
-    ]
-    return sum(r == "length" for r in reasons), len(reasons)
 
 
 def _warn_truncated(model: str, answers: list[Answer]) -> tuple[int, int]:

@@ -295,6 +295,8 @@ def print_plan(cfg: GenerateConfig, p: dict[str, Any], storage: Storage) -> None
         f"bench {p['bench'].name}: {len(p['questions'])} questions x {cfg.num_choices} choices = {len(items)} conversations"
     )
     print(f"model {cfg.model} -> answers named {cfg.model_name!r}; config {p['config_hash']}")
+    fp = describe(p["run_config"]["model_fingerprint"])
+    print(f"model fingerprint: {fp}; greedy dedupe {'on' if cfg.dedupe_greedy else 'off'}")
     for i in p["indices"]:
         part = shard(items, n, i)
         span = (

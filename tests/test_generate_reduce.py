@@ -318,5 +318,6 @@ def test_dry_run_prints_plan_and_loads_nothing(run_job, shared_bench_data: Path,
     )
     assert res.returncode == 0, res.stderr
     assert "80 questions x 5 choices = 400 conversations" in res.stdout
+    assert "model fingerprint: ./does-not-exist; greedy dedupe on" in res.stdout
     assert res.stdout.count("conversations [") == 4 and "shard 4/4 (index 3): 100 conversations" in res.stdout
     assert not (tmp_path / "o").exists()

@@ -73,7 +73,7 @@ def single_frame(records: Iterable[dict[str, Any]], categories: dict[str, str]) 
         })  # fmt: skip
     cols = ["model", "question_id", "turn", "choice", "score", "ok", "ours", "judge", "prompt"]
     df = pd.DataFrame(rows, columns=cols)
-    df["category"] = df["question_id"].map(categories).fillna("unknown")
+    df["category"] = [categories.get(q, "unknown") for q in df["question_id"]]
     key = ["judge", "prompt", "question_id", "turn", "model", "choice"]
     done = df[df["ok"]].groupby(key).size().rename("n_ok").reset_index()
     df = df.merge(done, on=key, how="left")

@@ -131,7 +131,7 @@ class HFBackend:
                 name, trust_remote_code=trust_remote_code, revision=revision, dtype=self.dtype
             )
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = _first_line(e)
             if "custom code" in first or "trust_remote_code" in first:
                 # the repo ships Python that would run here: only on the user's explicit say-so
                 first = "it ships its own Python code; pass --trust-remote-code only if you trust it"

@@ -5,10 +5,10 @@ request stalls all the others. A backend with `generate_conversations` instead s
 each conversation's turn 2 as soon as its own turn 1 returns (issue 6).
 
 Greedy dedupe (off by default here: an API's temperature-0 replies vary, so copying one
-to every choice would not be exact; `--dedupe-greedy` forces it) keeps the waves' meaning: greedy conversations with the same turns,
-temperature and max tokens send identical requests at every turn (turn 2 carries the
-same turn-1 answer), so one of them is generated and its answers copied to the rest,
-with tokens counted once. Unlike waves this does not merge two *different* questions
+to every choice would not be exact; `--dedupe-greedy` forces it) keeps the waves'
+meaning: greedy conversations with the same turns, temperature and max tokens send
+identical requests at every turn (turn 2 carries the same turn-1 answer), so one of
+them is generated and its answers copied to the rest, with tokens counted once. Unlike waves this does not merge two *different* questions
 that merely share their first turn; that only costs one extra request for such a pair.
 """
 

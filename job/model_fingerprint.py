@@ -30,11 +30,14 @@ def _file_entries(path: Path) -> list[list[Any]]:
     for f in files:
         if f.name.startswith("."):
             continue
-        if _WEIGHTS.search(f.name):
-            st = f.stat()
-            out.append([f.name, st.st_size, st.st_mtime_ns])
-        elif _CONTENT.search(f.name):
-            out.append([f.name, hashlib.sha256(f.read_bytes()).hexdigest()])
+        try:
+            if _WEIGHTS.search(f.name):
+                st = f.stat()
+                out.append([f.name, st.st_size, st.st_mtime_ns])
+            elif _CONTENT.search(f.name):
+                out.append([f.name, hashlib.sha256(f.read_bytes()).hexdigest()])
+        except OSError as e:  # loading the model reports it properly; here it is just different
+            out.append([f.name, f"unreadable: {e.strerror}"])
     return out
 
 

@@ -1,8 +1,9 @@
-"""A tiny random Llama-style chat model, built offline in seconds.
+"""A tiny random Llama-style chat model, built offline in seconds; and a saveable HF
+checkpoint rebuilt from a GGUF file (a real instruct model for tests and benchmarks).
 
 Used by `job smoke-model DIR`, the `hf-tiny` model spec and the tests, so the
-real transformers loading and generation code runs with no download. The
-output is gibberish by design; it checks plumbing, not quality.
+real transformers loading and generation code runs with no download. The tiny
+model's output is gibberish by design; it checks plumbing, not quality.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,49 @@ def build(
     return out
 
 
-def ensure_built(out_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cached smoke model, built on first use."""
-    path = Path(out_dir) if out_dir else default_cache_dir()
+def from_gguf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Rebuild a GGUF checkpoint as a plain HF one in out_dir (float32 weights, tokenizer,
+    chat template, generation config) and return the path.
+
+    transformers dequantizes GGUF on load but cannot save_pretrained the result (its config
+    keeps the gguf quantization entry), so the model is rebuilt from a config without it
+    and the loaded weights are copied in.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from job.errors import JobError
+
+    src = Path(gguf_file).expanduser()
+    if not src.is_file():
+        raise JobError(f"GGUF file {str(src)!r} does not exist; pass the path of a .gguf checkpoint")
+    out = Path(out_dir)
+    kw = {"gguf_file": src.name}
+    try:
+        tok = AutoTokenizer.from_pretrained(src.parent, **kw)
+        loaded = AutoModelForCausalLM.from_pretrained(src.parent, dtype=torch.float32, **kw)
+    except ImportError:
+        raise JobError("reading GGUF files needs the gguf package; run: pip install gguf") from None
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JobError(f"cannot load GGUF file {str(src)!r}: {first}") from None
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config), dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    log.info("rebuilt %s as an HF checkpoint in %s", src.name, out)
+    return out
+
+
+def _cached(path: Path, make: Callable[[Path], Path]) -> Path:
+    """path, made by make(tmp) into a sibling temp dir and moved in place on first use."""
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        build(tmp)
+        make(tmp)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(tmp, path)
@@ -137,3 +175,13 @@ def ensure_built(out_dir: str | os.PathLike[str] | None = None) -> Path:
 
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def ensure_from_gguf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """out_dir holding gguf_file rebuilt (from_gguf), converted only on first use."""
+    return _cached(Path(out_dir), lambda tmp: from_gguf(gguf_file, tmp))
+
+
+def ensure_built(out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cached smoke model, built on first use."""
+    return _cached(Path(out_dir) if out_dir else default_cache_dir(), build)

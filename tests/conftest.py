@@ -17,7 +17,8 @@ SHARED_BENCH_DATA = Path(os.environ.get("JOB_TEST_BENCH_DATA", REPO.parent / "sh
 # shared fixture plugins (modules beside this file; tests/ is on pythonpath):
 # moto_s3 = a real S3 endpoint (moto server on 127.0.0.1): moto_server, s3
 # servers.fixtures = an OpenAI-compatible test server (tests/servers/openai_server.py): openai_server, make_openai_server
-pytest_plugins = ["moto_s3", "servers.fixtures"]
+# real_model = SmolLM2-135M-Instruct rebuilt from its GGUF wheel, and `transformers serve` on it
+pytest_plugins = ["moto_s3", "servers.fixtures", "real_model"]
 
 # no test may reach a model hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

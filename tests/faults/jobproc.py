@@ -61,10 +61,11 @@ def asked_by(srv: Any, key: str) -> int:
 
 
 def wait_held(srv: Any, n: int, held: int, proc: subprocess.Popen[bytes], log: Path, since: int = 0) -> None:
-    """Wait until the server (holding requests past n, hold_after) has answered n requests from
-    the `since`-th on and holds `held` more. With `held` = the client's concurrency every slot
-    waits on the server: the client has recorded each reply it got and sends nothing more,
-    so a signal now lands at a known point however loaded the machine is."""
+    """Wait until the test server, which holds every request after the first n (hold_after),
+    has answered those n (counted from the `since`-th request) and holds `held` more. With
+    `held` = the client's concurrency every slot waits on the server: the client has recorded
+    each reply it got and sends nothing more, so a signal now lands at a known point however
+    loaded the machine is."""
     ok = wait_until(lambda: answered(srv, since) == n and srv.held >= held, 60, proc)
     assert ok, f"{answered(srv, since)} of {n} answered, {srv.held} held: {log.read_text()[-3000:]}"
 

@@ -23,7 +23,9 @@ from job.commands.common import bench_option, output_option
 def reduce_cmd(**kw: object) -> None:
     """Merge committed shards into <output>/<bench>/model_answer/<model>.jsonl.
 
-    Fails, listing them, if shards or (question, choice) items are missing.
+    Fails, listing them, if shards or (question, choice) items are missing. Each choice keeps
+    its turns' finish_reasons; a warning names a model with over 5% of turns cut at
+    --max-new-tokens.
     """
     from job.reduce import ReduceConfig, run
 

@@ -22,8 +22,7 @@ from job.judgment_store import JudgmentStore, current_rows
 from job.layout import answer_file, answers_prefix, judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
-from job.records import Answer, check_judgment, parse_records
-from job.reduce import TRUNCATED_WARN, truncation
+from job.records import TRUNCATED_WARN, Answer, check_judgment, parse_records, truncation
 from job.report_bench import DEFAULT_BENCH, infer_bench
 from job.report_md import render_markdown
 from job.storage import LocalStorage, Storage, open_storage

@@ -1,16 +1,24 @@
-"""Answer generation: our hf path (job.generate's turn waves + HFBackend) vs FastChat's loop.
+"""Answer generation: our hf path (job.generate's turn waves + HFBackend) vs FastChat's loop
+vs plain transformers batched `generate`.
 
 FastChat's `gen_model_answer.get_model_answers` runs one question at a time: for each
 choice i it calls torch.manual_seed(i), then one `model.generate` per turn at batch
 size 1. `fastchat_loop` below re-implements that loop faithfully on the SAME loaded
-model, tokenizer, chat template, questions and max_new_tokens. Both sides are forced
-to produce exactly N tokens per turn (min_new_tokens = max_new_tokens masks EOS), so
-tokens/s compare like for like.
+model, tokenizer, chat template, questions and max_new_tokens. `plain_generate` is what
+one would write with transformers alone: left-padded waves of --plain-wave conversations
+in question order, one `generate` per wave and turn (a wave waits for its longest answer).
+
+--eos forced (the default for the tiny random model) makes every side produce exactly N
+tokens per turn (min_new_tokens = max_new_tokens masks EOS), so the time ratios compare
+like for like; --eos natural (the default with --model: a real model ends its answers
+at varied lengths) lets EOS stop each answer, and tokens/s (EOS not counted) compare.
 
     python benchmarks/bench_generate.py                       # tiny random model, CPU
     python benchmarks/bench_generate.py --model /models/llama-3-8b-instruct --max-new-tokens 256
+    job smoke-model --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf /tmp/smollm2   # a real 135M model
+    python benchmarks/bench_generate.py --model /tmp/smollm2 --first-n 16 --num-choices 1 --max-new-tokens 128
 
-Prints markdown tables: tokens/s, wall time and the ratio for --num-choices 1 and 5,
+Prints markdown tables: tokens/s, wall time and the ratios for --num-choices 1 and 5,
 then the speedup of splitting the work into shards run by separate processes.
 """
 
@@ -23,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +51,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "lengths, ~0.3 tokens/char on mt_bench English) or only on its small built-in text (~0.67)",
     )
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument(
+        "--eos",
+        choices=["forced", "natural"],
+        help="forced: exactly --max-new-tokens per turn (EOS masked); natural: EOS ends answers "
+        "(default: natural with --model, forced for the tiny random model)",
+    )
+    ap.add_argument(
+        "--plain-wave",
+        type=int,
+        default=16,
+        help="conversations per wave of the plain transformers batched generate variant (0: skip it)",
+    )
     ap.add_argument("--num-choices", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--first-n", type=int, help="only the first N questions (default: all)")
     ap.add_argument("--shards", type=int, default=2, help="processes for the sharding comparison (0: skip)")
@@ -85,8 +106,12 @@ def load_backend(args: argparse.Namespace, model: str) -> Any:
         dtype=args.dtype,
         batch_size=args.batch_size,
         token_budget=args.token_budget,
-        min_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.max_new_tokens if forced(args) else None,
     )
+
+
+def forced(args: argparse.Namespace) -> bool:
+    return (args.eos or ("natural" if args.model else "forced")) == "forced"
 
 
 def ours(
@@ -109,7 +134,28 @@ def ours(
     return sum(c.num_tokens for c in convs), dt, cpu
 
 
-def fastchat_loop(backend: Any, questions: list[Any], num_choices: int, n: int) -> tuple[int, float, float]:
+def _answer(tok: Any, output_ids: list[int], stop_ids: set[int]) -> tuple[str, int]:
+    """FastChat's post-processing of one answer: cut at the first stop token, decode, drop
+    special tokens; and the new tokens it counts (EOS excluded, as our backends count)."""
+    cut = [k for k, t in enumerate(output_ids) if t in stop_ids]
+    if cut:
+        output_ids = output_ids[: cut[0]]
+    output = tok.decode(output_ids, spaces_between_special_tokens=False)
+    for s in tok.all_special_tokens:
+        if s:
+            output = output.replace(s, "")
+    return output.strip(), len(output_ids)
+
+
+def _generate_kwargs(tok: Any, temperature: float, n: int, forced: bool) -> dict[str, Any]:
+    do_sample = temperature >= 1e-4
+    kw = {"do_sample": do_sample, "temperature": temperature if do_sample else None, "max_new_tokens": n}
+    return {**kw, "min_new_tokens": n if forced else None, "pad_token_id": tok.pad_token_id}
+
+
+def fastchat_loop(
+    backend: Any, questions: list[Any], num_choices: int, n: int, forced: bool = True
+) -> tuple[int, float, float]:
     """FastChat gen_model_answer.get_model_answers: one question, one choice, one turn at a time."""
     import torch
 
@@ -117,7 +163,6 @@ def fastchat_loop(backend: Any, questions: list[Any], num_choices: int, n: int) 
 
     model, tok = backend.model, backend.tokenizer
     stop_ids = set(backend.eos_ids)
-    specials = [t for t in tok.all_special_tokens if t]
     tokens = 0
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
@@ -130,25 +175,84 @@ def fastchat_loop(backend: Any, questions: list[Any], num_choices: int, n: int) 
                     messages.append({"role": "user", "content": turn})
                     prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
                     input_ids = tok([prompt], add_special_tokens=False).input_ids
-                    do_sample = temperature >= 1e-4
                     output_ids = model.generate(
                         torch.as_tensor(input_ids, device=model.device),
-                        do_sample=do_sample,
-                        temperature=temperature if do_sample else None,
-                        max_new_tokens=n,
-                        min_new_tokens=n,
-                        pad_token_id=tok.pad_token_id,
+                        **_generate_kwargs(tok, temperature, n, forced),
                     )
-                    output_ids = output_ids[0][len(input_ids[0]) :].tolist()
-                    tokens += len(output_ids)
-                    cut = [k for k, t in enumerate(output_ids) if t in stop_ids]
-                    if cut:
-                        output_ids = output_ids[: cut[0]]
-                    output = tok.decode(output_ids, spaces_between_special_tokens=False)
-                    for s in specials:
-                        output = output.replace(s, "")
-                    messages.append({"role": "assistant", "content": output.strip()})
+                    output, count = _answer(tok, output_ids[0][len(input_ids[0]) :].tolist(), stop_ids)
+                    tokens += count
+                    messages.append({"role": "assistant", "content": output})
     return tokens, time.perf_counter() - t0, time.process_time() - c0
+
+
+def plain_generate(
+    backend: Any, questions: list[Any], num_choices: int, n: int, wave: int, forced: bool = True
+) -> tuple[int, float, float]:
+    """Plain transformers batched `generate`: conversations grouped by temperature (one
+    `generate` call takes one), in question order, cut into waves of `wave`; each wave runs
+    turn 1 as one left-padded batch, then turn 2, with HF's own sampling (one seed per run)."""
+    import torch
+
+    from job.benches import FASTCHAT
+
+    model, tok = backend.model, backend.tokenizer
+    stop_ids = set(backend.eos_ids)
+    by_temperature: dict[float, list[Any]] = {}
+    for q in questions:
+        by_temperature.setdefault(FASTCHAT.temperature(q.category), []).extend([q] * num_choices)
+    tokens = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for temperature, convs in by_temperature.items():
+            for w in range(0, len(convs), wave):
+                tokens += _plain_wave(model, tok, stop_ids, convs[w : w + wave], temperature, n, forced)
+    return tokens, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _plain_wave(
+    model: Any, tok: Any, stop_ids: set[int], convs: list[Any], temperature: float, n: int, forced: bool
+) -> int:
+    """One wave of plain batched generate: every turn of its conversations (questions)."""
+    messages: list[list[dict[str, str]]] = [[] for _ in convs]
+    tokens = 0
+    for turn in range(max(len(q.turns) for q in convs)):
+        rows = [k for k, q in enumerate(convs) if turn < len(q.turns)]
+        for k in rows:
+            messages[k].append({"role": "user", "content": convs[k].turns[turn]})
+        prompts = [
+            tok.apply_chat_template(messages[k], add_generation_prompt=True, tokenize=False) for k in rows
+        ]
+        enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        out = model.generate(**enc, **_generate_kwargs(tok, temperature, n, forced))
+        for k, ids in zip(rows, out[:, enc["input_ids"].shape[1] :].tolist(), strict=True):
+            text, count = _answer(tok, ids, stop_ids)
+            tokens += count
+            messages[k].append({"role": "assistant", "content": text})
+    return tokens
+
+
+FASTCHAT_VARIANT = "FastChat gen_model_answer loop"
+Measure = Callable[[], tuple[int, float, float]]
+
+
+def variants(
+    args: argparse.Namespace, backend: Any, questions: list[Any], choices: int
+) -> dict[str, Measure]:
+    """The variants to time for one --num-choices value: name -> run() giving (tokens, wall s, cpu s)."""
+    n, eos = args.max_new_tokens, forced(args)
+    out: dict[str, Measure] = {
+        "ours (job generate waves, hf)": lambda: ours(backend, questions, choices, n, False)
+    }
+    if choices > 1:
+        out["ours + greedy dedupe (default)"] = lambda: ours(backend, questions, choices, n, True)
+    if args.plain_wave:
+        out[f"plain transformers batched generate ({args.plain_wave} per wave)"] = lambda: plain_generate(
+            backend, questions, choices, n, args.plain_wave, eos
+        )
+    if not args.skip_fastchat:
+        out[FASTCHAT_VARIANT] = lambda: fastchat_loop(backend, questions, choices, n, eos)
+    return out
 
 
 def warm_up(backend: Any) -> None:
@@ -195,6 +299,7 @@ def sharded(args: argparse.Namespace, model: str, num_shards: int, num_choices: 
     threads = max(1, args.threads // num_shards)
     base = [sys.executable, __file__, "--worker", "--model", model, "--bench", args.bench]
     base += ["--bench-data", args.bench_data, "--max-new-tokens", str(args.max_new_tokens)]
+    base += ["--eos", "forced" if forced(args) else "natural"]
     base += ["--num-choices", str(num_choices), "--threads", str(threads), "--num-shards", str(num_shards)]
     base += ["--device", args.device, "--dtype", args.dtype]
     if args.first_n:
@@ -260,33 +365,29 @@ def main(argv: list[str] | None = None) -> None:
         f"model {model} on {backend.device} ({str(backend.dtype).removeprefix('torch.')}), "
         f"tokenizer {per_char:.2f} tokens/char on the questions"
         + (f" (BPE trained on: {args.tokenizer_corpus})" if not args.model else "")
-        + ", "
-        f"{len(questions)} questions x {len(questions[0].turns)} turns, {n} new tokens per turn (forced), "
-        f"torch threads {args.threads}, token budget {backend.token_budget}, best of {args.repeats}\n"
+        + f", {len(questions)} questions x {len(questions[0].turns)} turns, "
+        + (
+            f"{n} new tokens per turn (forced), "
+            if forced(args)
+            else f"natural EOS, at most {n} new tokens per turn, "
+        )
+        + f"torch threads {args.threads}, token budget {backend.token_budget}, best of {args.repeats}\n"
     )
     rows: list[list[Any]] = []
     records: list[dict[str, Any]] = []
     for choices in args.num_choices:
-        variants = [("ours (job generate waves, hf)", False)]
-        if choices > 1:
-            variants.append(("ours + greedy dedupe (default)", True))
         # best of --repeats (interleaved): a busy machine only ever makes a run slower
         measured: dict[str, tuple[int, float, float]] = {}
-        todo: list[tuple[str, bool | None]] = list(variants)
-        if not args.skip_fastchat:
-            todo.append(("FastChat gen_model_answer loop", None))
         for _ in range(args.repeats):
-            for name, dedupe in todo:
-                if dedupe is None:
-                    tokens, dt, cpu = fastchat_loop(backend, questions, choices, n)
-                else:
-                    tokens, dt, cpu = ours(backend, questions, choices, n, dedupe)
+            for name, run in variants(args, backend, questions, choices).items():
+                tokens, dt, cpu = run()
                 best = measured.get(name)
                 measured[name] = (tokens, min(dt, best[1]), min(cpu, best[2])) if best else (tokens, dt, cpu)
-        ref = measured.get("FastChat gen_model_answer loop")
+        ref = measured.get(FASTCHAT_VARIANT)
         for name, (tokens, dt, cpu) in measured.items():
-            # time ratios: equal to tok/s ratios where the token counts are equal (not for dedupe)
+            # time ratios: equal to tok/s ratios where the token counts are equal (forced EOS, no dedupe)
             vs = [f"{ref[1] / dt:.1f}x", f"{ref[2] / cpu:.1f}x"] if ref else ["-", "-"]
+            vs.append(f"{(tokens / dt) / (ref[0] / ref[1]):.1f}x" if ref else "-")
             rows.append([choices, name, tokens, f"{dt:.2f}", f"{cpu:.2f}", f"{tokens / dt:.0f}", *vs])
             records.append(
                 {"num_choices": choices, "variant": name, "tokens": tokens, "wall_s": dt, "cpu_s": cpu}
@@ -301,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         "tok/s",
         "speedup (wall)",
         "speedup (cpu)",
+        "tok/s vs FastChat",
     ]
     print(table(headers, rows))
     backend.close()

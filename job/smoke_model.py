@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,37 @@ def build(
     benchmarks pass the questions they run to get realistic prompt lengths.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    fast = build_tokenizer(out, vocab_size=vocab_size, corpus=corpus)
+    # model: random weights, initializer_range 0.2 so greedy output varies with the prompt
+    torch.manual_seed(seed)
+    config = chat_config(
+        fast,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = generation_config(config)
+    model.save_pretrained(out)
+    log.info("built tiny chat model in %s (%d parameters)", out, sum(p.numel() for p in model.parameters()))
+    return out
 
-    # tokenizer: byte-level BPE trained in-process
+
+def build_tokenizer(out: Path, *, vocab_size: int = 2048, corpus: Iterable[str] | None = None) -> Any:
+    """A byte-level BPE trained in-process on the built-in text (+ corpus), with the ChatML
+    template, saved into out; returns the PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -96,31 +121,28 @@ def build(
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg["chat_template"] = CHAT_TEMPLATE
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), "utf-8")
+    return fast
 
-    # model: random weights, initializer_range 0.2 so greedy output varies with the prompt
-    torch.manual_seed(seed)
-    ids = {t: fast.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=hidden,
-        intermediate_size=hidden * 4,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        bos_token_id=ids["<s>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<pad>"],
+
+def chat_config(tokenizer: Any, **shape: Any) -> Any:
+    """A LlamaConfig of the given shape whose vocabulary and bos/eos/pad ids are tokenizer's."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<pad>"]
+
+
+def generation_config(config: Any) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
-    model.save_pretrained(out)
-    log.info("built tiny chat model in %s (%d parameters)", out, sum(p.numel() for p in model.parameters()))
-    return out
 
 
 def from_gguf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:

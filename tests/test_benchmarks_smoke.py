@@ -45,6 +45,7 @@ def test_bench_generate_equal_tokens_and_sharding(shared_bench_data: Path, tmp_p
         expect = 3 * 2 * choices * 5  # questions x turns x choices x forced tokens
         assert by[(choices, "ours (job generate waves, hf)")]["tokens"] == expect
         assert by[(choices, "FastChat gen_model_answer loop")]["tokens"] == expect
+        assert by[(choices, "plain transformers batched generate (16 per wave)")]["tokens"] == expect
     # greedy dedupe generates fewer tokens when a question is greedy (3 questions: writing 0.7 + greedy ones)
     assert by[(2, "ours + greedy dedupe (default)")]["tokens"] <= 3 * 2 * 2 * 5
     shards = [x["sharding"] for x in rows if "sharding" in x]

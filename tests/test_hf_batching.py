@@ -3,6 +3,7 @@ a sampled answer does not depend on its batch; a request that cannot run fails a
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from transformers.generation.logits_process import (
 
 from job.backends.base import GenRequest, SamplingParams
 from job.backends.hf import HFBackend, RowSampler, sampling_kwargs
-from job.backends.hf_cache import prefilled_cache, reserved_cache
+from job.backends.hf_cache import cache_kwarg, prefilled_cache, reserved_cache
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_reserved_cache_matches_dynamic_cache(tiny_model: Path) -> None:
         cache = reserved_cache(model.config, 8)
         assert cache is not None
         reserved = model.generate(
-            ids, past_key_values=cache, output_logits=True, return_dict_in_generate=True, **common
+            ids, output_logits=True, return_dict_in_generate=True, **common, **{cache_kwarg(model): cache}
         )
     assert torch.equal(plain.sequences, reserved.sequences)
     for a, b in zip(plain.logits, reserved.logits, strict=True):
@@ -232,3 +233,31 @@ def test_a_prompt_near_the_context_end_stops_at_the_context(tiny_model: Path) ->
     b.max_positions = n + 5  # as a model whose context ends 5 tokens after this prompt
     res = b.generate([req])[0]
     assert res.ok and res.num_tokens == 5 and res.finish_reason == "length"
+
+
+def test_reserved_layer_reset_starts_empty(tiny_model: Path) -> None:
+    """A reset cache holds nothing of its previous use (4.56 zeroes the old tensors, 5.x drops them)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    cache = reserved_cache(model.config, 4)
+    assert cache is not None
+    ids = torch.tensor([[5, 9, 14, 3, 7]])
+    with torch.inference_mode():
+        model(input_ids=ids, use_cache=True, **{cache_kwarg(model): cache})
+        assert cache.get_seq_length() == 5
+        cache.reset()
+        assert cache.get_seq_length() == 0
+        model(input_ids=ids[:, :2], use_cache=True, **{cache_kwarg(model): cache})
+    assert cache.get_seq_length() == 2
+
+
+def test_the_cache_goes_by_its_current_name(backend: HFBackend) -> None:
+    """transformers 5.x renamed generate's and forward's `past_key_values` to `cache` (the old
+    name is removed from forward in 5.40); 4.56 knows only `past_key_values`. Neither the
+    grouped prefill nor generate may use a deprecated name on the version installed."""
+    prompts = [" ".join(["lighthouse keeper counts umbrellas"] * k) for k in (1, 9, 40)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        results = backend.generate([_req(p, 0.0, n=6) for p in prompts])
+    assert all(r.ok for r in results)

@@ -18,9 +18,10 @@ import inspect
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import transformers
@@ -28,7 +29,15 @@ from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from job.backends.base import GenRequest, GenResult, ProgressFn
-from job.backends.hf_cache import prefilled_cache, reserved_cache
+from job.backends.hf_cache import cache_kwarg, prefilled_cache, reserved_cache
+from job.backends.hf_memory import (
+    CPU_TOKEN_BUDGET,
+    free_bytes,
+    kv_bytes_per_token,
+    layers_by_device,
+    num_layers,
+    token_budget,
+)
 from job.backends.hf_sampling import RowSampler, sampling_kwargs
 from job.errors import BackendDead, JobError
 
@@ -39,7 +48,10 @@ __all__ = ["HFBackend", "RowSampler", "row_seed", "sampling_kwargs", "tiny_backe
 MIN_TRANSFORMERS = "4.56"
 """`from_pretrained(dtype=...)` and layered KV caches; pyproject's lower bound says the same."""
 
+_T = TypeVar("_T")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+"""accelerate's placements of one model over several GPUs (and CPU), as from_pretrained takes them."""
 
 
 def check_transformers(version: str) -> None:
@@ -64,6 +76,10 @@ class _Row:
     seed: int
 
 
+def _row_len(row: _Row) -> int:
+    return len(row.ids)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
@@ -74,6 +90,21 @@ def row_seed(seed: int | None, prompt: str) -> int:
     two turns or questions with one --seed still draw different streams."""
     digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _check_device_map(device_map: str | None, device: str) -> dict[str, Any]:
+    """from_pretrained's placement arguments for --device-map (a model larger than one GPU)."""
+    if not device_map:
+        return {}
+    if device_map not in DEVICE_MAPS:
+        raise JobError(f"unknown --device-map {device_map!r}; use {', '.join(DEVICE_MAPS)}")
+    if device != "auto":
+        raise JobError(f"--device-map {device_map} places the model itself; drop --device {device}")
+    return {"device_map": device_map}
 
 
 def _pick_device(device: str) -> str:
@@ -104,6 +135,7 @@ class HFBackend:
         device: str = "auto",
         batch_size: int | None = None,
         token_budget: int | None = None,
+        device_map: str | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
         min_new_tokens: int | None = None,
@@ -118,17 +150,18 @@ class HFBackend:
         if not path.exists() and _looks_like_path(model):
             raise JobError(f"model path {model!r} does not exist; check --model hf/<path-or-id>")
         name = str(path) if path.exists() else model
+        placement = _check_device_map(device_map, device)
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
         self.batch_size = batch_size
-        self.token_budget = token_budget or (131072 if self.device.startswith("cuda") else 16384)
-        log.info("loading %s on %s (%s)", name, self.device, str(self.dtype).removeprefix("torch."))
+        where = f"device map {device_map}" if device_map else self.device
+        log.info("loading %s on %s (%s)", name, where, str(self.dtype).removeprefix("torch."))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 name, trust_remote_code=trust_remote_code, revision=revision, padding_side="left"
             )
             self.model = AutoModelForCausalLM.from_pretrained(
-                name, trust_remote_code=trust_remote_code, revision=revision, dtype=self.dtype
+                name, trust_remote_code=trust_remote_code, revision=revision, dtype=self.dtype, **placement
             )
         except (OSError, ValueError) as e:
             first = _first_line(e)
@@ -136,7 +169,12 @@ class HFBackend:
                 # the repo ships Python that would run here: only on the user's explicit say-so
                 first = "it ships its own Python code; pass --trust-remote-code only if you trust it"
             raise JobError(f"cannot load model {model!r}: {first}") from None
-        self.model.to(self.device).eval()
+        if device_map:  # accelerate placed the layers; inputs go where the embeddings are
+            self.device = str(self.model.get_input_embeddings().weight.device)
+        else:
+            self.model.to(self.device)
+        self.model.eval()
+        self.token_budget = token_budget or self._default_budget()
         if chat_template:
             try:
                 self.tokenizer.chat_template = Path(chat_template).read_text("utf-8")
@@ -153,7 +191,28 @@ class HFBackend:
         self.max_positions: int | None = getattr(self.model.config, "max_position_embeddings", None)
         # length-grouped prefill needs a decoder that takes explicit position ids
         self._grouped_prefill = "position_ids" in inspect.signature(self.model.forward).parameters
+        self._cache_kw = cache_kwarg(self.model)
         self._special = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
+
+    def _default_budget(self) -> int:
+        """Padded tokens per batch whose KV cache fits the free accelerator memory (see
+        hf_memory); a fixed default on CPU, where memory is not what limits a batch."""
+        if not self.device.startswith("cuda"):
+            log.info(
+                "token budget %d padded tokens per batch (CPU default; --token-budget)", CPU_TOKEN_BUDGET
+            )
+            return CPU_TOKEN_BUDGET
+        config = self.model.config
+        layers = layers_by_device(getattr(self.model, "hf_device_map", None), num_layers(config), self.device)
+        free = free_bytes([d for d in layers if d.startswith("cuda")])
+        budget = token_budget(config, self.dtype.itemsize, free, layers)
+        log.info(
+            "token budget %d padded tokens per batch: %s GiB free, %d KiB of KV cache per token (--token-budget)",
+            budget,
+            "+".join(f"{b / 2**30:.1f}" for b in free.values()),
+            kv_bytes_per_token(config, self.dtype.itemsize) // 1024,
+        )
+        return budget
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -173,24 +232,45 @@ class HFBackend:
         text: str = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text
 
-    def _batches(self, lengths: list[tuple[int, int]], max_new: int) -> list[list[int]]:
-        """Cut (index, length) pairs, sorted by length, into batches under the token budget."""
+    def _next_batch(self, lengths: list[int], max_new: int) -> int:
+        """How many of the prompt lengths (sorted ascending) the next batch takes: at most
+        --batch-size rows, else as many as fit the token budget (at least one)."""
         if self.batch_size:
-            return [
-                [i for i, _ in lengths[s : s + self.batch_size]]
-                for s in range(0, len(lengths), self.batch_size)
-            ]
-        out: list[list[int]] = []
-        cur: list[int] = []
-        for i, n in lengths:
+            return min(self.batch_size, len(lengths))
+        n = 0
+        for length in lengths:
             # padded rows all grow to the longest (= current, sorted ascending) length
-            if cur and (len(cur) + 1) * (n + max_new) > self.token_budget:
-                out.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            out.append(cur)
-        return out
+            if n and (n + 1) * (length + max_new) > self.token_budget:
+                break
+            n += 1
+        return n
+
+    def _cut(self, items: list[_T], length: Callable[[_T], int], max_new: int) -> Iterator[list[_T]]:
+        """Batches of `items` (sorted by prompt length), each cut when it is reached: a size
+        learnt from an out-of-memory error meanwhile applies to the very next batch."""
+        while items:
+            take = self._next_batch([length(x) for x in items], max_new)
+            yield items[:take]
+            items = items[take:]
+
+    def _shrink(self, rows: list[_Row], max_new: int) -> None:
+        """After an OOM: the halves of the failed batch are the size for the rest of the run,
+        so later batches do not fail at the same size and split again every time."""
+        if self.batch_size:
+            self.batch_size = min(self.batch_size, max(1, len(rows) // 2))
+            log.warning(
+                "out of memory at %d rows: batches of %d rows from now on (retrying the batch cut to it)",
+                len(rows),
+                self.batch_size,
+            )
+            return
+        padded = len(rows) * (max(len(r.ids) for r in rows) + max_new)
+        self.token_budget = min(self.token_budget, max(1, padded // 2))
+        log.warning(
+            "out of memory at %d padded tokens: token budget %d from now on (retrying the batch cut to it)",
+            padded,
+            self.token_budget,
+        )
 
     def _clean(self, text: str) -> str:
         for tok in self._special:
@@ -236,7 +316,7 @@ class HFBackend:
         cache = prefilled_cache(self.model, ids, pad, max_new) if self._grouped_prefill else None
         cache = cache or reserved_cache(self.model.config, max_new)
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[self._cache_kw] = cache
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -259,7 +339,8 @@ class HFBackend:
         return results
 
     def _run_safe(self, rows: list[_Row], max_new: int) -> list[GenResult]:
-        """Run a batch; on OOM split it in half, and record an error only for a single row."""
+        """Run a batch; on OOM cut it again at the smaller size learnt (other errors: in
+        half), and record an error only for a single row."""
         try:
             return self._run_batch(rows, max_new)
         except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
@@ -270,6 +351,11 @@ class HFBackend:
                 return [GenResult.failure(f"{type(e).__name__}: {_first_line(e)}")]
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
+            if _is_oom(e):
+                self._shrink(rows, max_new)
+                return [
+                    r for part in self._cut(rows, _row_len, max_new) for r in self._run_safe(part, max_new)
+                ]
             mid = len(rows) // 2
             log.warning("batch of %d failed (%s); retrying as two halves", len(rows), str(e)[:120])
             return self._run_safe(rows[:mid], max_new) + self._run_safe(rows[mid:], max_new)
@@ -291,8 +377,8 @@ class HFBackend:
         for i in rows:
             groups[requests[i].params.max_new_tokens].append(i)
         for max_new, idxs in groups.items():
-            by_len = sorted(((i, len(rows[i].ids)) for i in idxs), key=lambda x: (x[1], x[0]))
-            for batch in self._batches(by_len, max_new):
+            by_len = sorted(idxs, key=lambda i: (len(rows[i].ids), i))
+            for batch in self._cut(by_len, lambda i: len(rows[i].ids), max_new):
                 outs = self._run_safe([rows[i] for i in batch], max_new)
                 for i, res in zip(batch, outs, strict=True):
                     results[i] = res

@@ -11,71 +11,95 @@ too, but attends over its full length at every step and slows down prefill.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 log = logging.getLogger(__name__)
 
-try:  # transformers >= 4.56 (layered caches)
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-except ImportError:  # pragma: no cover - older transformers: generate() uses its default cache
-    DynamicCache = DynamicLayer = None
+# What this module relies on changed between transformers 4.56 and 5.x: the cache argument's
+# name, `lazy_initialization(k)` -> `(k, v)`, `is_initialized`. The three adapters below are
+# the only places that know; tests/test_hf_batching.py runs on both ends of the supported range
+# (.ci/run), so a further change fails there rather than silently slowing generation.
 
 
-if DynamicLayer is not None:
+def cache_kwarg(model: Any) -> str:
+    """The name forward() and generate() take the KV cache by: `cache` from transformers 5.x
+    (where `past_key_values` is deprecated, for forward to be removed in 5.40), else
+    `past_key_values` (4.56)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    class ReservedLayer(DynamicLayer):  # type: ignore[misc,valid-type]
-        """DynamicLayer whose keys/values are views of a buffer with spare room at the end."""
 
-        keys: torch.Tensor
-        values: torch.Tensor
+def _is_initialized(layer: Any) -> bool:
+    # 5.x: a flag; 4.56: keys stay None until the first update
+    flag = getattr(layer, "is_initialized", None)
+    return bool(flag) if flag is not None else layer.keys is not None
 
-        def __init__(self, reserve: int, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.reserve = reserve
-            self._k: torch.Tensor | None = None
-            self._v: torch.Tensor | None = None
 
-        def _owns_views(self) -> bool:
-            # crop/reorder/batch_select replace self.keys with new tensors: adopt those then
-            return self._k is not None and self.keys.data_ptr() == self._k.data_ptr()
+def _initialize(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
+    if len(inspect.signature(layer.lazy_initialization).parameters) >= 2:
+        layer.lazy_initialization(keys, values)
+    else:  # transformers 4.56
+        layer.lazy_initialization(keys)
 
-        def update(
-            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            old = self.keys.shape[-2] if self.keys.numel() else 0
-            new = old + key_states.shape[-2]
-            if not self._owns_views() or self._k is None or new > self._k.shape[-2]:
-                shape = (*key_states.shape[:-2], new + self.reserve, key_states.shape[-1])
-                k = key_states.new_empty(shape)
-                v = value_states.new_empty((*shape[:-1], value_states.shape[-1]))
-                if old:
-                    k[..., :old, :].copy_(self.keys)
-                    v[..., :old, :].copy_(self.values)
-                self._k, self._v = k, v
-            assert self._k is not None and self._v is not None
-            self._k[..., old:new, :].copy_(key_states)
-            self._v[..., old:new, :].copy_(value_states)
-            self.keys, self.values = self._k[..., :new, :], self._v[..., :new, :]
-            return self.keys, self.values
 
-        def reset(self) -> None:
-            self._k = self._v = None
-            super().reset()
+class ReservedLayer(DynamicLayer):  # type: ignore[misc]
+    """DynamicLayer whose keys/values are views of a buffer with spare room at the end."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def __init__(self, reserve: int, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reserve = reserve
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+
+    def _owns_views(self) -> bool:
+        # crop/reorder/batch_select replace self.keys with new tensors: adopt those then
+        return self._k is not None and self.keys.data_ptr() == self._k.data_ptr()
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not _is_initialized(self):
+            _initialize(self, key_states, value_states)
+        old = self.keys.shape[-2] if self.keys.numel() else 0
+        new = old + key_states.shape[-2]
+        if not self._owns_views() or self._k is None or new > self._k.shape[-2]:
+            shape = (*key_states.shape[:-2], new + self.reserve, key_states.shape[-1])
+            k = key_states.new_empty(shape)
+            v = value_states.new_empty((*shape[:-1], value_states.shape[-1]))
+            if old:
+                k[..., :old, :].copy_(self.keys)
+                v[..., :old, :].copy_(self.values)
+            self._k, self._v = k, v
+        assert self._k is not None and self._v is not None
+        self._k[..., old:new, :].copy_(key_states)
+        self._v[..., old:new, :].copy_(value_states)
+        self.keys, self.values = self._k[..., :new, :], self._v[..., :new, :]
+        return self.keys, self.values
+
+    def reset(self) -> None:
+        self._k = self._v = None
+        super().reset()
+        # 4.56 zeroes the old tensors instead of dropping them: start empty on either version
+        self.keys = self.values = None  # type: ignore[assignment]
+        if hasattr(self, "is_initialized"):
+            self.is_initialized = False
 
 
 def reserved_cache(config: Any, reserve: int) -> Any | None:
     """A DynamicCache whose full-attention layers reserve room for `reserve` new tokens.
 
-    None where this transformers version has no layered DynamicCache (generate then
-    builds its usual cache). Sliding-window and other special layers are kept as they are.
+    Sliding-window and other special layers are kept as they are. None (with a warning:
+    generation then copies its cache at every step) where the cache layout is not the one
+    expected.
     """
-    if DynamicCache is None:
-        return None
     try:
         cache = DynamicCache(config=config)
         layers = getattr(cache, "layers", None)
@@ -86,8 +110,13 @@ def reserved_cache(config: Any, reserve: int) -> Any | None:
                 layers[i] = ReservedLayer(reserve)
         return cache
     except Exception as e:  # an unexpected cache layout: fall back to generate's own
-        log.debug("reserved KV cache unavailable (%s); using the default", e)
+        _warn_once(f"reserved KV cache unavailable ({e}); generate copies its default cache at every step")
         return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning("%s", message)
 
 
 def prefilled_cache(
@@ -128,14 +157,14 @@ def prefilled_cache(
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 1),
-            past_key_values=part,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_kwarg(model): part},
         )
         index = torch.tensor(group, device=device)
         for layer, src in zip(cache.layers, part.layers, strict=True):
             if layer._k is None:
-                layer.lazy_initialization(src.keys, src.values)
+                _initialize(layer, src.keys, src.values)
                 shape = (len(rows), src.keys.shape[1], width + reserve, src.keys.shape[-1])
                 layer._k = src.keys.new_zeros(shape)
                 layer._v = src.values.new_zeros((*shape[:-1], src.values.shape[-1]))

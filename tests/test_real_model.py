@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from real_model import MODEL_NAME, Served
+from real_model import MODEL_NAME, Served, smollm2_gguf
 
 from job.records import Answer, parse_records
 
@@ -100,3 +100,34 @@ def test_api_generate_and_judge_on_transformers_serve(
         assert f"judged mt_bench with {MODEL_NAME}: {summary};" in judge.stdout
     else:  # no rating came back: a failure, never a score
         assert judge.returncode == 2 and "all 2 judgments of this run failed" in judge.stderr, judge.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_hf_gguf_file_answers_as_the_rebuilt_checkpoint(
+    real_model: Path, run_job: Any, shared_bench_data: Path, tmp_path: Path
+) -> None:
+    """hf/<folder> --gguf-file FILE loads the GGUF directly: same weights as the checkpoint
+    `job smoke-model --from-gguf` rebuilt, so the same answers (sampled ones too: per-row seeds)."""
+    gguf = smollm2_gguf()
+    common = ["--bench", "mt_bench", "--bench-data", str(shared_bench_data), "--first-n", "1",
+              "--max-new-tokens", "12", "--device", "cpu", "--dtype", "float32"]  # fmt: skip
+    answers = {}
+    for name, model in (("gguf", ["--model", f"hf/{gguf.parent}", "--gguf-file", gguf.name]),
+                        ("rebuilt", ["--model", f"hf/{real_model}"])):  # fmt: skip
+        out = tmp_path / name
+        r = run_job("generate", *common, *model, "--model-name", name, "--output", str(out))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert run_job("reduce", "--bench", "mt_bench", "--output", str(out)).returncode == 0
+        path = out / "mt_bench" / "model_answer" / f"{name}.jsonl"
+        (answers[name],) = parse_records(path.read_bytes(), Answer, str(path))
+    assert answers["gguf"].choices[0].turns == answers["rebuilt"].choices[0].turns
+    assert all(t.strip() for t in answers["gguf"].choices[0].turns)
+
+
+def test_hf_gguf_file_missing_is_one_line(run_job: Any, tmp_path: Path) -> None:
+    r = run_job("generate", "--bench", "smoke", "--model", f"hf/{tmp_path}", "--gguf-file", "nope.gguf",
+                "--first-n", "1", "--output", str(tmp_path / "out"))  # fmt: skip
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and last.startswith("error: cannot load model") and "nope.gguf" in last, r.stderr
+    assert "Traceback" not in r.stderr

@@ -107,6 +107,17 @@ def _check_device_map(device_map: str | None, device: str) -> dict[str, Any]:
     return {"device_map": device_map}
 
 
+def _gguf_kwargs(gguf_file: str | None) -> dict[str, Any]:
+    """--gguf-file: a GGUF file in the model folder or repo, dequantized by transformers on load."""
+    if not gguf_file:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise JobError("--gguf-file needs the gguf package; run: pip install gguf")
+    return {"gguf_file": gguf_file}
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -139,6 +150,7 @@ class HFBackend:
         trust_remote_code: bool = False,
         revision: str | None = None,
         min_new_tokens: int | None = None,
+        gguf_file: str | None = None,
         **_: Any,
     ):
         check_transformers(transformers.__version__)
@@ -156,13 +168,10 @@ class HFBackend:
         self.batch_size = batch_size
         where = f"device map {device_map}" if device_map else self.device
         log.info("loading %s on %s (%s)", name, where, str(self.dtype).removeprefix("torch."))
+        load = {"trust_remote_code": trust_remote_code, "revision": revision, **_gguf_kwargs(gguf_file)}
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                name, trust_remote_code=trust_remote_code, revision=revision, padding_side="left"
-            )
-            self.model = AutoModelForCausalLM.from_pretrained(
-                name, trust_remote_code=trust_remote_code, revision=revision, dtype=self.dtype, **placement
-            )
+            self.tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left", **load)
+            self.model = AutoModelForCausalLM.from_pretrained(name, dtype=self.dtype, **placement, **load)
         except (OSError, ValueError) as e:
             first = _first_line(e)
             if "custom code" in first or "trust_remote_code" in first:

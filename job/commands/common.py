@@ -98,7 +98,7 @@ def model_options(f: F) -> F:
 # keys of backend_options filled by local_model_options (hf/ and vllm/ backends)
 LOCAL_OPTION_KEYS = (
     "dtype", "device", "trust_remote_code",
-    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager",
+    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager", "gguf_file",
 )  # fmt: skip
 
 
@@ -111,6 +111,11 @@ def local_model_options(f: F) -> F:
             click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (hf)."),
             click.option(
                 "--trust-remote-code", is_flag=True, help="Allow model repos to run their own code."
+            ),
+            click.option(
+                "--gguf-file",
+                help="Load this GGUF file of the hf/ model's folder or repo (dequantized on load; "
+                "needs `pip install gguf`; hf). `job smoke-model --from-gguf` converts one once instead.",
             ),
             click.option(
                 "--tensor-parallel-size",

@@ -226,11 +226,14 @@ def game_key(judge: str, m: Match, game: int) -> GameKey:
     return (*row_key(judge, m), game)
 
 
-def inputs_sha256(judge_model: str, params: SamplingParams, m: Match) -> str:
+def inputs_sha256(
+    judge_model: str, params: SamplingParams, m: Match, judge_fingerprint: dict[str, Any] | None = None
+) -> str:
     """Hash of everything that decides a judgment: the judge spec and every sampling param
-    sent, the row's key, the prompt (system, filled user prompt of each game: question,
-    answer turns of both sides, reference), the rating format, or the generation failure
-    that replaces them. A stored row is reused only while this is unchanged."""
+    sent, the weights behind a local judge's spec (job.model_fingerprint: an overwritten
+    checkpoint is another judge), the row's key, the prompt (system, filled user prompt of
+    each game: question, answer turns of both sides, reference), the rating format, or the
+    generation failure that replaces them. A stored row is reused only while this is unchanged."""
     body = {
         "judge_model": judge_model,
         # unset params (None) left out: a new optional param does not invalidate stored rows
@@ -240,6 +243,8 @@ def inputs_sha256(judge_model: str, params: SamplingParams, m: Match) -> str:
         "rating_res": [p.pattern for p in m.prompt.rating_res], "ref": m.ref, "failed": m.failed,
         "user_prompts": None if m.failed else [build_judge_prompt(m, g) for g in m.games],
     }  # fmt: skip
+    if judge_fingerprint is not None:  # API judges have none: their stored rows' hashes stay as they were
+        body["judge_fingerprint"] = judge_fingerprint
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from job.backends import load_backend
+from job.backends import load_backend, parse_spec
 from job.backends.base import GenRequest, GenResult
 from job.benches import Bench, resolve_bench, sha256_bytes
 from job.errors import JobError, Terminated
@@ -42,6 +42,7 @@ from job.judge import (
 from job.judge_prompts import load_prompt_set, select
 from job.judgment_store import JudgmentStore
 from job.layout import answers_prefix, judgment_dir, manifest_key, model_of_answer_file
+from job.model_fingerprint import describe, fingerprint
 from job.names import check_model_name, check_name, default_model_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, Question, QuestionId, check_judgment, parse_records
@@ -161,7 +162,7 @@ class Plan:
 
 SAME_SETTINGS = (
     "bench", "bench_data_sha256", "judge_model", "mode", "baseline_model", "judge_prompts_sha256",
-    "reference", "reference_sha256", "temperature", "max_tokens", "bench_behaviour",
+    "reference", "reference_sha256", "temperature", "max_tokens", "bench_behaviour", "judge_fingerprint",
 )  # fmt: skip
 """Manifest fields that must match the previous run's for its other rows to stay current."""
 
@@ -239,7 +240,8 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
             raise JobError(f"bench {bench.name!r} has no default reference set; pass --reference NAME")
         refs, ref_sha = load_references(bench, ref_name, questions)
     matches = build_matches(questions, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
-    inputs = {m: inputs_sha256(cfg.judge_model, JUDGE_PARAMS, m) for m in matches}
+    judge_fp = fingerprint(*parse_spec(cfg.judge_model), cfg.backend_options.get("revision"))
+    inputs = {m: inputs_sha256(cfg.judge_model, JUDGE_PARAMS, m, judge_fp) for m in matches}
 
     # stored records are checked before resume keys are built from them (file:line on a bad one)
     def check(rec: dict[str, Any], where: str) -> None:
@@ -264,7 +266,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         "models": models, "judge_prompts": pset.path, "judge_prompts_sha256": pset.sha256,
         "reference": ref_name if refs else None, "reference_sha256": ref_sha,
         "num_questions": len(questions), "temperature": JUDGE_PARAMS.temperature, "max_tokens": JUDGE_PARAMS.max_new_tokens,
-        "bench_behaviour": bb.as_dict(),
+        "bench_behaviour": bb.as_dict(), "judge_fingerprint": judge_fp,
     }  # fmt: skip
     return Plan(matches, requests, cached, prov, missing, inputs, stored, stale)
 
@@ -287,6 +289,8 @@ def dry_run(cfg: JudgeConfig, plan: Plan, judge: str) -> None:
         f"judge {cfg.judge_model} ({cfg.mode}): {len(plan.matches)} matches, {len(plan.requests)} calls to send "
         f"({len(plan.cached)} already stored), ~{chars // 4} prompt tokens (chars/4)"
     )
+    if plan.provenance["judge_fingerprint"]:
+        print(f"judge model fingerprint: {describe(plan.provenance['judge_fingerprint'])}")
     if cfg.dump:
         with open(cfg.dump, "w", encoding="utf-8") as f:
             for m, g, u in plan.requests:

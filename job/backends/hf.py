@@ -32,6 +32,7 @@ from job.backends.base import GenRequest, GenResult, ProgressFn
 from job.backends.hf_cache import cache_kwarg, prefilled_cache, reserved_cache
 from job.backends.hf_memory import (
     CPU_TOKEN_BUDGET,
+    DEVICE_MAPS,
     free_bytes,
     kv_bytes_per_token,
     layers_by_device,
@@ -50,8 +51,6 @@ MIN_TRANSFORMERS = "4.56"
 
 _T = TypeVar("_T")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-"""accelerate's placements of one model over several GPUs (and CPU), as from_pretrained takes them."""
 
 
 def check_transformers(version: str) -> None:

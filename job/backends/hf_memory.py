@@ -23,6 +23,9 @@ KV_SHARE = 0.8
 """Share of the free memory (after a fixed reserve) given to the KV cache; the rest is for
 activations (prefill MLP, logits), allocator fragmentation and other processes' growth."""
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+"""accelerate's placements of one model over several GPUs (and CPU), as from_pretrained takes them."""
+
 RESERVE_BYTES = 1 << 30
 """Kept free on each device whatever its size: CUDA workspaces, sampling buffers, logits."""
 

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from job.backends.hf_memory import DEVICE_MAPS
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -97,7 +99,7 @@ def model_options(f: F) -> F:
 
 # keys of backend_options filled by local_model_options (hf/ and vllm/ backends)
 LOCAL_OPTION_KEYS = (
-    "dtype", "device", "trust_remote_code",
+    "dtype", "device", "device_map", "trust_remote_code",
     "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager", "gguf_file",
 )  # fmt: skip
 
@@ -109,6 +111,12 @@ def local_model_options(f: F) -> F:
         [
             click.option("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (hf/vllm)."),
             click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (hf)."),
+            click.option(
+                "--device-map",
+                type=click.Choice(DEVICE_MAPS),
+                help="Spread one model over all GPUs (and CPU) with accelerate, for models larger than "
+                "one GPU (hf; instead of --device).",
+            ),
             click.option(
                 "--trust-remote-code", is_flag=True, help="Allow model repos to run their own code."
             ),

@@ -50,7 +50,12 @@ from job.commands.common import (
 )
 @local_model_options
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
-@click.option("--token-budget", type=int, help="Padded tokens per batch for automatic batch size (hf).")
+@click.option(
+    "--token-budget",
+    type=int,
+    help="Padded tokens (rows x (prompt + new tokens)) per batch when --batch-size is unset (hf; default: "
+    "what the KV cache fits in free GPU memory, 16384 on CPU; lowered for the run after an out-of-memory).",
+)
 @click.option(
     "--dedupe-greedy/--no-dedupe-greedy",
     default=None,

@@ -239,6 +239,31 @@ def environment(device: str) -> str:
     )
 
 
+def report(
+    args: argparse.Namespace,
+    device: str,
+    bench: tuple[str | None, str],
+    rows: list[dict[str, Any]],
+    failures: list[str],
+    done: bool,
+) -> None:
+    """Print the table and write it, with the JSON, to --out."""
+    text = (
+        f"{environment(device)}; bench {bench[1]}, {args.max_new_tokens} tokens per turn (EOS suppressed)\n\n"
+    )
+    text += table(rows, device) if rows else "(no rows)"
+    if failures:
+        text += "\n\nFAILED:\n" + "\n".join(f"- {f}" for f in failures)
+    if not done:
+        text += f"\n\n(partial: {len(rows) // 2} of {len(args.shapes)} shapes so far)"
+    print("\n" + text, flush=True)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "gpu_check.md").write_text(text + "\n")
+        doc = {"rows": rows, "failures": failures, "complete": done}
+        Path(args.out, "gpu_check.json").write_text(json.dumps(doc, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -261,19 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{shape}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         if device == "cuda":
             torch.cuda.empty_cache()
-    text = (
-        f"{environment(device)}; bench {bench[1]}, {args.max_new_tokens} tokens per turn (EOS suppressed)\n\n"
-    )
-    text += table(rows, device) if rows else "(no rows)"
-    if failures:
-        text += "\n\nFAILED:\n" + "\n".join(f"- {f}" for f in failures)
-    print("\n" + text, flush=True)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        Path(args.out, "gpu_check.md").write_text(text + "\n")
-        Path(args.out, "gpu_check.json").write_text(
-            json.dumps({"rows": rows, "failures": failures}, indent=2)
-        )
+        # after every shape: a run stopped by the time limit keeps what it measured
+        report(args, device, bench, rows, failures, done=shape == args.shapes[-1])
     return 1 if failures else 0
 
 

@@ -28,7 +28,7 @@ def test_tiny_runs_on_cpu_and_writes_to_out(shared_bench_data: Path, tmp_path: P
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "out"
     doc = json.loads((out / "gpu_check.json").read_text())
-    assert doc["failures"] == []
+    assert doc["failures"] == [] and doc["complete"]
     ours, fastchat = doc["rows"]
     # mt_bench: 80 questions x 2 turns x 5 choices x 16 forced tokens; FastChat on 2 questions x 1
     assert ours["tokens"] == 80 * 2 * 5 * 16 and fastchat["tokens"] == 2 * 2 * 16

@@ -3,16 +3,11 @@ real-vLLM test for machines with a GPU (marked `gpu`, excluded from CI)."""
 
 from __future__ import annotations
 
-import ast
-import importlib.util
-import inspect
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,8 +21,7 @@ from job.smoke_model import CHAT_TEMPLATE
 FAKES = Path(__file__).parent / "fakes"
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def use_fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Put tests/fakes first on sys.path so `import vllm` finds the recording fake."""
 
     def ours() -> list[str]:
@@ -45,6 +39,11 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # forget the fake, so a later test (the gpu one) imports the real vllm
     for name in ours():
         del sys.modules[name]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    yield from use_fake_vllm(monkeypatch)
 
 
 def _generate_calls(vllm: Any) -> list[dict[str, Any]]:
@@ -338,26 +337,30 @@ def test_real_vllm_tiny_model(tmp_path: Path) -> None:
 def test_model_sampling_defaults_apply_like_vllm_serve(
     fake_vllm: Any, tiny_model: Path, tmp_path: Path
 ) -> None:
+    """The set vllm serve merges into a request giving only temperature and max_tokens
+    (test_vllm_contract.py checks it against the real to_sampling_params)."""
     import shutil
 
     model = tmp_path / "m"
     shutil.copytree(tiny_model, model)
     gen = json.loads((model / "generation_config.json").read_text())
-    gen.update(temperature=0.6, top_p=0.9, top_k=20, repetition_penalty=1.1)
+    gen.update(MODEL_DEFAULTS)
     (model / "generation_config.json").write_text(json.dumps(gen))
     backend = load_backend(f"vllm/{model}")
     backend.generate([_chat("a", 0.7, seed=1), _chat("b", 0.0)])
     sampled, greedy = _generate_calls(fake_vllm)[0]["sampling"]
-    # the request's temperature wins over the model's; top_p/top_k come from the model
-    assert sampled == {
-        "max_tokens": 8,
-        "temperature": 0.7,
-        "top_p": 0.9,
-        "top_k": 20,
-        "repetition_penalty": 1.1,
-        "seed": 1,
-    }
-    assert greedy == {"max_tokens": 8, "temperature": 0.0, "repetition_penalty": 1.1}
+    # the request's temperature and max_tokens win over the model's; the rest come from the model
+    served = {"top_p": 0.9, "top_k": 20, "repetition_penalty": 1.1, "presence_penalty": 0.5,
+              "frequency_penalty": 0.25, "skip_special_tokens": True}  # fmt: skip
+    assert sampled == {"max_tokens": 8, **served, "temperature": 0.7, "seed": 1}
+    # greedy too, as vllm serve: vLLM then drops top_p/top_k itself, the penalties stay
+    assert greedy == {"max_tokens": 8, **served, "temperature": 0.0}
+
+
+MODEL_DEFAULTS = {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.1,
+                  "presence_penalty": 0.5, "frequency_penalty": 0.25, "max_new_tokens": 256,
+                  "skip_special_tokens": True}  # fmt: skip
+"""A generation_config.json setting every field vLLM's get_diff_sampling_param reads."""
 
 
 def _chat(text: str, temperature: float, seed: int | None = None) -> GenRequest:
@@ -548,125 +551,117 @@ def test_invalid_model_sampling_defaults_fail_at_load_naming_the_file(
         load_backend(f"vllm/{model}")
 
 
-# -- the fake vllm against the real wheel --------------------------------------------
-# The fake vllm (tests/fakes/vllm) against the real vLLM wheel's source.
-#
-# The real package cannot be imported here (no GPU build, no CUDA deps), so its source is
-# read: the signatures of LLM.generate / LLM.chat and SamplingParams' fields are compared
-# with the fake's, and the real SamplingParams._verify_args is executed on its own for each
-# case the fake is tested with. Install the wheel (no deps) to run it:
-#
-#     pip install --no-deps --target .venv/vllm-0.33.0 vllm==0.33.0
-#
-# Found in JOB_REAL_VLLM (a folder holding vllm/), .venv/vllm-*/ or site-packages; skipped
-# (locally and in CI alike: issue 13 makes CI install it) when none is there.
+def _with_named_templates(model: Path, dst: Path, default: bool = True) -> Path:
+    """A copy of the tiny model whose tokenizer has named chat templates (a dict once loaded)."""
+    import shutil
 
-REPO = Path(__file__).resolve().parent.parent
-ENGINE_ARGS_WE_PASS = ("tensor_parallel_size", "dtype", "gpu_memory_utilization", "enforce_eager",
-                       "trust_remote_code", "max_model_len", "revision")  # fmt: skip
-"""What job/backends/vllm.py hands LLM(); see test_engine_args_are_passed_exactly."""
-
-
-def _real_vllm() -> Path | None:
-    roots = [os.environ.get("JOB_REAL_VLLM", ""), *sorted(map(str, REPO.glob(".venv/vllm-*")))]
-    spec = importlib.util.find_spec("vllm")  # a real install (the fake has no sampling_params.py)
-    if spec and spec.origin:
-        roots.append(str(Path(spec.origin).parent.parent))
-    return next(
-        (Path(r) / "vllm" for r in roots if r and (Path(r) / "vllm/sampling_params.py").is_file()), None
-    )
-
-
-REAL = _real_vllm()
-needs_real_vllm = pytest.mark.skipif(REAL is None, reason="the real vllm wheel is not installed (see above)")
-
-
-def _tree(rel: str) -> ast.Module:
-    assert REAL is not None
-    return ast.parse((REAL / rel).read_text("utf-8"))
-
-
-def _class(tree: ast.Module, name: str) -> ast.ClassDef:
-    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
-
-
-def _default(node: ast.expr | None) -> Any:
-    if node is None:
-        return inspect.Parameter.empty
-    if isinstance(node, ast.Attribute):  # RequestOutputKind.CUMULATIVE -> "CUMULATIVE"
-        return node.attr
-    return ast.literal_eval(node)
-
-
-def _params(fn: ast.FunctionDef) -> list[tuple[str, str, Any]]:
-    """(name, kind, default) of each parameter after self, as inspect names them."""
-    a, out = fn.args, []
-    positional = a.posonlyargs + a.args
-    pos_defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
-    for arg, d in zip(positional, pos_defaults, strict=True):
-        out.append((arg.arg, "POSITIONAL_OR_KEYWORD", _default(d)))
-    out += [
-        (arg.arg, "KEYWORD_ONLY", _default(d)) for arg, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)
+    shutil.copytree(model, dst)
+    (dst / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = [
+        {"name": "default" if default else "chat", "template": CHAT_TEMPLATE},
+        {"name": "tool_use", "template": "TOOLS " + CHAT_TEMPLATE},
     ]
-    if a.kwarg:
-        out.append((a.kwarg.arg, "VAR_KEYWORD", inspect.Parameter.empty))
-    return out[1:]
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return dst
 
 
-def _fake_params(fn: Any) -> list[tuple[str, str, Any]]:
-    return [(p.name, p.kind.name, p.default) for p in inspect.signature(fn).parameters.values()][1:]
+def test_named_chat_templates_use_the_default_as_vllm_does(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    backend = load_backend(f"vllm/{_with_named_templates(tiny_model, tmp_path / 'm')}")
+    (res,) = backend.generate([GenRequest([{"role": "user", "content": "hi"}])])
+    assert res.ok, res.error
+    (call,) = _generate_calls(fake_vllm)
+    assert call["texts"] == ["<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]
+    with pytest.raises(
+        JobError, match=r"named chat templates \(chat, tool_use\), none 'default'; pass --chat"
+    ):
+        load_backend(f"vllm/{_with_named_templates(tiny_model, tmp_path / 'n', default=False)}")
 
 
-@needs_real_vllm
-def test_fake_vllm_matches_the_real_wheel(fake_vllm: Any) -> None:
-    llm = _class(_tree("entrypoints/llm.py"), "LLM")
-    methods = {n.name: n for n in llm.body if isinstance(n, ast.FunctionDef)}
-    for name in ("generate", "chat"):
-        assert _fake_params(getattr(fake_vllm.LLM, name)) == _params(methods[name]), f"LLM.{name}"
-    # every engine argument we pass is a real LLM() keyword or an EngineArgs field
-    init = {p[0] for p in _params(methods["__init__"])}
-    engine_args = {n.target.id for n in _class(_tree("engine/arg_utils.py"), "EngineArgs").body
-                   if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}  # fmt: skip
-    assert set(ENGINE_ARGS_WE_PASS) <= init | engine_args
-    fields = [(n.target.id, _default(n.value)) for n in _class(_tree("sampling_params.py"), "SamplingParams").body
-              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and not n.target.id.startswith("_")]  # fmt: skip
-    assert list(fake_vllm.SAMPLING_FIELDS.items()) == fields
-    dead = _class(_tree("v1/engine/exceptions.py"), "EngineDeadError")
-    assert [ast.unparse(b) for b in dead.bases] == ["VLLMServerError"]
+def _mistral_folder(model: Path, dst: Path, tokenizer_file: str = "tekken.json") -> Path:
+    """The tiny model laid out as a Mistral-format checkpoint (consolidated weights + tekken)."""
+    import shutil
+
+    shutil.copytree(model, dst)
+    (dst / "model.safetensors").rename(dst / "consolidated.safetensors")
+    (dst / tokenizer_file).write_text("{}")
+    return dst
 
 
-def _real_verify_args() -> Any:
-    """The real SamplingParams._verify_args (and the helper it calls), run on a plain object."""
-    tree = _tree("sampling_params.py")
-    verify = next(n for n in _class(tree, "SamplingParams").body if getattr(n, "name", "") == "_verify_args")
-    helper = next(n for n in tree.body if getattr(n, "name", "") == "_verify_num_sequences")
-
-    class VLLMValidationError(Exception):
-        def __init__(self, message: str, **_: Any) -> None:
-            super().__init__(message)
-
-    env = {"math": math, "Any": Any, "VLLMValidationError": VLLMValidationError,
-           "envs": SimpleNamespace(VLLM_MAX_N_SEQUENCES=16384)}  # fmt: skip
-    exec(compile(ast.Module([helper, verify], []), "real_sampling_params", "exec"), env)  # noqa: S102
-    return env["_verify_args"], VLLMValidationError
+def test_mistral_format_renders_through_the_mistral_tokenizer(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    """vLLM loads it with its Mistral tokenizer, which renders chats to ids itself: encoding
+    its rendered text would turn the control tokens into plain characters."""
+    backend = load_backend(f"vllm/{_mistral_folder(tiny_model, tmp_path / 'm')}")
+    (res,) = backend.generate([GenRequest([{"role": "user", "content": "hi"}])])
+    assert res.ok, res.error
+    (call,) = _generate_calls(fake_vllm)
+    tok = backend.tokenizer
+    assert call["prompts"] == [tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True)]
+    assert call["texts"] == ["<s>[INST]hi[/INST]"]
 
 
-@needs_real_vllm
-@pytest.mark.parametrize("case", SAMPLING_CASES, ids=lambda c: f"{next(iter(c))}={next(iter(c.values()))}")
-def test_fake_sampling_params_reject_what_the_real_ones_reject(fake_vllm: Any, case: dict[str, Any]) -> None:
-    verify, real_error = _real_verify_args()
-    kw = {("max_tokens" if k == "max_new_tokens" else k): v for k, v in {"temperature": 0.5, **case}.items()}
-    obj = SimpleNamespace(
-        **{**fake_vllm.SAMPLING_FIELDS, **kw, "stop": [], "stop_token_ids": [], "bad_words": []}
-    )
-    try:
-        verify(obj)
-        real_ok = True
-    except real_error:
-        real_ok = False
-    try:
-        fake_vllm.SamplingParams(**kw)
-        fake_ok = True
-    except fake_vllm.exceptions.VLLMValidationError:
-        fake_ok = False
-    assert fake_ok is real_ok
+@pytest.mark.parametrize("layout", ["tekken.json", "tokenizer.model.v3"])
+def test_chat_template_with_a_mistral_tokenizer_is_refused_before_the_engine_starts(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path, layout: str
+) -> None:
+    model = _mistral_folder(tiny_model, tmp_path / "m", layout)
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text(CHAT_TEMPLATE)
+    with pytest.raises(JobError, match="Mistral tokenizer.*--tokenizer-mode hf") as e:
+        load_backend(f"vllm/{model}", chat_template=str(tpl))
+    assert "\n" not in str(e.value) and not fake_vllm.CALLS, "refused before any engine start"
+    # --tokenizer-mode hf: the folder's HF tokenizer and the template, passed through to LLM()
+    backend = load_backend(f"vllm/{model}", chat_template=str(tpl), tokenizer_mode="hf")
+    assert fake_vllm.CALLS[0]["tokenizer_mode"] == "hf" and not backend.mistral
+    backend.generate([GenRequest([{"role": "user", "content": "hi"}])])
+    assert _generate_calls(fake_vllm)[0]["texts"][0].startswith("<s><|im_start|>user\nhi")
+
+
+def test_tokenizer_mode_mistral_on_a_hub_id_refuses_the_template_too(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text(CHAT_TEMPLATE)
+    with pytest.raises(JobError, match="takes no chat template"):
+        load_backend(f"vllm/{tiny_model}", chat_template=str(tpl), tokenizer_mode="mistral")
+
+
+def test_stop_token_is_not_counted_as_in_the_hf_backend(fake_vllm: Any, tiny_model: Path) -> None:
+    """vLLM's token_ids end with the EOS id of a "stop" completion; hf counts without it."""
+    backend = load_backend(f"vllm/{tiny_model}")
+    results = backend.generate([_chat(f"q{i}", 0.0) for i in range(20)])
+    stops = [r for r in results if r.finish_reason == "stop"]
+    assert stops, "some completions end on EOS"
+    for r in results:
+        assert r.num_tokens == int(r.text.split("(")[1].split()[0])
+
+
+@pytest.mark.parametrize(
+    ("option", "model"),
+    [(("--chat-template", "t.jinja"), "openai/gpt-4o"), (("--chat-template", "t.jinja"), "mock/echo"),
+     (("--tokenizer-mode", "mistral"), "mock/echo")],
+)  # fmt: skip
+def test_prompt_options_are_never_ignored_silently(
+    run_job: Any, tmp_path: Path, option: tuple[str, str], model: str
+) -> None:
+    (tmp_path / "t.jinja").write_text(CHAT_TEMPLATE)
+    r = run_job("generate", "--bench", "smoke", "--model", model, "--output", str(tmp_path / "runs"), *option,
+                env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {option[0]} applies to") and "drop it" in last, r.stderr
+
+
+def test_cli_passes_tokenizer_mode(run_job: Any, tiny_model: Path, tmp_path: Path) -> None:
+    log = tmp_path / "vllm.jsonl"
+    r = run_job(
+        "generate", "--bench", "smoke", "--model", f"vllm/{tiny_model}", "--output", str(tmp_path / "runs"),
+        "--max-new-tokens", "4", "--tokenizer-mode", "slow",
+        env={"PYTHONPATH": str(FAKES), "FAKE_VLLM_LOG": str(log)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(log.read_text().splitlines()[0])["tokenizer_mode"] == "slow"

@@ -48,9 +48,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return provider, model
 
 
+ONLY_FOR: dict[str, tuple[str, ...]] = {"chat_template": ("hf", "vllm"), "tokenizer_mode": ("vllm",)}
+"""Options that change the prompt itself: set for another provider they are an error, not ignored."""
+
+
 def load_backend(spec: str, **options: Any) -> Backend:
-    """Build the backend for `spec`; options not used by the provider are ignored by it."""
+    """Build the backend for `spec`; options not used by the provider are ignored by it, except
+    those of ONLY_FOR (a prompt rendered other than asked must not pass silently)."""
     provider, model = parse_spec(spec)
+    for name, providers in ONLY_FOR.items():
+        if options.get(name) and provider not in providers:
+            flag = "--" + name.replace("_", "-")
+            raise JobError(
+                f"{flag} applies to {' and '.join(p + '/' for p in providers)} models only, not {spec!r}; "
+                f"drop it (a server applies its own, e.g. `vllm serve {flag}`)"
+            )
     entry = PROVIDERS[provider]
     for mod in entry.needs:
         try:

@@ -11,10 +11,18 @@ Failures: one request's (template, context, finish_reason "error", no text) is a
 GenResult; an engine that can take no more calls (EngineDeadError, or a failed call after
 which a one-token probe fails too) raises BackendDead, so the process exits and nothing of
 the wave is committed.
+
+Where vLLM's own paths differ from a plain HF tokenizer, this follows vLLM 0.33 (the
+`vllm_contract` tests check it against the real wheel): the chat template is picked as
+`resolve_chat_template` does (--chat-template, else the tokenizer's; of named templates,
+"default"); Mistral-format checkpoints render through vLLM's Mistral tokenizer (which takes
+no template); model sampling defaults are the set `vllm serve` merges into a request;
+num_tokens counts the answer's tokens without the stop token, as the hf backend does.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import logging
 import sys
@@ -41,6 +49,48 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+SERVE_DEFAULTS = (
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "top_p", "top_k", "min_p",
+    "skip_special_tokens",
+)  # fmt: skip
+"""Of ModelConfig.get_diff_sampling_param's keys, those `vllm serve` takes for a request that
+sets only temperature and max_tokens (FastChat's requests): the request's own temperature and
+max_tokens win, as in ChatCompletionRequest.to_sampling_params."""
+
+MISTRAL_WEIGHTS, MISTRAL_TOKENIZERS = ("consolidated*.safetensors",), ("tekken.json", "tokenizer.model.v*")
+
+
+def mistral_format(model: str) -> bool:
+    """A local folder vLLM's tokenizer_mode "auto" loads with its Mistral tokenizer (vLLM 0.33
+    resolve_tokenizer_args: a consolidated*.safetensors and a tekken.json or tokenizer.model.v*
+    file anywhere in the tree). A hub id cannot be told before vLLM downloads it."""
+    path = Path(model)
+    if not path.is_dir():
+        return False
+    names = [f.name for f in path.rglob("*")]
+
+    def has(patterns: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatch(n, p) for n in names for p in patterns)
+
+    return has(MISTRAL_WEIGHTS) and has(MISTRAL_TOKENIZERS)
+
+
+def _is_mistral_tokenizer(tokenizer: Any) -> bool:
+    """vllm.tokenizers.mistral.MistralTokenizer (by class name: our fake has its own)."""
+    return type(tokenizer).__name__ == "MistralTokenizer"
+
+
+def _answer_tokens(comp: Any) -> int:
+    """Generated tokens without the stop token, as the hf backend counts them. vLLM's
+    token_ids end with the EOS / stop token id that ended a "stop" request (stop_reason None
+    or that id; its text leaves it out); a stop string (stop_reason str) ends on text tokens."""
+    n = len(comp.token_ids or ())
+    stopped_by_token = comp.finish_reason == "stop" and not isinstance(
+        getattr(comp, "stop_reason", None), str
+    )
+    return n - 1 if stopped_by_token and n else n
+
+
 class VLLMBackend:
     def __init__(
         self,
@@ -57,6 +107,7 @@ class VLLMBackend:
         system_prompt: str | None = None,
         revision: str | None = None,
         min_new_tokens: int | None = None,
+        tokenizer_mode: str | None = None,
         **_: Any,
     ):
         import vllm
@@ -72,6 +123,8 @@ class VLLMBackend:
             raise JobError(f"model path {model!r} does not exist; check --model vllm/<path-or-id>")
         template = None
         if chat_template:
+            if tokenizer_mode == "mistral" or (tokenizer_mode in (None, "auto") and mistral_format(name)):
+                self._refuse_template(model, chat_template)
             try:
                 template = Path(chat_template).read_text("utf-8")
             except OSError as e:
@@ -88,6 +141,8 @@ class VLLMBackend:
             engine_args["max_model_len"] = max_model_len
         if revision is not None:
             engine_args["revision"] = revision
+        if tokenizer_mode is not None:
+            engine_args["tokenizer_mode"] = tokenizer_mode
         log.info(
             "starting vLLM engine for %s (tp=%d, dtype=%s, max_model_len=%s)",
             name,
@@ -100,14 +155,38 @@ class VLLMBackend:
         except (OSError, ValueError, RuntimeError) as e:  # missing files, bad args, no GPU / out of memory
             raise JobError(f"cannot start vLLM for model {model!r}: {_first_line(e)}") from None
         self.tokenizer = self.llm.get_tokenizer()
-        self.chat_template = template or getattr(self.tokenizer, "chat_template", None)
-        if not self.chat_template:
+        self.mistral = _is_mistral_tokenizer(self.tokenizer)
+        try:
+            if self.mistral and chat_template:  # a hub id: known only now
+                self._refuse_template(model, chat_template)
+            self.chat_template = None if self.mistral else self._resolve_template(model, template)
+        except JobError:
             self.close()
-            raise JobError(
-                f"model {model!r} has no chat template; pass --chat-template FILE (a Jinja chat template)"
-            )
+            raise
         self.max_model_len = self._context_length()
         self.model_defaults = self._model_defaults()
+
+    @staticmethod
+    def _refuse_template(model: str, chat_template: str) -> None:
+        raise JobError(
+            f"--chat-template {chat_template}: vLLM loads {model!r} with its Mistral tokenizer, which "
+            "renders prompts itself and takes no chat template; drop --chat-template, or pass "
+            "--tokenizer-mode hf to use the folder's HF tokenizer with the template"
+        )
+
+    def _resolve_template(self, model: str, template: str | None) -> str:
+        """As vLLM's resolve_chat_template: --chat-template, else the tokenizer's own; of named
+        templates (a dict after loading) "default", the one vLLM picks for a request without tools."""
+        own = getattr(self.tokenizer, "chat_template", None)
+        fix = "pass --chat-template FILE (a Jinja chat template)"
+        if template is None and not own:
+            raise JobError(f"model {model!r} has no chat template; {fix}")
+        if template is None and isinstance(own, dict) and "default" not in own:
+            raise JobError(
+                f"model {model!r} has named chat templates ({', '.join(own)}), none 'default'; {fix}"
+            )
+        resolved: str = self.tokenizer.get_chat_template(template)
+        return resolved
 
     def _model_defaults(self) -> dict[str, Any]:
         """The model's generation_config sampling defaults (top_p, top_k, ...), as `vllm serve`
@@ -116,12 +195,20 @@ class VLLMBackend:
             diff = self.llm.llm_engine.model_config.get_diff_sampling_param()
         except (AttributeError, TypeError, ValueError):
             return {}
-        keep = ("top_p", "top_k", "min_p", "repetition_penalty")
-        defaults = {k: v for k, v in (diff or {}).items() if k in keep}
+        defaults = {k: v for k, v in (diff or {}).items() if k in SERVE_DEFAULTS}
         # the engine would reject these at the first request: say so now, naming the file
+        where = f"{self.spec} generation_config.json"
+        checked = ("top_p", "top_k", "min_p", "repetition_penalty")
         check_sampling(
-            temperature=0.0, max_new_tokens=1, **defaults, where=f"{self.spec} generation_config.json"
+            temperature=0.0,
+            max_new_tokens=1,
+            **{k: defaults[k] for k in checked if k in defaults},
+            where=where,
         )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = defaults.get(name)
+            if value is not None and not (isinstance(value, int | float) and -2.0 <= value <= 2.0):
+                raise JobError(f"{where}: {name} must be in [-2, 2], got {value!r}")
         return defaults
 
     def _context_length(self) -> int | None:
@@ -136,7 +223,14 @@ class VLLMBackend:
         return req.messages
 
     def encode(self, req: GenRequest) -> list[int]:
-        """Chat template -> token ids; the template adds BOS, so the tokenizer must not."""
+        """Chat template -> token ids; the template adds BOS, so the tokenizer must not.
+        A Mistral tokenizer renders to ids itself (its control tokens are not text)."""
+        if self.mistral:
+            return list(
+                self.tokenizer.apply_chat_template(
+                    self._messages(req), add_generation_prompt=True, tokenize=True
+                )
+            )
         text = self.tokenizer.apply_chat_template(
             self._messages(req),
             chat_template=self.chat_template,
@@ -147,18 +241,14 @@ class VLLMBackend:
         return ids
 
     def sampling_params(self, params: SamplingParams) -> Any:
-        kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens}
-        if params.greedy:
-            kwargs["temperature"] = 0.0
-            if "repetition_penalty" in self.model_defaults:
-                kwargs["repetition_penalty"] = self.model_defaults["repetition_penalty"]
-        else:
-            kwargs.update(self.model_defaults)
-            kwargs["temperature"] = params.temperature
-            # a per-request seed gives each choice its own random stream, whatever else is drawn;
-            # the logits still depend on the batch unless VLLM_BATCH_INVARIANT=1 (README)
-            if params.seed is not None:
-                kwargs["seed"] = params.seed
+        # the model's defaults as vllm serve merges them (greedy too: vLLM itself then drops
+        # top_p/top_k/min_p, while the penalties still apply)
+        kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens, **self.model_defaults}
+        kwargs["temperature"] = 0.0 if params.greedy else params.temperature
+        # a per-request seed gives each choice its own random stream, whatever else is drawn;
+        # the logits still depend on the batch unless VLLM_BATCH_INVARIANT=1 (README)
+        if not params.greedy and params.seed is not None:
+            kwargs["seed"] = params.seed
         if self.min_new_tokens:
             kwargs["min_tokens"] = min(self.min_new_tokens, params.max_new_tokens)
         return self._vllm.SamplingParams(**kwargs)
@@ -235,9 +325,7 @@ class VLLMBackend:
                 f"the vLLM engine ended the request with finish_reason {reason!r}", finish_reason=reason
             )
         # GenResult makes an empty completion a failure
-        return GenResult(
-            (comp.text or "").strip(), finish_reason=reason, num_tokens=len(comp.token_ids or ())
-        )
+        return GenResult((comp.text or "").strip(), finish_reason=reason, num_tokens=_answer_tokens(comp))
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -100,7 +100,8 @@ def model_options(f: F) -> F:
 # keys of backend_options filled by local_model_options (hf/ and vllm/ backends)
 LOCAL_OPTION_KEYS = (
     "dtype", "device", "device_map", "trust_remote_code",
-    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager", "gguf_file",
+    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager", "tokenizer_mode",
+    "gguf_file",
 )  # fmt: skip
 
 
@@ -141,6 +142,11 @@ def local_model_options(f: F) -> F:
                 "--enforce-eager",
                 is_flag=True,
                 help="Disable CUDA graphs (vllm; faster start, slower decode).",
+            ),
+            click.option(
+                "--tokenizer-mode",
+                help="vLLM's tokenizer mode: auto (default: mistral for Mistral-format folders), hf, "
+                "slow, mistral, ... (vllm).",
             ),
         ],
     )

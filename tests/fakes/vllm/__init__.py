@@ -3,11 +3,13 @@
 The surface our backend uses, with vLLM 0.33's signatures and argument checks
 (tests/test_vllm_fake.py compares them with the real wheel's source when it is
 installed): `LLM(model, **engine_args)`, `LLM.get_tokenizer()` (a REAL transformers
-tokenizer loaded from the model dir, so chat templates really render),
+tokenizer loaded from the model dir, so chat templates really render; for a Mistral-format
+folder vllm.tokenizers.mistral.MistralTokenizer, as vLLM's tokenizer_mode "auto" picks),
 `LLM.generate(prompts, sampling_params, *, use_tqdm=...)`, `LLM.chat(messages, ...)`
 and `SamplingParams(**kw)`, which rejects what the real one rejects.
 Outputs are deterministic: a digest of the prompt ids, seed and temperature, with a
-length that depends on the prompt, so finish reasons are both "stop" and "length".
+length that depends on the prompt, so finish reasons are both "stop" and "length"; as in
+vLLM, a "stop" completion's token_ids end with the EOS id that its text leaves out.
 
 Failures on purpose:
 - a prompt containing `<fake:empty>` completes with no text; `<fake:finish-error>`
@@ -35,6 +37,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from vllm.exceptions import VLLMValidationError
+from vllm.tokenizers.mistral import MistralTokenizer, mistral_mode
 from vllm.v1.engine.exceptions import EngineDeadError
 
 CALLS: list[dict[str, Any]] = []
@@ -127,14 +130,23 @@ class _Model:
     model_dir: str = ""
 
     def get_diff_sampling_param(self) -> dict[str, Any]:
-        """Like vLLM: the sampling fields the model's generation_config.json sets."""
+        """vLLM 0.33 ModelConfig.get_diff_sampling_param (generation_config "auto"): the
+        sampling fields generation_config.json sets, max_new_tokens renamed max_tokens."""
         path = os.path.join(self.model_dir, "generation_config.json")
         if not os.path.isfile(path):
             return {}
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
-        keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-        return {k: cfg[k] for k in keys if k in cfg}
+        diff = {k: cfg[k] for k in DIFF_SAMPLING_KEYS if cfg.get(k) is not None}
+        if "max_new_tokens" in diff:
+            diff["max_tokens"] = diff.pop("max_new_tokens")
+        return diff
+
+
+DIFF_SAMPLING_KEYS = (
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "temperature", "top_k", "top_p",
+    "min_p", "max_new_tokens", "skip_special_tokens",
+)  # fmt: skip
 
 
 @dataclass
@@ -162,6 +174,8 @@ class LLM:
         if not os.path.isdir(model):
             raise OSError(f"{model} is not a local folder and not a valid model identifier")
         self._tokenizer = AutoTokenizer.from_pretrained(model)
+        if mistral_mode(model, kwargs.get("tokenizer_mode")):
+            self._tokenizer = MistralTokenizer(self._tokenizer)
         self.llm_engine = _Engine(_Model(kwargs.get("max_model_len") or 4096, model))
         self.eos = self._tokenizer.eos_token_id
 
@@ -219,7 +233,8 @@ class LLM:
             out, n, reason = "", 1, "stop"
         elif "<fake:finish-error>" in text:
             out, reason = out[: len(out) // 2], "error"
-        comp = SimpleNamespace(index=0, text=out, token_ids=list(range(n)), finish_reason=reason)
+        ids = list(range(n)) + ([self.eos] if reason == "stop" else [])  # vLLM keeps the EOS id
+        comp = SimpleNamespace(index=0, text=out, token_ids=ids, finish_reason=reason, stop_reason=None)
         return SimpleNamespace(prompt_token_ids=ids, outputs=[comp], finished=True)
 
     def chat(

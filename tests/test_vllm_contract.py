@@ -240,39 +240,42 @@ def test_model_defaults_are_the_ones_vllm_serve_applies(
     a request equals what `vllm serve` builds for FastChat's request (temperature, max_tokens,
     seed) on the same model, field by field."""
     backend = load_backend(f"vllm/{_model_with_defaults(tiny_model, tmp_path / 'm')}")
-    (diff,) = real_vllm.probe(real, [{"diff_sampling": MODEL_DEFAULTS}])
-    assert backend.llm.llm_engine.model_config.get_diff_sampling_param() == diff["defaults"]
+    defaults = backend.llm.llm_engine.model_config.get_diff_sampling_param()
     requests = [SamplingParams(0.7, 64, seed=3), SamplingParams(0.0, 1024), SamplingParams(1.0, 5, seed=0)]
-    tasks = []
+    tasks: list[dict[str, Any]] = [{"diff_sampling": MODEL_DEFAULTS}]
     for p in requests:
-        tasks.append({"sampling": backend.sampling_params(p).kwargs})
         serve = {"temperature": p.temperature, "max_tokens": p.max_new_tokens}
-        tasks.append(
-            {"serve": serve | ({"seed": p.seed} if p.temperature > 0 else {}), "defaults": diff["defaults"]}
-        )
-    results = real_vllm.probe(real, tasks)
+        tasks.append({"sampling": backend.sampling_params(p).kwargs})
+        tasks.append({"serve": serve | ({"seed": p.seed} if p.temperature > 0 else {}), "defaults": defaults})
+    diff, *results = real_vllm.probe(real, tasks)
+    assert defaults == diff["defaults"]
     for p, ours, served in zip(requests, results[::2], results[1::2], strict=True):
         assert ours["ok"] and ours["fields"] == served["fields"], p
 
 
-@pytest.mark.parametrize(
-    "files",
-    [("consolidated.safetensors", "tekken.json"), ("sub/consolidated-00001.safetensors", "tokenizer.model.v7"),
-     ("consolidated.safetensors",), ("tekken.json", "model.safetensors"), ("model.safetensors",)],
-    ids=lambda f: "+".join(f),
-)  # fmt: skip
-def test_mistral_format_detection_is_vllms(
-    fake_vllm: Any, real: Path, tmp_path: Path, files: tuple[str, ...]
-) -> None:
+MISTRAL_LAYOUTS = [
+    ("consolidated.safetensors", "tekken.json"), ("sub/consolidated-00001.safetensors", "tokenizer.model.v7"),
+    ("consolidated.safetensors",), ("tekken.json", "model.safetensors"), ("model.safetensors",),
+]  # fmt: skip
+
+
+def test_mistral_format_detection_is_vllms(fake_vllm: Any, real: Path, tmp_path: Path) -> None:
+    """Ours (job.backends.vllm.mistral_format) and the fake's, against the real resolver."""
     from vllm.tokenizers.mistral import mistral_mode
 
     from job.backends.vllm import mistral_format
 
-    for f in files:
-        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_text("{}")
-    (mode,) = real_vllm.probe(real, [{"tokenizer_mode": str(tmp_path)}])
-    assert mistral_format(str(tmp_path)) is mistral_mode(str(tmp_path), None) is (mode["mode"] == "mistral")
+    folders = []
+    for i, files in enumerate(MISTRAL_LAYOUTS):
+        for f in files:
+            (tmp_path / str(i) / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / str(i) / f).write_text("{}")
+        folders.append(str(tmp_path / str(i)))
+    modes = real_vllm.probe(real, [{"tokenizer_mode": d} for d in folders])
+    real_says = [m["mode"] == "mistral" for m in modes]
+    assert real_says == [True, True, False, False, False]
+    assert [mistral_format(d) for d in folders] == real_says
+    assert [mistral_mode(d, None) for d in folders] == real_says
 
 
 def test_mistral_tokenizer_interface_we_call_exists(real: Path) -> None:

@@ -31,3 +31,5 @@ def test_dockerfile_records_versions_after_the_last_install() -> None:
     last_install = max(i for i, line in enumerate(lines) if "pip install" in line)
     assert last_install < record, "versions are recorded after every pip install"
     assert any(line.startswith("COPY docker/record_versions.py") for line in lines[:record])
+    allowed = (REPO / ".dockerignore").read_text().splitlines()
+    assert "!docker/record_versions.py" in allowed, ".dockerignore is an allowlist: send the script"

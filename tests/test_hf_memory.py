@@ -188,3 +188,25 @@ def test_bad_device_map_is_a_one_line_error(tiny_model: Path) -> None:
         HFBackend("hf/tiny", str(tiny_model), device_map="everywhere")
     with pytest.raises(JobError, match="drop --device cpu"):
         HFBackend("hf/tiny", str(tiny_model), device="cpu", device_map="auto")
+
+
+@pytest.mark.parametrize("command", ["generate", "judge"])
+def test_device_map_reaches_the_hf_backend_from_the_cli(
+    run_job: Any, tmp_path: Path, tiny_model: Path, command: str
+) -> None:
+    """`--device-map` is an option of generate and judge (and run) whose value the hf backend gets:
+    with --device as well it refuses, in one line, before loading anything."""
+    from test_judge_cli import smoke_answers
+
+    out = smoke_answers(run_job, tmp_path) if command == "judge" else tmp_path / "runs"
+    model = "--judge-model" if command == "judge" else "--model"
+    args = [command, "--bench", "smoke", "--output", str(out), model, f"hf/{tiny_model}"]
+    r = run_job(*args, "--device-map", "auto", "--device", "cpu")
+    assert r.returncode != 0, r.stderr
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--device-map auto places the model itself; drop --device cpu")
+    )
+    r = run_job(*args, "--device-map", "everywhere")
+    assert r.returncode == 2 and "'everywhere' is not one of 'auto', 'balanced'" in r.stderr, r.stderr

@@ -229,8 +229,22 @@ def test_prompt_ids_equal_vllms_own_chat_path(
     results = real_vllm.probe(real, tasks)
     bos = backend.tokenizer.bos_token_id
     for (name, ids), theirs in zip(ours, results, strict=True):
-        assert theirs.get("ids") == ids, (name, theirs)
+        # ours with the fake's tokenizer, and ours with the tokenizer vLLM loads
+        assert theirs.get("ids") == ids == theirs.get("ours"), (name, theirs)
         assert ids.count(bos) == 1 and ids[0] == bos, (name, ids[:5])
+
+
+def test_mistral_format_prompt_ids_are_the_mistral_renderers(real: Path, tmp_path: Path) -> None:
+    """A Mistral-format folder (consolidated weights + a real tekken.json): vLLM loads its
+    Mistral tokenizer, and our ids are MistralRenderer's (rendering to text and encoding it
+    would spell [INST] out as plain text tokens; tests/fakes/vllm mimics that)."""
+    tekken = next((real / "mistral_common/data").glob("tekken_*.json"))
+    shutil.copy(tekken, tmp_path / "tekken.json")
+    (tmp_path / "consolidated.safetensors").write_bytes(b"")
+    tasks = [{"render": str(tmp_path), "messages": conv} for conv in CONVERSATIONS[:1] + CONVERSATIONS[2:]]
+    for result in real_vllm.probe(real, tasks):
+        assert result.get("tokenizer") == "MistralTokenizer", result
+        assert result["ours"] == result["ids"] and result["ids"][0] == 1, result
 
 
 def test_model_defaults_are_the_ones_vllm_serve_applies(

@@ -80,6 +80,31 @@ def _is_mistral_tokenizer(tokenizer: Any) -> bool:
     return type(tokenizer).__name__ == "MistralTokenizer"
 
 
+def resolve_template(tokenizer: Any, model: str, template: str | None) -> str:
+    """As vLLM's resolve_chat_template: --chat-template, else the tokenizer's own; of named
+    templates (a dict after loading) "default", the one vLLM picks for a request without tools."""
+    own = getattr(tokenizer, "chat_template", None)
+    fix = "pass --chat-template FILE (a Jinja chat template)"
+    if template is None and not own:
+        raise JobError(f"model {model!r} has no chat template; {fix}")
+    if template is None and isinstance(own, dict) and "default" not in own:
+        raise JobError(f"model {model!r} has named chat templates ({', '.join(own)}), none 'default'; {fix}")
+    resolved: str = tokenizer.get_chat_template(template)
+    return resolved
+
+
+def render_ids(tokenizer: Any, messages: list[Message], chat_template: str | None) -> list[int]:
+    """The prompt's token ids, as vLLM's chat path renders them: the template once, encoded
+    without adding special tokens (the template writes its BOS). A Mistral tokenizer renders
+    to ids itself: its control tokens are not text, so its rendered text must not be encoded."""
+    if _is_mistral_tokenizer(tokenizer):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+    )
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
 def _answer_tokens(comp: Any) -> int:
     """Generated tokens without the stop token, as the hf backend counts them. vLLM's
     token_ids end with the EOS / stop token id that ended a "stop" request (stop_reason None
@@ -159,7 +184,7 @@ class VLLMBackend:
         try:
             if self.mistral and chat_template:  # a hub id: known only now
                 self._refuse_template(model, chat_template)
-            self.chat_template = None if self.mistral else self._resolve_template(model, template)
+            self.chat_template = None if self.mistral else resolve_template(self.tokenizer, model, template)
         except JobError:
             self.close()
             raise
@@ -173,20 +198,6 @@ class VLLMBackend:
             "renders prompts itself and takes no chat template; drop --chat-template, or pass "
             "--tokenizer-mode hf to use the folder's HF tokenizer with the template"
         )
-
-    def _resolve_template(self, model: str, template: str | None) -> str:
-        """As vLLM's resolve_chat_template: --chat-template, else the tokenizer's own; of named
-        templates (a dict after loading) "default", the one vLLM picks for a request without tools."""
-        own = getattr(self.tokenizer, "chat_template", None)
-        fix = "pass --chat-template FILE (a Jinja chat template)"
-        if template is None and not own:
-            raise JobError(f"model {model!r} has no chat template; {fix}")
-        if template is None and isinstance(own, dict) and "default" not in own:
-            raise JobError(
-                f"model {model!r} has named chat templates ({', '.join(own)}), none 'default'; {fix}"
-            )
-        resolved: str = self.tokenizer.get_chat_template(template)
-        return resolved
 
     def _model_defaults(self) -> dict[str, Any]:
         """The model's generation_config sampling defaults (top_p, top_k, ...), as `vllm serve`
@@ -223,22 +234,7 @@ class VLLMBackend:
         return req.messages
 
     def encode(self, req: GenRequest) -> list[int]:
-        """Chat template -> token ids; the template adds BOS, so the tokenizer must not.
-        A Mistral tokenizer renders to ids itself (its control tokens are not text)."""
-        if self.mistral:
-            return list(
-                self.tokenizer.apply_chat_template(
-                    self._messages(req), add_generation_prompt=True, tokenize=True
-                )
-            )
-        text = self.tokenizer.apply_chat_template(
-            self._messages(req),
-            chat_template=self.chat_template,
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
+        return render_ids(self.tokenizer, self._messages(req), self.chat_template)
 
     def sampling_params(self, params: SamplingParams) -> Any:
         # the model's defaults as vllm serve merges them (greedy too: vLLM itself then drops

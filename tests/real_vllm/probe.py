@@ -11,9 +11,10 @@ Reads a JSON list of tasks on stdin, writes a JSON list of results on stdout, on
   model defaults DIFF (ChatCompletionRequest.to_sampling_params)
 - {"prompt": PROMPT} -> the dict vLLM's own prompt parser (parse_dec_only_prompt, what
   LLM.generate runs on each prompt) makes of it, or {"error": ...}
-- {"render": MODEL_DIR, "messages": [...], "chat_template": TEXT|null} -> {"ids": [...]}: the
-  token ids of vLLM's chat path (LLM.chat -> HfRenderer.render_messages ->
-  safe_apply_chat_template(tokenize=True)) with the tokenizer vLLM's own loader returns
+- {"render": MODEL_DIR, "messages": [...], "chat_template": TEXT|null} -> {"ids": [...],
+  "ours": [...], "tokenizer": CLASS}: the token ids of vLLM's chat path (LLM.chat ->
+  HfRenderer/MistralRenderer.render_messages -> safe_apply_chat_template(tokenize=True)) and
+  of job.backends.vllm.render_ids, with the tokenizer vLLM's own loader returns
 - {"diff_sampling": GENERATION_CONFIG} -> ModelConfig.get_diff_sampling_param's dict: the
   model defaults `vllm serve` merges into requests
 - {"tokenizer_mode": MODEL_DIR} -> the tokenizer mode vLLM's "auto" resolves to for that folder
@@ -76,18 +77,33 @@ def _model_config(model: str) -> Any:
 
 
 def render(model: str, messages: list[dict[str, str]], chat_template: str | None) -> dict[str, Any]:
-    from vllm.renderers.hf import safe_apply_chat_template
+    """vLLM's chat path (HfRenderer / MistralRenderer.render_messages) and ours (job's
+    resolve_template + render_ids), both with the tokenizer vLLM's loader returns."""
     from vllm.tokenizers import get_tokenizer
 
+    from job.backends.vllm import render_ids, resolve_template
+
     tokenizer = get_tokenizer(model)
+    kind = type(tokenizer).__name__
     try:
-        ids = safe_apply_chat_template(
-            _model_config(model), tokenizer, messages, chat_template=chat_template,
-            add_generation_prompt=True, return_dict=False,
-        )  # fmt: skip
+        if kind == "MistralTokenizer":
+            from vllm.renderers.mistral import safe_apply_chat_template as mistral_apply
+
+            theirs = mistral_apply(
+                tokenizer, messages, chat_template=None, return_dict=False, add_generation_prompt=True
+            )
+            ours = render_ids(tokenizer, messages, None)
+        else:
+            from vllm.renderers.hf import safe_apply_chat_template
+
+            theirs = safe_apply_chat_template(
+                _model_config(model), tokenizer, messages, chat_template=chat_template,
+                add_generation_prompt=True, return_dict=False,
+            )  # fmt: skip
+            ours = render_ids(tokenizer, messages, resolve_template(tokenizer, model, chat_template))
     except Exception as e:  # the template rejects the conversation: report it, as vLLM would
         return {"error": f"{type(e).__name__}: {e}"}
-    return {"ids": list(ids)}
+    return {"ids": list(theirs), "ours": ours, "tokenizer": kind}
 
 
 def diff_sampling(generation_config: dict[str, Any]) -> dict[str, Any]:

@@ -551,6 +551,31 @@ def test_invalid_model_sampling_defaults_fail_at_load_naming_the_file(
         load_backend(f"vllm/{model}")
 
 
+PENALTY_CASES = [{"presence_penalty": v} for v in (-2.5, -2.0, 0.0, 2.0, 2.5)] + [
+    {"frequency_penalty": v} for v in (-3, 1.5, 2.01)
+]
+"""generation_config.json penalties; test_vllm_contract checks the real class agrees."""
+
+
+@pytest.mark.parametrize("case", PENALTY_CASES, ids=lambda c: f"{next(iter(c))}={next(iter(c.values()))}")
+def test_model_penalty_defaults_are_checked_at_load(
+    fake_vllm: Any, tiny_model: Path, tmp_path: Path, case: dict[str, float]
+) -> None:
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**gen, **case}))
+    ((name, value),) = case.items()
+    if -2.0 <= value <= 2.0:
+        backend = load_backend(f"vllm/{model}")
+        assert backend.model_defaults[name] == value
+    else:
+        with pytest.raises(JobError, match=rf"generation_config.json: {name} must be in \[-2, 2\]"):
+            load_backend(f"vllm/{model}")
+
+
 def _with_named_templates(model: Path, dst: Path, default: bool = True) -> Path:
     """A copy of the tiny model whose tokenizer has named chat templates (a dict once loaded)."""
     import shutil

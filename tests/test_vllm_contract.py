@@ -31,6 +31,7 @@ import real_vllm
 from test_vllm_backend import (
     FAKES,
     MODEL_DEFAULTS,
+    PENALTY_CASES,
     SAMPLING_CASES,
     _generate_calls,
     _with_named_templates,
@@ -133,7 +134,9 @@ def test_sampling_values_are_rejected_exactly_as_the_real_class_does(fake_vllm: 
     fake agree on every case: nothing the engine rejects gets past us or the fake."""
     kws = [{("max_tokens" if k == "max_new_tokens" else k): v for k, v in {"temperature": 0.5, **c}.items()}
            for c in SAMPLING_CASES]  # fmt: skip
-    verdicts = real_vllm.probe(real, [{"sampling": kw} for kw in kws])
+    penalties = [{"temperature": 0.5, **c} for c in PENALTY_CASES]
+    verdicts = real_vllm.probe(real, [{"sampling": kw} for kw in kws + penalties])
+    verdicts, penalty_verdicts = verdicts[: len(kws)], verdicts[len(kws) :]
     wrong = []
     for case, kw, verdict in zip(SAMPLING_CASES, kws, verdicts, strict=True):
         ours = _accepts(check_sampling, JobError, **{"temperature": 0.5, "max_new_tokens": 8, **case})
@@ -141,6 +144,10 @@ def test_sampling_values_are_rejected_exactly_as_the_real_class_does(fake_vllm: 
         if not ours is fake is verdict["ok"]:
             wrong.append((case, verdict, ours, fake))
     assert not wrong, wrong
+    # the model-default penalties we check at load (test_model_penalty_defaults_are_checked_at_load)
+    assert [v["ok"] for v in penalty_verdicts] == [
+        -2.0 <= next(iter(c.values())) <= 2.0 for c in PENALTY_CASES
+    ]
 
 
 def _accepts(fn: Any, error: type[Exception], **kw: Any) -> bool:

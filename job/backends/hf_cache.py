@@ -168,8 +168,10 @@ def prefilled_cache(
                 shape = (len(rows), src.keys.shape[1], width + reserve, src.keys.shape[-1])
                 layer._k = src.keys.new_zeros(shape)
                 layer._v = src.values.new_zeros((*shape[:-1], src.values.shape[-1]))
-            layer._k[index, :, width - w : width] = src.keys
-            layer._v[index, :, width - w : width] = src.values
+            # under --device-map a layer's cache lives on that layer's GPU, not the model's first
+            at = index.to(src.keys.device)
+            layer._k[at, :, width - w : width] = src.keys
+            layer._v[at, :, width - w : width] = src.values
     for layer in cache.layers:
         layer.keys, layer.values = layer._k[..., :width, :], layer._v[..., :width, :]
     return cache

@@ -207,6 +207,15 @@ def _previous_manifest(storage: Storage, key: str) -> dict[str, Any] | None:
     return man if isinstance(man, dict) else None
 
 
+def judge_fingerprint(spec: str) -> dict[str, Any] | None:
+    """The weights behind a local judge (`hf/DIR`, `vllm/DIR`): a checkpoint saved over the
+    same directory is another judge. None for the rest: API judges, and hub ids, whose cached
+    revision is unknown until the first run downloads them (it would re-judge everything
+    once the cache knows it)."""
+    fp = fingerprint(*parse_spec(spec))
+    return fp if fp and fp.get("kind") == "local" else None
+
+
 def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan:
     if cfg.mode not in MODES:
         raise JobError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
@@ -240,7 +249,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
             raise JobError(f"bench {bench.name!r} has no default reference set; pass --reference NAME")
         refs, ref_sha = load_references(bench, ref_name, questions)
     matches = build_matches(questions, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
-    judge_fp = fingerprint(*parse_spec(cfg.judge_model), cfg.backend_options.get("revision"))
+    judge_fp = judge_fingerprint(cfg.judge_model)
     inputs = {m: inputs_sha256(cfg.judge_model, JUDGE_PARAMS, m, judge_fp) for m in matches}
 
     # stored records are checked before resume keys are built from them (file:line on a bad one)

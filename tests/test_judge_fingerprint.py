@@ -52,3 +52,23 @@ def test_an_overwritten_local_judge_checkpoint_judges_again(
     again = run_job("judge", *ARGS, "--output", str(out), "--judge-model", spec)
     assert again.returncode != 0 and f"all {n}" in again.stderr.strip().splitlines()[-1], again.stderr
     assert f"0 calls to send ({n} already stored)" in _plan(run_job, out, spec)
+
+
+def test_only_a_local_judge_has_a_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id's cached revision appears only once a run has downloaded it: were it hashed,
+    the second run would judge everything again. API judges have none either."""
+    from job.judge_run import judge_fingerprint
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    fp = judge_fingerprint(f"hf/{ckpt}")
+    assert fp is not None and fp["kind"] == "local"
+    assert judge_fingerprint(f"vllm/{ckpt}") == fp
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert judge_fingerprint("hf/org/judge") is None
+    refs = tmp_path / "hub" / "models--org--judge" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40)  # the first run downloaded it
+    assert judge_fingerprint("hf/org/judge") is None
+    assert judge_fingerprint("openai/gpt-4") is None and judge_fingerprint("mock/echo") is None

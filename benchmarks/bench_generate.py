@@ -82,8 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_questions(args: argparse.Namespace) -> list[Any]:
-    from job.benches import resolve_bench
-    from job.generate import select_questions
+    from job.benches import resolve_bench, select_questions
 
     questions, _ = resolve_bench(args.bench, args.bench_data).load_questions()
     return select_questions(questions, [], args.first_n)
@@ -266,7 +265,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from job.generate import work_items
-    from job.sharding import shard
+    from job.generate.sharding import shard
 
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -348,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = None
     questions = load_questions(args)
     if not model:
-        from job.smoke_model import build
+        from job.backends.smoke_model import build
 
         # the BPE learns from the bench text at run time (never stored in the repo)
         corpus = [t for q in questions for t in q.turns] if args.tokenizer_corpus == "bench" else None

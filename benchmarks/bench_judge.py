@@ -4,7 +4,7 @@ A real OpenAI-compatible HTTP server (tests/servers/openai_server.py, in its own
 answers every chat request after `--latency` seconds +- `--jitter` (uniform), so the
 numbers measure how well each client keeps requests in flight, not a model.
 
-- ours: `job.judge_run.run` (what `job judge` does): real mt_bench questions, synthetic
+- ours: `job.judge.runner.run` (what `job judge` does): real mt_bench questions, synthetic
   answer files, FastChat judge prompts, the openai backend (AsyncOpenAI, bounded
   concurrency), calls streamed, judgments stored in groups of --batch-size.
 - FastChat: gen_judgment's pattern, a ThreadPoolExecutor of `--parallel` workers, each
@@ -106,7 +106,7 @@ def workload(concurrency: int, calls_per_slot: int, questions: int) -> tuple[int
 
 def run_ours(args: argparse.Namespace, url: str, c: int, batch: int, tmp: Path) -> tuple[int, float]:
     from job.benches import resolve_bench
-    from job.judge_run import JudgeConfig, run
+    from job.judge.runner import JudgeConfig, run
 
     questions, _ = resolve_bench("mt_bench", args.bench_data).load_questions()
     first_n, n_models = workload(c, args.calls_per_slot, len(questions))
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OPENAI_API_KEY", "EMPTY")
     import openai  # noqa: F401  (both sides import the client before the clock starts)
 
-    import job.judge_run  # noqa: F401
+    import job.judge.runner  # noqa: F401
 
     proc, url = start_server(args.latency, args.jitter)
     rows = []

@@ -45,10 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_shards(storage: Any, args: argparse.Namespace) -> None:
     """Shards + manifests exactly as job.generate writes them (answers first, manifest last)."""
-    from job.jsonl import dumps_lines
+    from job.generate.sharding import shard
     from job.layout import manifest_key, shard_key
     from job.records import ShardItem, ShardManifest
-    from job.sharding import shard
+    from job.records.jsonl import dumps_lines
 
     qids = list(range(1, args.questions + 1))
     items = [(q, c) for q in qids for c in range(args.num_choices)]

@@ -2,7 +2,7 @@
 
 For a machine with one GPU, torch and transformers, no internet and no vllm: everything is
 built on the spot. Per model shape (random-initialised Llama architecture, bf16, BPE
-tokenizer trained in-process on the questions as job.smoke_model does; EOS suppressed so
+tokenizer trained in-process on the questions as job.backends.smoke_model does; EOS suppressed so
 every answer has exactly --max-new-tokens tokens):
 
 - ours: the hf backend through job generate's turn waves on every question x 2 turns x
@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-# Llama-architecture shapes: TinyLlama-1.1B (GQA) and Llama-2-7B (MHA); tiny = job.smoke_model's
+# Llama-architecture shapes: TinyLlama-1.1B (GQA) and Llama-2-7B (MHA); tiny = job.backends.smoke_model's
 SHAPES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 4},
@@ -107,7 +107,7 @@ def build_model(shape: str, out: Path, questions: list[Any], device: str, vocab_
     import torch
     from transformers import LlamaForCausalLM
 
-    from job.smoke_model import build, build_tokenizer, chat_config, generation_config
+    from job.backends.smoke_model import build, build_tokenizer, chat_config, generation_config
 
     corpus = [t for q in questions for t in q.turns]
     if shape == "tiny":

@@ -90,7 +90,7 @@ def cli(log_level: str) -> None:
 
 
 def main() -> None:
-    from job import terminate
+    from job import signals as terminate
 
     terminate.install()  # SIGTERM -> Terminated: finally blocks run, the exit code is 143
     try:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from job.errors import JobError
-from job.report import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, percentile_ci, resampled_means, rng_for
+from job.report.aggregate import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, percentile_ci, resampled_means, rng_for
 
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_REGRESSION = 0, 1, 2, 3

@@ -15,7 +15,7 @@ from typing import Any
 
 from job import gate as g
 from job.backends import parse_spec
-from job.endpoints import Generator, judge_endpoint
+from job.backends.endpoints import Generator, judge_endpoint
 from job.errors import JobError
 from job.generate import GenerateConfig
 from job.names import check_model_name, check_name, default_model_name
@@ -84,7 +84,7 @@ def check(cfg: RunConfig) -> dict[str, Any] | None:
         check_name("reference set (--reference)", cfg.reference)
     if not cfg.baseline:
         return None
-    from job.report_publish import load_report
+    from job.report.publish import load_report
 
     base = load_report(cfg.baseline)
     g.pair_models(base, {"scores": [{"model": model_name(cfg)}]}, cfg.baseline_name, None)
@@ -96,8 +96,10 @@ def check(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def run(cfg: RunConfig) -> RunResult:
-    from job import generate, judge_run, reduce, report_run
-    from job.report_publish import publish, write_html
+    from job import generate, reduce
+    from job.judge import runner as judge_run
+    from job.report import runner as report_run
+    from job.report.publish import publish, write_html
 
     gcfg = replace(cfg.generate, model_name=model_name(cfg))
     name = str(gcfg.model_name)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 import shortuuid
 
 from job.errors import IncompleteError, JobError
-from job.jsonl import dumps_lines
 from job.layout import SHARD_RE, answer_key, answer_manifest_key, shard_of_manifest, shards_prefix
 from job.names import check_model_name, check_name, name_of_path
 from job.provenance import package_version
@@ -32,8 +31,9 @@ from job.records import (
     parse_records,
     truncation,
 )
+from job.records.jsonl import dumps_lines
+from job.signals import critical
 from job.storage import Storage, open_storage
-from job.terminate import critical
 
 log = logging.getLogger(__name__)
 

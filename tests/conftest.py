@@ -37,7 +37,7 @@ def shared_bench_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama chat model built in-process (BPE tokenizer, chat template)."""
-    from job.smoke_model import build
+    from job.backends.smoke_model import build
 
     return build(tmp_path_factory.mktemp("tiny-model") / "tiny")
 

@@ -116,7 +116,7 @@ def test_model_without_chat_template_is_a_clear_error(run_job, tiny_model: Path,
     assert res.returncode == 2 and "has no chat template; pass --chat-template FILE" in res.stderr
     # with a template file it works
     tmpl = tmp_path / "t.jinja"
-    from job.smoke_model import CHAT_TEMPLATE
+    from job.backends.smoke_model import CHAT_TEMPLATE
 
     tmpl.write_text(CHAT_TEMPLATE, "utf-8")
     res = run_job(

@@ -14,7 +14,7 @@ import pytest
 
 from job.backends import load_backend
 from job.errors import JobError
-from job.generate import GenerateConfig, generate_shard, pending_shards, plan
+from job.generate import GenerateConfig, ShardPlan, generate_shard, pending_shards, plan
 from job.records import Answer, parse_records
 from job.reduce import ReduceConfig
 from job.reduce import run as reduce_run
@@ -38,7 +38,7 @@ def test_transformers_lower_bound_matches_what_the_code_calls() -> None:
 # --- a task that loses the manifest race never overwrites the winner's shard data ---
 
 
-def _race_plan(uri: str, bench_data: Path) -> tuple[GenerateConfig, dict[str, Any], Storage]:
+def _race_plan(uri: str, bench_data: Path) -> tuple[GenerateConfig, ShardPlan, Storage]:
     cfg = GenerateConfig(
         bench="mt_bench", model="mock/echo", model_name="m", first_n=3, output=uri, bench_data=str(bench_data)
     )
@@ -156,7 +156,7 @@ def test_a_hub_model_is_identified_by_its_cached_revision(
             bench_data=str(shared_bench_data),
         )
         p = plan(cfg)
-        return p["config_hash"], p["run_config"]["model_fingerprint"]
+        return p.config_hash, p.run_config["model_fingerprint"]
 
     h1, fp = config_hash("a" * 40)
     assert fp == {"kind": "hub", "id": "org/chat", "revision": "a" * 40}

@@ -17,7 +17,7 @@ def cuda_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from job.smoke_model import build
+    from job.backends.smoke_model import build
 
     return build(tmp_path_factory.mktemp("gpu") / "tiny", hidden=128)
 

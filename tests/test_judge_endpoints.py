@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from servers.openai_server import OpenAIServer
 
-from job.endpoints import Generator, judge_endpoint, launcher_generator
+from job.backends.endpoints import Generator, judge_endpoint, launcher_generator
 from job.errors import JobError
 
 pytestmark = pytest.mark.timeout(200)

@@ -57,7 +57,7 @@ def test_an_overwritten_local_judge_checkpoint_judges_again(
 def test_only_a_local_judge_has_a_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hub id's cached revision appears only once a run has downloaded it: were it hashed,
     the second run would judge everything again. API judges have none either."""
-    from job.judge_run import judge_fingerprint
+    from job.judge.runner import judge_fingerprint
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

@@ -17,8 +17,8 @@ from test_judge_cli import _answer_dir, _custom_bench, _jsonl, smoke_answers
 
 from job.backends.base import SamplingParams
 from job.judge import Match, build_matches, inputs_sha256
-from job.judge_prompts import load_prompt_set, select
-from job.judgment_store import JudgmentStore, current_rows, parts_prefix
+from job.judge.prompts import load_prompt_set, select
+from job.judge.store import JudgmentStore, current_rows, parts_prefix
 from job.records import Answer, Question
 from job.storage import open_storage
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from job.judgment_store import JudgmentStore, parts_prefix
+from job.judge.store import JudgmentStore, parts_prefix
 from job.storage import LocalStorage
 
 KEY = "b/model_judgment/j_single.jsonl"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from job.errors import JobError
-from job.jsonl import dumps_lines
 from job.records import Answer, Question, parse_records
+from job.records.jsonl import dumps_lines
 
 
 def test_real_question_files_load(shared_bench_data: Path) -> None:

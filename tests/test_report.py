@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from job import report as agg
-from job.jachars import count_chars, share
+from job.report import aggregate as agg
+from job.report.jachars import count_chars, share
 
 
 def single(model: str, qid: int, turn: int, score: float, **extra: Any) -> dict[str, Any]:

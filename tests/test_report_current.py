@@ -1,5 +1,5 @@
 """`job report` on our own judgment files counts only the rows the judge manifest names as
-current (content-addressed reuse, job.judgment_store.current_rows), for the stored layout and
+current (content-addressed reuse, job.judge.store.current_rows), for the stored layout and
 for --judgments FILE with its manifest beside it; provenance says how many rows it used."""
 
 from __future__ import annotations

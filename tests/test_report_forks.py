@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from job import names
-from job import report as agg
 from job.errors import JobError
+from job.report import aggregate as agg
 
 JA = "japanese_mt_bench"
 

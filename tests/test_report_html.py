@@ -181,8 +181,8 @@ def test_report_html_in_chromium(report_dir: Path, tmp_path: Path) -> None:
 
 
 def test_html_without_matplotlib(report_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from job.report_html import render_html
-    from job.report_plots import MISSING, plots
+    from job.report.html import render_html
+    from job.report.plots import MISSING, plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     doc = json.loads((report_dir / "report.json").read_text("utf-8"))

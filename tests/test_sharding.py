@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from job.errors import JobError
-from job.sharding import resolve_shard, shard, shard_bounds
+from job.generate.sharding import resolve_shard, shard, shard_bounds
 
 
 @given(n_items=st.integers(0, 400), num_shards=st.integers(1, 100))

@@ -14,9 +14,9 @@ import pytest
 
 from job.backends import load_backend
 from job.backends.base import GenRequest, SamplingParams
+from job.backends.smoke_model import CHAT_TEMPLATE
 from job.errors import JobError
 from job.generate import GenerateConfig, run
-from job.smoke_model import CHAT_TEMPLATE
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -307,7 +307,7 @@ def test_real_vllm_tiny_model(tmp_path: Path) -> None:
         pytest.skip("needs a CUDA GPU")
     real = pytest.importorskip("vllm")
     assert not getattr(real, "FAKE", False)
-    from job.smoke_model import build
+    from job.backends.smoke_model import build
 
     model = build(tmp_path / "tiny256", hidden=256)
     backend = load_backend(

@@ -40,9 +40,9 @@ from test_vllm_backend import (
 
 from job.backends import load_backend
 from job.backends.base import GenRequest, SamplingParams, check_sampling
+from job.backends.smoke_model import CHAT_TEMPLATE
 from job.errors import JobError
 from job.generate import GenerateConfig, run
-from job.smoke_model import CHAT_TEMPLATE
 
 pytestmark = pytest.mark.vllm_contract
 

@@ -1,8 +1,13 @@
-"""Backend registry: `provider/model` specs resolved to lazily imported factories.
+"""Backends: the registry (`provider/model` specs resolved to lazily imported factories),
+the protocol every backend implements (base.py: every capability declared, no hasattr),
+one module per backend (mock, hf + hf_*, vllm, openai_api), local model fingerprints
+(fingerprint.py), judge endpoints (endpoints.py) and the smoke model (smoke_model.py).
 
 Importing this module imports no heavy library; each provider's module is
 imported only when a spec names it, and a missing extra is an error naming
 the `pip install` that fixes it.
+
+Imports core only (errors): never benches, storage or a stage (import-linter).
 """
 
 from __future__ import annotations

@@ -402,6 +402,6 @@ class HFBackend:
 
 def tiny_backend(spec: str, model: str, **options: Any) -> HFBackend:
     """`hf-tiny`: the built-in smoke model (built into the cache on first use)."""
-    from job.smoke_model import ensure_built
+    from job.backends.smoke_model import ensure_built
 
     return HFBackend(spec, str(ensure_built()), **options)

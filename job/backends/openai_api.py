@@ -174,7 +174,7 @@ class OpenAIBackend:
         self.spec = spec
         self.model = model
         # the judge passes its own endpoint and key variable (None: read none), so it never
-        # falls back to the generator's OPENAI_BASE_URL / OPENAI_API_KEY (job.endpoints)
+        # falls back to the generator's OPENAI_BASE_URL / OPENAI_API_KEY (job.backends.endpoints)
         self.base_url = base_url or (os.environ.get(base_url_env) if base_url_env else None) or None
         key = (os.environ.get(api_key_env) if api_key_env else None) or ""
         if not key:

@@ -14,8 +14,8 @@ def bench() -> None:
 @bench_data_option
 def list_cmd(bench_data: str | None) -> None:
     """Registered benches, their licence and the state of their files in the data dir."""
-    from job.bench_sync import check_files
     from job.benches import registry, resolve_data_dir
+    from job.benches.sync import check_files
 
     data_dir = resolve_data_dir(bench_data)
     click.echo(f"data dir: {data_dir}")
@@ -37,8 +37,8 @@ def list_cmd(bench_data: str | None) -> None:
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 def pull(names: tuple[str, ...], bench_data: str | None, base_url: str | None, timeout: float) -> None:
     """Download and checksum NAMES (default: all registered benches)."""
-    from job.bench_sync import pull as do_pull
     from job.benches import resolve_data_dir
+    from job.benches.sync import pull as do_pull
 
     for st, action in do_pull(list(names), resolve_data_dir(bench_data), base_url, timeout):
         click.echo(f"{action:10} {st.bench}:{st.logical} {st.path}")
@@ -49,8 +49,8 @@ def pull(names: tuple[str, ...], bench_data: str | None, base_url: str | None, t
 @bench_data_option
 def verify(names: tuple[str, ...], bench_data: str | None) -> None:
     """Check the sha256 of every file of NAMES (default: all); exit 1 on any problem."""
-    from job.bench_sync import check_files
     from job.benches import resolve_data_dir
+    from job.benches.sync import check_files
 
     bad = 0
     for st in check_files(list(names), resolve_data_dir(bench_data)):

@@ -41,7 +41,7 @@ def bench_data_option(f: F) -> F:
 
 
 def _set_s3_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    # one process-wide setting read by job.storage_s3, so no stage config has to carry it
+    # one process-wide setting read by job.storage.s3, so no stage config has to carry it
     if value:
         os.environ["JOB_S3_ENDPOINT_URL"] = value
 

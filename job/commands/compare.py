@@ -34,7 +34,7 @@ def compare(
     excludes 0 are flagged.
     """
     from job.gate import format_compare
-    from job.report_publish import load_report
+    from job.report.publish import load_report
 
     a, b = load_report(report_a), load_report(report_b)
     text = format_compare(a, b, model_a, model_b, allow_mismatch)  # refuses before printing anything

@@ -93,7 +93,7 @@ def generate(**kw: object) -> None:
     executor, replicas, cpus = kw.pop("executor"), kw.pop("num_replicas"), kw.pop("cpus_per_replica")
     cfg = GenerateConfig(**kw, backend_options=backend_options)  # type: ignore[arg-type]
     if executor == "ray":
-        from job.ray_runner import RayOptions, run_ray
+        from job.generate.ray_executor import RayOptions, run_ray
 
         tp, device = backend_options["tensor_parallel_size"], backend_options["device"]
         run_ray(cfg, RayOptions(replicas, cpus, tp, device))  # type: ignore[arg-type]

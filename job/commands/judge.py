@@ -74,12 +74,12 @@ def judge(**kw: object) -> None:
     judge spec and sampling), so an interrupted run is completed without duplicates and
     changed inputs are judged again. Exits 2 when no judgment of the run came back ok.
     """
-    from job.endpoints import judge_endpoint, launcher_generator
-    from job.judge_run import JudgeConfig, run
+    from job.backends.endpoints import judge_endpoint, launcher_generator
+    from job.judge.runner import JudgeConfig, run
 
     backend_options = {k: kw.pop(k) for k in (*API_OPTION_KEYS, *LOCAL_OPTION_KEYS)}
     # --judge-base-url, else an explicit --base-url; OPENAI_BASE_URL only if no openai/
-    # JOB_MODEL beside this step owns it (job.endpoints)
+    # JOB_MODEL beside this step owns it (job.backends.endpoints)
     explicit = click.get_current_context().get_parameter_source("base_url") is ParameterSource.COMMANDLINE
     generator = launcher_generator()
     url = kw.pop("judge_base_url") or (backend_options["base_url"] if explicit or not generator else None)

@@ -45,7 +45,7 @@ from job.commands.common import BENCH_HELP, bench_data_option, output_option
     help="Japanese character share (default: on for Japanese benches).",
 )
 @click.option("--seed", type=int, default=0, help="Bootstrap seed.")
-# report.html + plots and publishing (job/report_publish.py)
+# report.html + plots and publishing (job/report/publish.py)
 @click.option("--html/--no-html", default=True, help="Also write report.html and the chart PNGs.")
 @click.option(
     "--publish",
@@ -55,7 +55,7 @@ from job.commands.common import BENCH_HELP, bench_data_option, output_option
 def report(**kw: object) -> None:
     """Aggregate judgments: FastChat show_result numbers, Swallow N-choice means and std,
     per category n_scored / n_failed and 95% bootstrap CIs."""
-    from job.report_run import ReportConfig, run
+    from job.report.runner import ReportConfig, run
 
     for k in ("model_list", "judgments"):
         kw[k] = list(kw[k])  # type: ignore[call-overload]
@@ -63,7 +63,7 @@ def report(**kw: object) -> None:
     cfg = ReportConfig(**kw)  # type: ignore[arg-type]
     doc = run(cfg)
     if html or publish_to:
-        from job.report_publish import publish, write_html
+        from job.report.publish import publish, write_html
 
         storage, prefix, names = write_html(cfg, doc)
         if publish_to:

@@ -23,7 +23,7 @@ def smoke_model(directory: str, seed: int, gguf_file: str | None) -> None:
     from job.errors import JobError
 
     try:
-        from job.smoke_model import build, from_gguf
+        from job.backends.smoke_model import build, from_gguf
     except ImportError:
         raise JobError(
             "smoke-model needs torch and transformers; run: pip install 'mtbench-job[hf]'"

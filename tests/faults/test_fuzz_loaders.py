@@ -23,15 +23,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from job import report as agg
 from job.benches import registry, resolve_bench
 from job.errors import JobError
-from job.jsonl import dumps_lines, iter_jsonl
 from job.judge import stored_games
-from job.judge_prompts import expected_placeholders, load_prompt_set, select
-from job.judgment_store import JudgmentStore
+from job.judge.prompts import expected_placeholders, load_prompt_set, select
+from job.judge.store import JudgmentStore
 from job.names import check_name
 from job.records import Answer, Question, ShardItem, check_judgment, parse_records, record_dict
+from job.records.jsonl import dumps_lines, iter_jsonl
+from job.report import aggregate as agg
 from job.storage import LocalStorage
 
 FUZZ = settings(

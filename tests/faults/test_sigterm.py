@@ -186,7 +186,7 @@ def test_critical_section_defers_sigterm_to_its_end(tmp_path: Path) -> None:
     Terminated once; a second SIGTERM while stopping is ignored."""
     code = """
 import os, signal
-from job import terminate
+from job import signals as terminate
 from job.errors import Terminated
 terminate.install()
 done = []
@@ -280,7 +280,7 @@ def test_sigterm_mid_write_leaves_no_temp_file(tmp_path: Path) -> None:
     whole or absent and no hidden temp file stays behind."""
     code = f"""
 import sys
-from job import terminate
+from job import signals as terminate
 from job.errors import Terminated
 from job.storage import LocalStorage
 terminate.install()

@@ -10,7 +10,7 @@ from moto_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Env, start_moto
 
 from job.errors import JobError
 from job.storage import open_storage
-from job.storage_s3 import S3Storage, parse_s3_uri
+from job.storage.s3 import S3Storage, parse_s3_uri
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,8 +12,8 @@ import json
 import time
 from typing import Any
 
-from job.report_md import TRUNCATION_HEAD, truncation_cell
-from job.report_plots import MISSING
+from job.report.markdown import TRUNCATION_HEAD, truncation_cell
+from job.report.plots import MISSING
 
 
 def esc(x: Any) -> str:

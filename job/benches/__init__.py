@@ -1,10 +1,14 @@
-"""Bench registry: where a bench's files live, their checksums, and its behaviour.
+"""Benches: the registry (where a bench's files live, their checksums), its behaviour
+(behaviour.py: temperatures, reference categories, prompt names, rating format), pulling
+and checking the data (sync.py) and question selection (--question-ids, --first-n).
 
 A bench is a FastChat-layout folder `<data>/<name>/question.jsonl` (optionally
 `reference_answer/*.jsonl`, its own `judge_prompts.jsonl` and a `bench.json` of
 behaviour fields). Registered benches (bench_data/registry.json) also carry pinned
 upstream URLs, sha256 and their behaviour; any other folder works as a custom bench,
 without checksum verification.
+
+Imports core only (records, errors, names): never backends, storage or a stage (import-linter).
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from job.bench_behaviour import FASTCHAT, BenchBehaviour, load_behaviour
+from job.benches.behaviour import FASTCHAT, BenchBehaviour, load_behaviour
 from job.errors import JobError
 from job.names import check_name
 from job.records import Question, check_unique_ids, parse_numbered
 
 SMOKE_BENCH = "smoke"
 BENCH_JSON = "bench.json"
-"""A custom bench folder's optional behaviour file (the fields of job.bench_behaviour)."""
+"""A custom bench folder's optional behaviour file (the fields of job.benches.behaviour)."""
 DEFAULT_DATA_DIR = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtbench-job" / "bench_data"
 )
@@ -32,7 +36,7 @@ DEFAULT_DATA_DIR = (
 
 def packaged_data_dir() -> Path:
     """bench_data/ shipped with the package (wheel) or beside it (source checkout)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # job/
     for cand in (here / "bench_data", here.parent / "bench_data"):
         if (cand / "registry.json").is_file():
             return cand
@@ -163,3 +167,29 @@ def resolve_bench(name: str, bench_data: str | os.PathLike[str] | None = None) -
     raise JobError(
         f"unknown bench {name!r}: not registered and no {data_dir / name / 'question.jsonl'}; known: {known}"
     )
+
+
+def select_questions(questions: list[Question], ids: list[str], first_n: int | None) -> list[Question]:
+    """--question-ids (comma lists, ranges a-b) then --first-n, in file order."""
+    if ids:
+        wanted: list[str] = []
+        for part in ",".join(ids).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            if sep and lo.isdigit() and hi.isdigit():
+                wanted.extend(str(i) for i in range(int(lo), int(hi) + 1))
+            else:
+                wanted.append(part)
+        by_id = {str(q.question_id): q for q in questions}
+        missing = [w for w in wanted if w not in by_id]
+        if missing:
+            raise JobError(f"--question-ids: no question with id {', '.join(missing[:10])} in the bench")
+        keep = set(wanted)
+        questions = [q for q in questions if str(q.question_id) in keep]
+    if first_n is not None:
+        if first_n < 1:
+            raise JobError(f"--first-n must be >= 1, got {first_n}")
+        questions = questions[:first_n]
+    return questions

@@ -22,10 +22,10 @@ from job.benches import resolve_bench
 from job.errors import JobError
 from job.layout import latest_pointer_key, reports_dir
 from job.names import check_name
-from job.report_html import render_html
-from job.report_plots import plots
-from job.report_questions import question_entries
-from job.report_run import ReportConfig, bench_of, load_answers, load_judgments
+from job.report.html import render_html
+from job.report.plots import plots
+from job.report.questions import question_entries
+from job.report.runner import ReportConfig, bench_of, load_answers, load_judgments
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from job.backends import load_backend, parse_spec
 from job.backends.base import GenRequest, GenResult
-from job.benches import Bench, resolve_bench, sha256_bytes
+from job.backends.fingerprint import describe, fingerprint
+from job.benches import Bench, resolve_bench, select_questions, sha256_bytes
 from job.errors import JobError, Terminated
-from job.generate import select_questions
 from job.judge import (
     JUDGE_PARAMS,
     MODES,
@@ -39,15 +39,14 @@ from job.judge import (
     stored_games,
     stored_row_key,
 )
-from job.judge_prompts import load_prompt_set, select
-from job.judgment_store import JudgmentStore
+from job.judge.prompts import load_prompt_set, select
+from job.judge.store import JudgmentStore
 from job.layout import answers_prefix, judgment_dir, manifest_key, model_of_answer_file
-from job.model_fingerprint import describe, fingerprint
 from job.names import check_model_name, check_name, default_model_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, Question, QuestionId, check_judgment, parse_records
+from job.signals import critical
 from job.storage import LocalStorage, Storage, open_storage
-from job.terminate import critical
 
 log = logging.getLogger(__name__)
 

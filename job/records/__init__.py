@@ -2,7 +2,10 @@
 
 Field names and meanings follow FastChat's llm_judge files exactly, so public
 question/answer/judgment files load unchanged and ours load in FastChat's tools.
-Extra fields are allowed and kept.
+Extra fields are allowed and kept. JSONL reading and writing: jsonl.py.
+
+Part of the core (with errors, names, layout, provenance, signals): imports nothing of
+the job package but job.errors (import-linter).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from job.errors import JobError
-from job.jsonl import iter_jsonl
+from job.records.jsonl import iter_jsonl
 
 SCHEMA_VERSION = 1
 

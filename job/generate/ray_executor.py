@@ -22,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from job import terminate
+from job import signals as terminate
 from job.backends import load_backend
 from job.errors import BackendDead, JobError, Terminated
 from job.generate import (
     GenerateConfig,
+    ShardPlan,
     backend_options,
     committed_note,
     generate_shard,
@@ -71,7 +72,7 @@ class RayOptions:
 class ShardWorker:
     """One model replica. Plain class; wrapped with ray.remote at run time (lazy import)."""
 
-    def __init__(self, cfg: GenerateConfig, p: dict[str, Any], env: dict[str, str], log_level: int):
+    def __init__(self, cfg: GenerateConfig, p: ShardPlan, env: dict[str, str], log_level: int):
         os.environ.update(env)
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s", force=True)
         self.cfg, self.plan = cfg, p
@@ -277,7 +278,7 @@ def run_ray(cfg: GenerateConfig, opts: RayOptions) -> list[ShardManifest]:
 
         actors = [spawn() for _ in range(replicas)]
         t1 = time.monotonic()
-        results, failed = _schedule(ray, actors, todo, p["num_shards"], spawn)
+        results, failed = _schedule(ray, actors, todo, p.num_shards, spawn)
         wall = time.monotonic() - t1
         _summarize(ray, actors, results, wall)
     except Terminated as e:
@@ -287,7 +288,7 @@ def run_ray(cfg: GenerateConfig, opts: RayOptions) -> list[ShardManifest]:
     finally:
         ray.shutdown()
     if failed:
-        lines = "; ".join(f"shard {i + 1}/{p['num_shards']}: {msg}" for i, msg in sorted(failed.items()))
+        lines = "; ".join(f"shard {i + 1}/{p.num_shards}: {msg}" for i, msg in sorted(failed.items()))
         raise JobError(
             f"{len(failed)} of {len(todo)} shards failed ({lines}); re-run the same command to retry them "
             "(complete shards are skipped)"

@@ -11,10 +11,10 @@ import string
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from job.bench_behaviour import FASTCHAT, BenchBehaviour
 from job.benches import sha256_bytes
+from job.benches.behaviour import FASTCHAT, BenchBehaviour
 from job.errors import JobError
-from job.jsonl import iter_jsonl
+from job.records.jsonl import iter_jsonl
 
 REQUIRED_FIELDS = ("name", "type", "system_prompt", "prompt_template", "output_format")
 

@@ -26,7 +26,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from job.jsonl import dumps_lines, iter_jsonl
+from job.records.jsonl import dumps_lines, iter_jsonl
 from job.storage import LocalStorage, Storage, write_error
 
 log = logging.getLogger(__name__)

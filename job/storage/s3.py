@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from job.errors import JobError
-from job.storage import Storage
+from job.storage.base import Storage
 
 ENDPOINT_ENV = "JOB_S3_ENDPOINT_URL"
 MAX_ATTEMPTS_ENV = "JOB_S3_MAX_ATTEMPTS"

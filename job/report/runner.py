@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from job import report as agg
 from job.benches import Bench, resolve_bench, sha256_bytes
 from job.errors import JobError
-from job.jachars import count_chars, share
-from job.jsonl import iter_jsonl
-from job.judgment_store import JudgmentStore, current_rows
+from job.judge.store import JudgmentStore, current_rows
 from job.layout import answer_file, answers_prefix, judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
 from job.records import TRUNCATED_WARN, Answer, check_judgment, parse_records, truncation
-from job.report_bench import DEFAULT_BENCH, infer_bench
-from job.report_md import render_markdown
+from job.records.jsonl import iter_jsonl
+from job.report import aggregate as agg
+from job.report.bench import DEFAULT_BENCH, infer_bench
+from job.report.jachars import count_chars, share
+from job.report.markdown import render_markdown
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ PAIR_FIELDS = ("question_id", "model_1", "model_2", "g1_winner", "g2_winner")
 @dataclass
 class ReportConfig:
     bench: str | None = None
-    """None: the bench the --judgments files' question ids identify (job.report_bench)"""
+    """None: the bench the --judgments files' question ids identify (job.report.bench)"""
     mode: str = "single"
     baseline_model: str = "gpt-3.5-turbo"
     model_list: list[str] = field(default_factory=list)

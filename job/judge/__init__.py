@@ -1,0 +1,66 @@
+"""The judge stage (`job judge`): FastChat's LLM-as-a-judge over the reduced answers.
+
+Owns: the judge prompt files (prompts.py), matches in FastChat's order (matches.py, pure),
+rating/verdict parsing (parse.py, pure), resume keys and the records written (results.py,
+pure), the runner that loads, sends, appends and resumes (runner.py) and the judgment
+store (store.py). Nothing but the runner and the store does I/O.
+
+Imports core, job.benches, job.backends and job.storage only: never generate, reduce,
+report, gate, pipeline or commands (import-linter, pyproject.toml).
+"""
+
+from job.judge.matches import (
+    DONE_STATUSES,
+    FAILED_STATUSES,
+    JUDGE_MAX_TOKENS,
+    JUDGE_PARAMS,
+    JUDGE_TEMPERATURE,
+    MODES,
+    Match,
+    build_judge_prompt,
+    build_matches,
+    judge_messages,
+    needs_ref,
+)
+from job.judge.parse import (
+    parse_rating,
+    parse_verdict,
+)
+from job.judge.results import (
+    GameKey,
+    GameResult,
+    RowKey,
+    game_key,
+    game_result,
+    inputs_sha256,
+    make_record,
+    row_key,
+    stored_games,
+    stored_row_key,
+)
+
+__all__ = [
+    "DONE_STATUSES",
+    "FAILED_STATUSES",
+    "GameKey",
+    "GameResult",
+    "JUDGE_MAX_TOKENS",
+    "JUDGE_PARAMS",
+    "JUDGE_TEMPERATURE",
+    "MODES",
+    "Match",
+    "RowKey",
+    "build_judge_prompt",
+    "build_matches",
+    "game_key",
+    "game_result",
+    "inputs_sha256",
+    "judge_messages",
+    "make_record",
+    "needs_ref",
+    "parse_rating",
+    "parse_verdict",
+    "row_key",
+    "stored_games",
+    "stored_row_key",
+]

@@ -141,12 +141,44 @@ ProgressFn = Callable[[int, int], None]
 """progress(requests_done, tokens_generated) increments."""
 
 
+FollowUp = Callable[[int, GenResult], "GenRequest | None"]
+"""follow_up(conversation index, its latest result) -> its next request, or None when done."""
+
+
 class Backend(Protocol):
+    """What every backend is; callers read capabilities from here, never with hasattr."""
+
     spec: str
+    streams_conversations: bool
+    """True (API backends): generate_conversations sends each conversation's next turn as soon
+    as its own previous turn returns. False: callers batch with generate (turn waves)."""
+    fatal_error: str | None
+    """Set when every further request would fail the same way (401/403/404, a bad endpoint):
+    callers commit nothing and stop. Always None for backends without such a failure."""
 
     def generate(self, requests: list[GenRequest], progress: ProgressFn | None = None) -> list[GenResult]:
         """One result per request, in order. Must not raise for a single failed request;
         raises job.errors.BackendDead when the engine can take no more requests."""
         ...
 
+    def generate_conversations(
+        self, first: list[GenRequest], follow_up: FollowUp, progress: ProgressFn | None = None
+    ) -> list[list[GenResult]]:
+        """Only when streams_conversations: len(first) conversations, each advancing on its own."""
+        ...
+
     def close(self) -> None: ...
+
+
+class BatchBackend:
+    """The capabilities of a backend that only batches (hf, vllm, mock): no streaming, no
+    fatal error. Subclassing it is how such a backend declares them."""
+
+    spec: str
+    streams_conversations = False
+    fatal_error: str | None = None
+
+    def generate_conversations(
+        self, first: list[GenRequest], follow_up: FollowUp, progress: ProgressFn | None = None
+    ) -> list[list[GenResult]]:
+        raise NotImplementedError(f"{self.spec} batches only (streams_conversations is False)")

@@ -28,7 +28,7 @@ import transformers
 from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from job.backends.base import GenRequest, GenResult, ProgressFn
+from job.backends.base import BatchBackend, GenRequest, GenResult, ProgressFn
 from job.backends.hf_cache import cache_kwarg, prefilled_cache, reserved_cache
 from job.backends.hf_memory import (
     CPU_TOKEN_BUDGET,
@@ -133,7 +133,7 @@ def _pick_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-class HFBackend:
+class HFBackend(BatchBackend):
     def __init__(
         self,
         spec: str,

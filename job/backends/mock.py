@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from job.backends.base import API_ERROR, GenRequest, GenResult, ProgressFn
+from job.backends.base import API_ERROR, BatchBackend, GenRequest, GenResult, ProgressFn
 from job.errors import JobError
 
 
-class MockBackend:
+class MockBackend(BatchBackend):
     def __init__(self, spec: str, model: str, **_options: Any):
         self.spec = spec
         self.behaviour, _sep, self.arg = model.partition(":")

@@ -31,14 +31,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from job.backends.base import API_ERROR, GenRequest, GenResult, Message, ProgressFn
+from job.backends.base import API_ERROR, FollowUp, GenRequest, GenResult, Message, ProgressFn
 from job.errors import JobError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-FollowUp = Callable[[int, GenResult], "GenRequest | None"]
 """follow_up(conversation_index, result) -> that conversation's next request, or None."""
 
 FATAL_STATUS = (401, 403, 404)
@@ -147,6 +146,8 @@ async def _cancel_pending() -> None:
 
 class OpenAIBackend:
     """Chat completions through the official `openai` client (AsyncOpenAI)."""
+
+    streams_conversations = True
 
     def __init__(
         self,

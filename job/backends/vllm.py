@@ -29,7 +29,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from job.backends.base import GenRequest, GenResult, Message, ProgressFn, SamplingParams, check_sampling
+from job.backends.base import (
+    BatchBackend,
+    GenRequest,
+    GenResult,
+    Message,
+    ProgressFn,
+    SamplingParams,
+    check_sampling,
+)
 from job.errors import BackendDead, JobError
 
 log = logging.getLogger(__name__)
@@ -116,7 +124,7 @@ def _answer_tokens(comp: Any) -> int:
     return n - 1 if stopped_by_token and n else n
 
 
-class VLLMBackend:
+class VLLMBackend(BatchBackend):
     def __init__(
         self,
         spec: str,

@@ -57,7 +57,7 @@ def generate_shard(
         run_waves(backend, convs, bool(cfg.dedupe_greedy), bar)
     finally:
         bar.close()
-    fatal = getattr(backend, "fatal_error", None)
+    fatal = backend.fatal_error
     if fatal:  # bad key / model / endpoint: commit nothing, so a re-run redoes the shard
         raise JobError(f"{fatal}; shard {index + 1}/{n} was not written")
     if convs and all(c.status != "ok" for c in convs):

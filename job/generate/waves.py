@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from tqdm import tqdm
 
@@ -77,7 +76,7 @@ def run_waves(
     backend: Backend, convs: list[Conversation], dedupe_greedy: bool, progress: Callable[[int, int], None]
 ) -> None:
     """Generate every turn of every conversation: one backend call per turn index."""
-    if hasattr(backend, "generate_conversations"):
+    if backend.streams_conversations:
         # API backends: each conversation's turn 2 goes out when its own turn 1 returns
         return run_conversations(backend, convs, dedupe_greedy, progress)
     max_turns = max((len(c.question.turns) for c in convs), default=0)
@@ -142,7 +141,7 @@ def _request(c: Conversation, turn: int) -> GenRequest:
 
 
 def run_conversations(
-    backend: Any,
+    backend: Backend,
     convs: list[Conversation],
     dedupe_greedy: bool,
     progress: Callable[[int, int], None],

@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from job.backends import load_backend, parse_spec
-from job.backends.base import GenRequest, GenResult
+from job.backends.base import Backend, GenRequest, GenResult
 from job.backends.fingerprint import describe, fingerprint
 from job.benches import Bench, resolve_bench, select_questions, sha256_bytes
 from job.errors import JobError, Terminated
@@ -327,7 +327,7 @@ class _Recorder:
 
     FLUSH_SECONDS = 5.0
 
-    def __init__(self, cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, backend: Any):
+    def __init__(self, cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, backend: Backend):
         self.cfg, self.plan, self.judge, self.store, self.backend = cfg, plan, judge, store, backend
         self.counts: Counter[str] = Counter()
         self.games: dict[int, dict[int, GameResult]] = {}
@@ -379,7 +379,7 @@ class _Recorder:
             # every call failed and none ever worked (bad key, wrong URL, a template the
             # judge model rejects): stop instead of failing the same way on every call
             raise self.all_failed("; check --judge-model (and --base-url, OPENAI_API_KEY for API judges)")
-        fatal = getattr(self.backend, "fatal_error", None)
+        fatal = self.backend.fatal_error
         if fatal:
             # 401/403/404: every further call would fail the same way; stored work is kept
             raise JobError(f"judge {self.cfg.judge_model} stopped: {fatal}")
@@ -435,8 +435,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
 
     stopped: BaseException | None = None
     try:
-        stream = getattr(backend, "generate_conversations", None)
-        if stream is not None:
+        if backend.streams_conversations:
             # API judges: every call in one stream, bounded by the backend's concurrency,
             # each reply recorded as it arrives, so no batch waits on its slowest call
             reqs = plan.requests
@@ -445,7 +444,9 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
                 rec.add(*reqs[i], r)
                 return None
 
-            stream([request(*q) for q in reqs], on_reply, lambda n, _t: _advance(bar, n))
+            backend.generate_conversations(
+                [request(*q) for q in reqs], on_reply, lambda n, _t: _advance(bar, n)
+            )
         else:
             # local judges (hf, vllm): batches, so work is stored as it is done
             for batch in _batches(plan, cfg.batch_size):

@@ -41,12 +41,13 @@ from job.judge import (
 )
 from job.judge.prompts import load_prompt_set, select
 from job.judge.store import JudgmentStore
-from job.layout import answers_prefix, judgment_dir, manifest_key, model_of_answer_file
+from job.layout import judgment_dir, manifest_key
 from job.names import check_model_name, check_name, default_model_name
 from job.provenance import git_revision, package_version
 from job.records import Answer, Question, QuestionId, check_judgment, parse_records
 from job.signals import critical
-from job.storage import LocalStorage, Storage, open_storage
+from job.storage import Storage, open_storage
+from job.storage.answers import load_answers
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,6 @@ def judge_name_of(cfg: JudgeConfig) -> str:
 
 def judgment_key(bench: str, judge: str, mode: str) -> str:
     return f"{judgment_dir(bench)}{judge}_{'single' if mode == 'single' else 'pair'}.jsonl"
-
-
-def load_answers(cfg: JudgeConfig) -> tuple[dict[str, list[Answer]], str]:
-    """model name -> answer records, from --answers-dir or <output>/<bench>/model_answer/."""
-    storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
-    prefix = "" if cfg.answers_dir else answers_prefix(cfg.bench)
-    keys = [k for k in storage.list(prefix) if k.endswith(".jsonl") and "/" not in k[len(prefix) :]]
-    out = {}
-    for k in keys:
-        name = model_of_answer_file(k[len(prefix) :])  # org%2Fname.jsonl holds org/name's answers
-        out[name] = parse_records(storage.read_bytes(k), Answer, storage.uri(k))
-    return out, storage.uri(prefix)
 
 
 def index_answers(
@@ -221,7 +210,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     bench = resolve_bench(cfg.bench, cfg.bench_data)
     questions, data_sha = bench.load_questions()
     questions = select_questions(questions, cfg.question_ids, cfg.first_n)
-    loaded, where = load_answers(cfg)
+    loaded, where = load_answers(cfg.output, cfg.bench, cfg.answers_dir)
     models = [check_model_name("model name", m) for m in cfg.model_list] or sorted(loaded)
     if not models:
         raise JobError(

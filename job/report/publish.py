@@ -25,8 +25,9 @@ from job.names import check_name
 from job.report.html import render_html
 from job.report.plots import plots
 from job.report.questions import question_entries
-from job.report.runner import ReportConfig, bench_of, load_answers, load_judgments
+from job.report.runner import ReportConfig, bench_of, load_judgments
 from job.storage import LocalStorage, Storage, open_storage
+from job.storage.answers import load_answers
 
 log = logging.getLogger(__name__)
 POINTER_KIND = "mtbench-job/latest"
@@ -48,7 +49,9 @@ def build_html(cfg: ReportConfig, doc: dict[str, Any]) -> dict[str, bytes]:
         models = list(dict.fromkeys([*models, *(str(r[k]) for r in records for k in ("model_1", "model_2"))]))
     if cfg.model_list:
         records = [r for r in records if "model" not in r or r["model"] in cfg.model_list]
-    entries = question_entries(questions, load_answers(cfg, models), records, models)
+    entries = question_entries(
+        questions, load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, models)[0], records, models
+    )
     charts, note = plots(doc)
     if note:
         log.warning("%s (report.html has no charts)", note)

@@ -16,16 +16,17 @@ from typing import Any
 from job.benches import Bench, resolve_bench, sha256_bytes
 from job.errors import JobError
 from job.judge.store import JudgmentStore, current_rows
-from job.layout import answer_file, answers_prefix, judgment_dir, reports_dir
+from job.layout import judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
-from job.records import TRUNCATED_WARN, Answer, check_judgment, parse_records, truncation
+from job.records import TRUNCATED_WARN, Answer, check_judgment, truncation
 from job.records.jsonl import iter_jsonl
 from job.report import aggregate as agg
 from job.report.bench import DEFAULT_BENCH, infer_bench
 from job.report.jachars import count_chars, share
 from job.report.markdown import render_markdown
 from job.storage import LocalStorage, Storage, open_storage
+from job.storage.answers import load_answers
 
 log = logging.getLogger(__name__)
 SINGLE_FIELDS = ("question_id", "model", "score", "turn")
@@ -189,18 +190,6 @@ def truncation_shares(answers: dict[str, list[Answer]], models: list[str]) -> di
     return out
 
 
-def load_answers(cfg: ReportConfig, models: list[str]) -> dict[str, list[Answer]]:
-    """The answer files of these models that exist (--answers-dir or <output>/<bench>/model_answer/)."""
-    storage: Storage = LocalStorage(cfg.answers_dir) if cfg.answers_dir else open_storage(cfg.output)
-    prefix = "" if cfg.answers_dir else answers_prefix(bench_of(cfg))
-    out = {}
-    for m in models:  # names from judgment files reach paths only in their safe form
-        key = prefix + answer_file(check_model_name("model name (in the judgments)", m))
-        if storage.exists(key):
-            out[m] = parse_records(storage.read_bytes(key), Answer, storage.uri(key))
-    return out
-
-
 def provenance(
     cfg: ReportConfig, bench: Bench, data_sha: str, loaded: Loaded, judges: list[str], n_runs: dict[str, int]
 ) -> dict[str, Any]:
@@ -293,7 +282,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         out["pairwise.csv"] = ptable.to_csv(index=False).encode()
         res.update(pairwise_table=ptable, n_error_rows=n_err)
     want_ja = cfg.ja_chars if cfg.ja_chars is not None else bench.name.startswith("japanese")
-    answers = load_answers(cfg, models)
+    answers = load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, models)[0]
     ja = japanese_share(bench, answers, categories) if want_ja else {}
     prov = provenance(cfg, bench, data_sha, loaded, judges, n_runs)
     doc = {

@@ -13,6 +13,7 @@ from typing import Any
 from job.backends.base import SamplingParams
 from job.judge.matches import DONE_STATUSES, FAILED_STATUSES, Match, build_judge_prompt
 from job.judge.parse import parse_rating, parse_verdict
+from job.records.judgments import PairJudgment, SingleJudgment, game_status, judgment_line, single_status
 
 RowKey = tuple[str, str, str, int, tuple[str, ...], int]
 GameKey = tuple[str, str, str, int, tuple[str, ...], int, int]
@@ -101,30 +102,29 @@ def make_record(
     ts = time.time() if tstamp is None else tstamp
     status, error = _row_status(list(results.values()))
     judge_field = [judge, m.prompt.name]
-    extra = {"choice": m.choice, "status": status, "error": error, "inputs_sha256": inputs}
     if not m.pairwise:
         r = results[0]
-        return {
-            "question_id": m.question.question_id, "model": m.models[0], "judge": judge_field,
-            "user_prompt": r.user_prompt, "judgment": r.judgment, "score": r.verdict, "turn": m.turn,
-            "tstamp": ts, **extra,
-        }  # fmt: skip
+        return judgment_line(SingleJudgment(
+            question_id=m.question.question_id, model=m.models[0], judge=judge_field,
+            user_prompt=r.user_prompt, judgment=r.judgment, score=r.verdict, turn=m.turn, tstamp=ts,
+            choice=m.choice, status=status, error=error, inputs_sha256=inputs,
+        ))  # fmt: skip
     g1, g2 = results[1], results[2]
     maps = {1: {"A": "model_1", "B": "model_2"}, 2: {"A": "model_2", "B": "model_1"}}
-    return {
-        "question_id": m.question.question_id, "model_1": m.models[0], "model_2": m.models[1],
-        "g1_winner": maps[1].get(g1.verdict, g1.verdict), "g2_winner": maps[2].get(g2.verdict, g2.verdict),
-        "judge": judge_field, "g1_user_prompt": g1.user_prompt, "g1_judgment": g1.judgment,
-        "g2_user_prompt": g2.user_prompt, "g2_judgment": g2.judgment, "turn": m.turn, "tstamp": ts,
-        **extra, "g1_status": g1.status, "g2_status": g2.status,
-    }  # fmt: skip
+    return judgment_line(PairJudgment(
+        question_id=m.question.question_id, model_1=m.models[0], model_2=m.models[1],
+        g1_winner=maps[1].get(g1.verdict, g1.verdict), g2_winner=maps[2].get(g2.verdict, g2.verdict),
+        judge=judge_field, g1_user_prompt=g1.user_prompt, g1_judgment=g1.judgment,
+        g2_user_prompt=g2.user_prompt, g2_judgment=g2.judgment, turn=m.turn, tstamp=ts,
+        choice=m.choice, status=status, error=error, inputs_sha256=inputs, g1_status=g1.status, g2_status=g2.status,
+    ))  # fmt: skip
 
 
 def stored_games(rec: dict[str, Any]) -> Iterable[tuple[GameKey, GameResult]]:
     """The final game results a stored record holds (api_error games are not final)."""
     key = stored_row_key(rec)
     if "model" in rec:
-        status = rec.get("status") or ("ok" if rec.get("score", -1) != -1 else "parse_error")
+        status = single_status(rec)
         if status in DONE_STATUSES:
             r = GameResult(
                 rec.get("user_prompt", ""), rec.get("judgment", ""), status, rec.get("error"), rec["score"]
@@ -134,7 +134,7 @@ def stored_games(rec: dict[str, Any]) -> Iterable[tuple[GameKey, GameResult]]:
     unmap = {1: {"model_1": "A", "model_2": "B"}, 2: {"model_2": "A", "model_1": "B"}}
     for g in (1, 2):
         winner = rec.get(f"g{g}_winner", "error")
-        status = rec.get(f"g{g}_status") or ("ok" if winner != "error" else "parse_error")
+        status = game_status(rec, g)
         if status in DONE_STATUSES:
             verdict = unmap[g].get(winner, winner)
             r = GameResult(

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from job.errors import JobError
+from job.records.judgments import single_status
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -63,7 +64,7 @@ def single_frame(records: Iterable[dict[str, Any]], categories: dict[str, str]) 
     rows = []
     for r in records:
         score = r.get("score", -1)
-        status = r.get("status") or ("ok" if score != -1 else "parse_error")
+        status = single_status(r)
         judge = r.get("judge") or ["", ""]
         rows.append({
             "model": str(r["model"]), "question_id": str(r["question_id"]), "turn": int(r["turn"]),

@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from job.records import Answer, Question, id_sort_key
+from job.records.judgments import single_status
 
 
 def _status(r: dict[str, Any]) -> str:
-    score = r.get("score", -1)
-    return str(r.get("status") or ("ok" if score != -1 else "parse_error"))
+    return single_status(r)
 
 
 def _single_index(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, Any]]:

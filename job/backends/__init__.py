@@ -1,6 +1,6 @@
 """Backends: the registry (`provider/model` specs resolved to lazily imported factories),
 the protocol every backend implements (base.py: every capability declared, no hasattr),
-one module per backend (mock, hf + hf_*, vllm, openai_api), local model fingerprints
+one module per backend (mock, hf + hf_*, vllm, openai_api + openai_wire), local model fingerprints
 (fingerprint.py), judge endpoints (endpoints.py) and the smoke model (smoke_model.py).
 
 Importing this module imports no heavy library; each provider's module is

@@ -2,8 +2,9 @@
 
 Owns: the judge prompt files (prompts.py), matches in FastChat's order (matches.py, pure),
 rating/verdict parsing (parse.py, pure), resume keys and the records written (results.py,
-pure), the runner that loads, sends, appends and resumes (runner.py) and the judgment
-store (store.py). Nothing but the runner and the store does I/O.
+pure), planning (plan.py: config, answers and references, what is still to send, --dry-run),
+the runner that sends, appends and resumes (runner.py) and the judgment store (store.py).
+Only plan, runner and store do I/O.
 
 Imports core, job.benches, job.backends and job.storage only: never generate, reduce,
 report, gate, pipeline or commands (import-linter, pyproject.toml).

@@ -1,0 +1,281 @@
+"""Judge planning: the run's config, answers and references indexed per question, the
+matches still to send (stored rows whose inputs are unchanged are reused) and --dry-run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from job.backends import parse_spec
+from job.backends.fingerprint import describe, fingerprint
+from job.benches import Bench, resolve_bench, select_questions, sha256_bytes
+from job.errors import JobError
+from job.judge import (
+    JUDGE_PARAMS,
+    MODES,
+    GameKey,
+    GameResult,
+    Match,
+    build_judge_prompt,
+    build_matches,
+    game_key,
+    inputs_sha256,
+    needs_ref,
+    row_key,
+    stored_games,
+    stored_row_key,
+)
+from job.judge.prompts import load_prompt_set, select
+from job.judge.store import JudgmentStore
+from job.layout import judgment_dir
+from job.names import check_model_name, check_name, default_model_name
+from job.records import Answer, Question, QuestionId, check_judgment, parse_records
+from job.storage import Storage
+from job.storage.answers import load_answers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JudgeConfig:
+    bench: str
+    judge_model: str
+    judge_name: str | None = None
+    mode: str = "single"
+    baseline_model: str = "gpt-3.5-turbo"
+    model_list: list[str] = field(default_factory=list)
+    reference: str | None = None
+    judge_prompts: str | None = None
+    question_ids: list[str] = field(default_factory=list)
+    first_n: int | None = None
+    output: str = "./runs"
+    answers_dir: str | None = None
+    bench_data: str | None = None
+    allow_missing: bool = False
+    dry_run: bool = False
+    dump: str | None = None
+    batch_size: int = 64
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+
+def judge_name_of(cfg: JudgeConfig) -> str:
+    return check_name("judge name (set --judge-name)", cfg.judge_name or default_model_name(cfg.judge_model))
+
+
+def judgment_key(bench: str, judge: str, mode: str) -> str:
+    return f"{judgment_dir(bench)}{judge}_{'single' if mode == 'single' else 'pair'}.jsonl"
+
+
+def index_answers(
+    questions: list[Question],
+    models: list[str],
+    loaded: dict[str, list[Answer]],
+    where: str,
+    allow_missing: bool,
+) -> tuple[dict[str, dict[QuestionId, Answer]], dict[str, list[str]]]:
+    """Answers keyed by question (last line wins, as FastChat); missing ones listed."""
+    unknown = [m for m in models if m not in loaded]
+    if unknown:
+        have = ", ".join(sorted(loaded)) or "none"
+        raise JobError(
+            f"no answer file for model(s) {', '.join(unknown)} in {where} (have: {have}); run `job reduce`"
+        )
+    answers: dict[str, dict[QuestionId, Answer]] = {}
+    missing: dict[str, list[str]] = {}
+    for m in models:
+        by_id = {str(a.question_id): a for a in loaded[m]}
+        answers[m] = {
+            q.question_id: by_id[str(q.question_id)] for q in questions if str(q.question_id) in by_id
+        }
+        lost = [str(q.question_id) for q in questions if str(q.question_id) not in by_id]
+        if lost:
+            missing[m] = lost
+    if missing and not allow_missing:
+        detail = "; ".join(
+            f"{m}: {', '.join(ids[:20])}{' …' if len(ids) > 20 else ''}" for m, ids in missing.items()
+        )
+        raise JobError(f"answers missing in {where} for {detail}; generate them or pass --allow-missing")
+    return answers, missing
+
+
+def load_references(
+    bench: Bench, name: str, questions: list[Question]
+) -> tuple[dict[QuestionId, Answer], str | None]:
+    need = [q for q in questions if needs_ref(q, bench.behaviour)]
+    if not need:
+        return {}, None
+    path = bench.reference_path(name)
+    data = bench.read_verified(path, f"reference_answer/{name}")
+    by_id = {str(a.question_id): a for a in parse_records(data, Answer, str(path))}
+    lost = [str(q.question_id) for q in need if str(q.question_id) not in by_id]
+    if lost:
+        raise JobError(
+            f"{path}: no reference answer for question(s) {', '.join(lost)} (categories need one); "
+            "pick another set with --reference NAME"
+        )
+    return {q.question_id: by_id[str(q.question_id)] for q in need}, sha256_bytes(data)
+
+
+@dataclass
+class Plan:
+    matches: list[Match]
+    requests: list[tuple[Match, int, str]]
+    """(match, game, user prompt) of every game still to be asked"""
+    cached: dict[GameKey, GameResult]
+    """stored final games whose inputs are this run's (content-addressed reuse)"""
+    provenance: dict[str, Any]
+    missing: dict[str, list[str]]
+    inputs: dict[Match, str] = field(default_factory=dict)
+    """inputs_sha256 of every match"""
+    stored: list[dict[str, Any]] = field(default_factory=list)
+    stale: int = 0
+    """stored final games of this plan's keys that judged other inputs"""
+
+
+SAME_SETTINGS = (
+    "bench", "bench_data_sha256", "judge_model", "mode", "baseline_model", "judge_prompts_sha256",
+    "reference", "reference_sha256", "temperature", "max_tokens", "bench_behaviour", "judge_fingerprint",
+)  # fmt: skip
+"""Manifest fields that must match the previous run's for its other rows to stay current."""
+
+
+def current_rows_of(plan: Plan, judge: str, prev: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(inputs_sha256 of the rows current after this run, their models): every match of
+    the plan, plus the previous run's current rows outside this plan (other models or
+    questions) when it used the same settings, so one manifest describes them all."""
+    rows = set(plan.inputs.values())
+    models = list(plan.provenance["models"])
+    if not prev or not isinstance(prev.get("rows"), list):
+        return sorted(rows), models
+    planned = {row_key(judge, m) for m in plan.matches}
+    before = {h for h in prev["rows"] if isinstance(h, str)}
+    others = {
+        r["inputs_sha256"]
+        for r in plan.stored
+        if r.get("inputs_sha256") in before and stored_row_key(r) not in planned
+    }
+    if not others:
+        return sorted(rows), models
+    if all(prev.get(k) == plan.provenance.get(k) for k in SAME_SETTINGS):
+        return sorted(rows | others), sorted({*models, *prev.get("models", [])})
+    changed = ", ".join(k for k in SAME_SETTINGS if prev.get(k) != plan.provenance.get(k))
+    log.warning(
+        "%d stored judgments outside this run (other models or questions) were made with other settings "
+        "(%s): they no longer count; judge them again with these settings to include them",
+        len(others),
+        changed,
+    )
+    return sorted(rows), models
+
+
+def _previous_manifest(storage: Storage, key: str) -> dict[str, Any] | None:
+    if not storage.exists(key):
+        return None
+    try:
+        man = json.loads(storage.read_bytes(key))
+    except (ValueError, RecursionError):
+        log.warning("%s: unreadable judge manifest; it is replaced", storage.uri(key))
+        return None
+    return man if isinstance(man, dict) else None
+
+
+def judge_fingerprint(spec: str) -> dict[str, Any] | None:
+    """The weights behind a local judge (`hf/DIR`, `vllm/DIR`): a checkpoint saved over the
+    same directory is another judge. None for the rest: API judges, and hub ids, whose cached
+    revision is unknown until the first run downloads them (it would re-judge everything
+    once the cache knows it)."""
+    fp = fingerprint(*parse_spec(spec))
+    return fp if fp and fp.get("kind") == "local" else None
+
+
+def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan:
+    if cfg.mode not in MODES:
+        raise JobError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    bench = resolve_bench(cfg.bench, cfg.bench_data)
+    questions, data_sha = bench.load_questions()
+    questions = select_questions(questions, cfg.question_ids, cfg.first_n)
+    loaded, where = load_answers(cfg.output, cfg.bench, cfg.answers_dir)
+    models = [check_model_name("model name", m) for m in cfg.model_list] or sorted(loaded)
+    if not models:
+        raise JobError(
+            f"no answer files in {where}; run `job generate` and `job reduce` first, or pass --answers-dir"
+        )
+    pairwise = cfg.mode != "single"
+    if cfg.mode == "pairwise-baseline":
+        base = check_model_name("baseline model (--baseline-model)", cfg.baseline_model)
+        models = [*models, base] if base not in models else models
+    answers, missing = index_answers(questions, models, loaded, where, cfg.allow_missing)
+    if cfg.mode == "pairwise-baseline":
+        models = [m for m in models if m != cfg.baseline_model]
+    bb = bench.behaviour  # judged turns, prompt names, rating format: the bench's
+    kinds = {(t, needs_ref(q, bb)) for q in questions for t in bb.judged_turns if t == 1 or len(q.turns) == 2}
+    pset = load_prompt_set(cfg.judge_prompts or bench.judge_prompts_path)
+    prompts = select(pset, "pairwise" if pairwise else "single", kinds, bb)
+    ref_name = cfg.reference or bench.default_reference
+    if cfg.reference:  # checked even when no question in the selection needs a reference
+        check_name("reference set (--reference)", cfg.reference)
+    refs: dict[QuestionId, Answer] = {}
+    ref_sha = None
+    if any(needs_ref(q, bb) for q in questions):
+        if not ref_name:
+            raise JobError(f"bench {bench.name!r} has no default reference set; pass --reference NAME")
+        refs, ref_sha = load_references(bench, ref_name, questions)
+    matches = build_matches(questions, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
+    judge_fp = judge_fingerprint(cfg.judge_model)
+    inputs = {m: inputs_sha256(cfg.judge_model, JUDGE_PARAMS, m, judge_fp) for m in matches}
+
+    # stored records are checked before resume keys are built from them (file:line on a bad one)
+    def check(rec: dict[str, Any], where: str) -> None:
+        check_judgment(rec, where, pairwise, need_judge=True)
+
+    stored = store.read(repair=not cfg.dry_run, check=check) if store else []
+    current = {game_key(judge, m, g): h for m, h in inputs.items() for g in m.games}
+    # a stored game is reused only if it judged exactly these inputs (no hash: older or FastChat's row)
+    final = [(k, r, rec.get("inputs_sha256")) for rec in stored for k, r in stored_games(rec) if k in current]
+    cached = {k: r for k, r, h in final if h == current[k]}
+    stale = len({k for k, _, h in final if h != current[k]} - cached.keys())
+    requests = [
+        (m, g, build_judge_prompt(m, g))
+        for m in matches
+        if m.failed is None
+        for g in m.games
+        if game_key(judge, m, g) not in cached
+    ]
+    prov = {
+        "bench": bench.name, "bench_data_sha256": data_sha, "judge": judge, "judge_model": cfg.judge_model,
+        "mode": cfg.mode, "baseline_model": cfg.baseline_model if cfg.mode == "pairwise-baseline" else None,
+        "models": models, "judge_prompts": pset.path, "judge_prompts_sha256": pset.sha256,
+        "reference": ref_name if refs else None, "reference_sha256": ref_sha,
+        "num_questions": len(questions), "temperature": JUDGE_PARAMS.temperature, "max_tokens": JUDGE_PARAMS.max_new_tokens,
+        "bench_behaviour": bb.as_dict(), "judge_fingerprint": judge_fp,
+    }  # fmt: skip
+    return Plan(matches, requests, cached, prov, missing, inputs, stored, stale)
+
+
+def _dump_line(judge: str, m: Match, game: int, user: str) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "question_id": m.question.question_id, "turn": m.turn, "choice": m.choice, "prompt_name": m.prompt.name,
+        "system_prompt": m.prompt.system_prompt, "user_prompt": user,
+    }  # fmt: skip
+    if m.pairwise:
+        d.update(model_1=m.models[0], model_2=m.models[1], game=game)
+    else:
+        d["model"] = m.models[0]
+    return d
+
+
+def dry_run(cfg: JudgeConfig, plan: Plan, judge: str) -> None:
+    chars = sum(len(m.prompt.system_prompt) + len(u) for m, _, u in plan.requests)
+    print(
+        f"judge {cfg.judge_model} ({cfg.mode}): {len(plan.matches)} matches, {len(plan.requests)} calls to send "
+        f"({len(plan.cached)} already stored), ~{chars // 4} prompt tokens (chars/4)"
+    )
+    if plan.provenance["judge_fingerprint"]:
+        print(f"judge model fingerprint: {describe(plan.provenance['judge_fingerprint'])}")
+    if cfg.dump:
+        with open(cfg.dump, "w", encoding="utf-8") as f:
+            for m, g, u in plan.requests:
+                f.write(json.dumps(_dump_line(judge, m, g, u), ensure_ascii=False) + "\n")
+        print(f"wrote {len(plan.requests)} requests to {cfg.dump}")

@@ -2,26 +2,15 @@ from __future__ import annotations
 
 import click
 
-from job.commands.common import (
-    API_OPTION_KEYS,
-    LOCAL_OPTION_KEYS,
-    api_options,
-    bench_data_option,
-    bench_option,
-    dry_run_option,
-    local_model_options,
-    model_options,
-    output_option,
-    question_options,
-)
+from job.commands import common as opt
 
 
 @click.command(context_settings={"show_default": True})
-@bench_option
-@model_options
-@question_options
-@output_option
-@bench_data_option
+@opt.bench_option
+@opt.model_options
+@opt.question_options
+@opt.output_option
+@opt.bench_data_option
 @click.option(
     "--shard-index",
     type=int,
@@ -48,7 +37,7 @@ from job.commands.common import (
     type=click.Path(exists=True, dir_okay=False),
     help="Jinja chat template file (hf/vllm) for models without one.",
 )
-@local_model_options
+@opt.local_model_options
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @click.option(
     "--token-budget",
@@ -75,8 +64,8 @@ from job.commands.common import (
 )
 @click.option("--num-replicas", type=int, help="Ray actors (default: GPUs // tensor-parallel size, or 1).")
 @click.option("--cpus-per-replica", type=float, default=1.0, help="CPUs reserved per Ray actor.")
-@api_options
-@dry_run_option
+@opt.api_options
+@opt.dry_run_option
 def generate(**kw: object) -> None:
     """Generate answers for this task's shard of (question, choice) conversations.
 
@@ -86,7 +75,7 @@ def generate(**kw: object) -> None:
     """
     from job.generate import GenerateConfig, parse_category_temperatures, run
 
-    keys = (*LOCAL_OPTION_KEYS, "batch_size", "token_budget", *API_OPTION_KEYS)
+    keys = (*opt.LOCAL_OPTION_KEYS, "batch_size", "token_budget", *opt.API_OPTION_KEYS)
     backend_options = {k: kw.pop(k) for k in keys}
     kw["category_temperature"] = parse_category_temperatures(kw.pop("category_temperature"))  # type: ignore[arg-type]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]

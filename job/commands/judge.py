@@ -3,22 +3,11 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from job.commands.common import (
-    API_OPTION_KEYS,
-    LOCAL_OPTION_KEYS,
-    api_options,
-    bench_data_option,
-    bench_option,
-    dry_run_option,
-    judge_endpoint_options,
-    local_model_options,
-    output_option,
-    question_options,
-)
+from job.commands import common as opt
 
 
 @click.command(context_settings={"show_default": True})
-@bench_option
+@opt.bench_option
 @click.option(
     "--judge-model",
     envvar="JOB_JUDGE_MODEL",
@@ -38,14 +27,14 @@ from job.commands.common import (
 @click.option(
     "--judge-prompts", type=click.Path(dir_okay=False), help="Judge prompt file (default: the bench's)."
 )
-@question_options
-@output_option
+@opt.question_options
+@opt.output_option
 @click.option(
     "--answers-dir",
     type=click.Path(file_okay=False, exists=True),
     help="A FastChat model_answer folder to read instead of <output>/<bench>/model_answer/.",
 )
-@bench_data_option
+@opt.bench_data_option
 @click.option(
     "--allow-missing",
     is_flag=True,
@@ -58,10 +47,10 @@ from job.commands.common import (
     help="Judgments stored per write (API judges stream their calls; at most 5 s between writes); "
     "for hf/vllm judges also the calls per generate batch.",
 )
-@judge_endpoint_options
-@api_options
-@local_model_options
-@dry_run_option
+@opt.judge_endpoint_options
+@opt.api_options
+@opt.local_model_options
+@opt.dry_run_option
 @click.option(
     "--dump", type=click.Path(dir_okay=False), help="With --dry-run: write every request as a JSON line here."
 )
@@ -77,7 +66,7 @@ def judge(**kw: object) -> None:
     from job.backends.endpoints import judge_endpoint, launcher_generator
     from job.judge.runner import JudgeConfig, run
 
-    backend_options = {k: kw.pop(k) for k in (*API_OPTION_KEYS, *LOCAL_OPTION_KEYS)}
+    backend_options = {k: kw.pop(k) for k in (*opt.API_OPTION_KEYS, *opt.LOCAL_OPTION_KEYS)}
     # --judge-base-url, else an explicit --base-url; OPENAI_BASE_URL only if no openai/
     # JOB_MODEL beside this step owns it (job.backends.endpoints)
     explicit = click.get_current_context().get_parameter_source("base_url") is ParameterSource.COMMANDLINE

@@ -2,25 +2,13 @@ from __future__ import annotations
 
 import click
 
-from job.commands.common import (
-    API_OPTION_KEYS,
-    LOCAL_OPTION_KEYS,
-    api_options,
-    bench_data_option,
-    bench_option,
-    dry_run_option,
-    judge_endpoint_options,
-    local_model_options,
-    model_options,
-    output_option,
-    question_options,
-)
+from job.commands import common as opt
 
 
 @click.command("run", context_settings={"show_default": True})
-@bench_option
-@model_options
-@question_options
+@opt.bench_option
+@opt.model_options
+@opt.question_options
 @click.option(
     "--num-shards", type=int, help="Generate in this many shards, one after another (resume points)."
 )
@@ -30,9 +18,9 @@ from job.commands.common import (
 @click.option(
     "--chat-template", type=click.Path(exists=True, dir_okay=False), help="Jinja chat template (hf/vllm)."
 )
-@local_model_options
+@opt.local_model_options
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
-@api_options
+@opt.api_options
 @click.option(
     "--judge-model",
     envvar="JOB_JUDGE_MODEL",
@@ -42,15 +30,15 @@ from job.commands.common import (
 )
 @click.option("--judge-name", help="Judge name in records and file names (default: from the spec).")
 @click.option("--reference", help="Reference answer set (default per bench).")
-@judge_endpoint_options
+@opt.judge_endpoint_options
 @click.option("--judge-concurrency", type=int, default=32, help="Judge requests in flight.")
 @click.option(
     "--allow-failed",
     is_flag=True,
     help="Keep failed conversations (counted, not scored) instead of stopping.",
 )
-@output_option
-@bench_data_option
+@opt.output_option
+@opt.bench_data_option
 @click.option(
     "--report-dir",
     type=click.Path(file_okay=False),
@@ -79,7 +67,7 @@ from job.commands.common import (
     is_flag=True,
     help="Gate even against a baseline made with another bench, question file, judge, reference set or judge prompt file.",
 )
-@dry_run_option
+@opt.dry_run_option
 @click.pass_context
 def run_cmd(ctx: click.Context, **kw: object) -> None:
     """generate -> reduce -> judge -> report in one command, then gate against a baseline.
@@ -91,7 +79,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     from job.generate import GenerateConfig
     from job.pipeline import RunConfig, run
 
-    opts = {k: kw.pop(k) for k in (*LOCAL_OPTION_KEYS, "batch_size", *API_OPTION_KEYS)}
+    opts = {k: kw.pop(k) for k in (*opt.LOCAL_OPTION_KEYS, "batch_size", *opt.API_OPTION_KEYS)}
     judge_opts = {
         "base_url": kw.pop("judge_base_url"), "api_key_env": kw.pop("judge_api_key_env"),
         "concurrency": kw.pop("judge_concurrency"),

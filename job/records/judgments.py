@@ -44,6 +44,7 @@ class SingleJudgment(_Record):
     tstamp: int | float
     choice: int = 0
     status: str | None = None
+    """ok | parse_error | answer_error | api_error | judge_error; FastChat rows: none"""
     error: str | None = None
     inputs_sha256: str | None = None
 
@@ -66,6 +67,7 @@ class PairJudgment(_Record):
     tstamp: int | float
     choice: int = 0
     status: str | None = None
+    """the first failure of its games (judge.results), else ok; FastChat rows: none"""
     error: str | None = None
     inputs_sha256: str | None = None
     g1_status: str | None = None

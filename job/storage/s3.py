@@ -188,9 +188,15 @@ class S3Storage(Storage):
                     "412",
                     "ConditionalRequestConflict",
                 ):
-                    return False
+                    # botocore retries a PUT whose reply was lost: the 412 may answer our
+                    # own earlier attempt, which landed. Ours only if the bytes are ours.
+                    return self._holds(key, data)
                 raise
         return True
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        # a read error propagates: better a failed run than a wrong guess about the commit
+        return self.read_bytes(key) == data
 
     def _managed_upload(self, s3_key: str, data: bytes) -> None:
         from boto3.s3.transfer import TransferConfig

@@ -185,3 +185,37 @@ def test_moto_killed_mid_generate_fails_fast_and_rerun_completes(
         for args in (GEN, REDUCE):
             assert run_job(*args, "--output", s3.uri("run"), env=s3.env).returncode == 0
         _check_complete(s3, "run/", storage_reference, report=False)
+
+
+def _lost_reply_once(path_contains: str) -> Any:
+    """The first PUT of each matching object lands but its reply is lost (botocore retries)."""
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def decide(method: str, path: str, n: int) -> str | None:
+        with lock:
+            if method != "PUT" or path_contains not in path or path in seen:
+                return None
+            seen.add(path)
+            return "drop_after"
+
+    return decide
+
+
+def test_a_lost_reply_to_a_conditional_put_is_still_our_commit(
+    run_job: Any, s3: S3Env, proxy: FaultProxy, storage_reference: dict[str, Any]
+) -> None:
+    # The retried If-None-Match PUT of the answers and of the manifest gets 412 from our own
+    # first attempt: that is our commit, not another task's (the data was once deleted as a loser's).
+    proxy.decide = _lost_reply_once("/shards/")
+    out, env = s3.uri("lost") + "/", _env(s3, proxy)
+    for args in (GEN, REDUCE):
+        res = run_job(*args, "--output", out, env=env)
+        assert res.returncode == 0, res.stderr
+        assert "committed by another task" not in res.stderr
+    assert len(proxy.faults) == 6, proxy.faults  # 3 answers + 3 manifests
+    shard_files = sorted(k.rsplit("/", 1)[1] for k in s3.list_keys("lost/smoke/shards/"))
+    assert shard_files == [
+        f"shard-0000{i}-of-00003{ext}" for i in range(3) for ext in (".jsonl", ".manifest.json")
+    ]
+    _check_complete(s3, "lost/", storage_reference, report=False)

@@ -49,6 +49,8 @@ class ReportConfig:
     ja_chars: bool | None = None
     """None: on for Japanese benches"""
     seed: int = agg.BOOTSTRAP_SEED
+    step: int | None = None
+    """Checkpoint step of the model(s), recorded in provenance for `job leaderboard`"""
 
 
 def bench_of(cfg: ReportConfig) -> str:
@@ -203,6 +205,7 @@ def provenance(
         "source": "judge manifest" if man else "no judge manifest (FastChat file?): prompt/reference hashes are the bench defaults",
         "package_version": package_version(), "git_revision": git_revision(), "created_at": time.time(),
         "bootstrap": {"samples": agg.BOOTSTRAP_SAMPLES, "seed": cfg.seed, "unit": "question"},
+        "step": cfg.step,
     }  # fmt: skip
     if not man:
         if bench.judge_prompts_path.is_file():

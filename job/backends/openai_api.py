@@ -285,14 +285,19 @@ class OpenAIBackend:
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
         return msgs
 
-    async def _attempt(self, client: Any, req: GenRequest) -> GenResult:
-        import openai
-        from openai.types.chat import ChatCompletion
-
+    def _body(self, req: GenRequest) -> dict[str, Any]:
+        """The chat-completions request body (also what a Batch API line carries)."""
         body: dict[str, Any] = {"model": self.model, "messages": self._messages(req), "n": 1}
         body.update(self._limits(req))
         if req.params.seed is not None:
             body["seed"] = req.params.seed
+        return body
+
+    async def _attempt(self, client: Any, req: GenRequest) -> GenResult:
+        import openai
+        from openai.types.chat import ChatCompletion
+
+        body = self._body(req)
         try:
             # the client's documented raw `post`: the same request as chat.completions.create
             # minus its generic TypedDict transform of the body (~1 ms of CPU per request)

@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "report": "job.commands.report:report",
     "run": "job.commands.run:run_cmd",
     "compare": "job.commands.compare:compare",
+    "agreement": "job.commands.agreement:agreement",
+    "leaderboard": "job.commands.leaderboard:leaderboard",
 }
 
 HELP = {
@@ -34,6 +36,8 @@ HELP = {
     "report": "Aggregate judgments: FastChat show_result numbers, Swallow N-sample means, CIs.",
     "run": "generate -> reduce -> judge -> report in one command; gate on a baseline (exit 3).",
     "compare": "Per-category score deltas with CIs between two report.json files.",
+    "agreement": "Judge-vs-judge / judge-vs-human agreement (FastChat compute_agreement) and kappa.",
+    "leaderboard": "Table + score-vs-step trend per bench over every report published under ROOT.",
 }
 
 

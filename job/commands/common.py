@@ -46,9 +46,9 @@ def _set_s3_endpoint(ctx: click.Context, param: click.Parameter, value: str | No
         os.environ["JOB_S3_ENDPOINT_URL"] = value
 
 
-def output_option(f: F) -> F:
-    """--output plus --s3-endpoint-url (MinIO, Ceph, R2; default: AWS_ENDPOINT_URL or AWS)."""
-    f = click.option(
+def s3_endpoint_option(f: F) -> F:
+    """--s3-endpoint-url (MinIO, Ceph, R2; default: AWS_ENDPOINT_URL or AWS)."""
+    return click.option(
         "--s3-endpoint-url",
         envvar="JOB_S3_ENDPOINT_URL",
         show_envvar=True,
@@ -56,6 +56,11 @@ def output_option(f: F) -> F:
         callback=_set_s3_endpoint,
         help="S3-compatible endpoint for s3:// outputs (default: AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL, else AWS).",
     )(f)
+
+
+def output_option(f: F) -> F:
+    """--output plus --s3-endpoint-url."""
+    f = s3_endpoint_option(f)
     return click.option(
         "--output",
         envvar="JOB_OUTPUT",

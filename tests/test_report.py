@@ -7,8 +7,18 @@ from typing import Any
 
 import pytest
 
+from job.records.judgments import read_judgment
 from job.report import aggregate as agg
 from job.report.jachars import count_chars, share
+
+
+def frame(rows: list[dict[str, Any]], cats: dict[str, str]) -> Any:
+    """The score frame of hand-written rows, read as `job report` reads a file's lines."""
+    return agg.single_frame([r for i, d in enumerate(rows) for r in read_judgment(d, f"t:{i}", False)], cats)
+
+
+def pframe(rows: list[dict[str, Any]]) -> Any:
+    return agg.pair_frame([r for i, d in enumerate(rows) for r in read_judgment(d, f"t:{i}", True)])
 
 
 def single(model: str, qid: int, turn: int, score: float, **extra: Any) -> dict[str, Any]:
@@ -32,7 +42,7 @@ FASTCHAT_ROWS = [
 
 
 def test_fastchat_single_numbers() -> None:
-    df = agg.single_frame(FASTCHAT_ROWS, CATS)
+    df = frame(FASTCHAT_ROWS, CATS)
     res = agg.fastchat_single(df)
     assert res["turn1"].to_dict() == pytest.approx({"a": 22 / 3, "b": 6.0})
     assert res["turn2"].to_dict() == pytest.approx({"a": 4.5, "b": 10.0})
@@ -61,7 +71,7 @@ def swallow_rows() -> list[dict[str, Any]]:
 
 
 def test_swallow_convention() -> None:
-    df = agg.single_frame(swallow_rows(), CATS)
+    df = frame(swallow_rows(), CATS)
     t = agg.score_table(df).set_index(["model", "category", "turn"])
     # run means: t1 = 7 and 9, t2 = 6 and 6, all = 6.5 and 7 (run 1 over its 3 scored rows)
     assert t.loc[("s", "all", "1"), ["mean", "std"]].tolist() == pytest.approx([8.0, math.sqrt(2)])
@@ -76,7 +86,7 @@ def test_swallow_convention() -> None:
 
 
 def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
-    df = agg.single_frame(swallow_rows() + [single("c", q, 1, 5, status="ok") for q in (1, 2, 3)], CATS)
+    df = frame(swallow_rows() + [single("c", q, 1, 5, status="ok") for q in (1, 2, 3)], CATS)
     t1, t2 = agg.score_table(df, seed=0), agg.score_table(df, seed=0)
     assert t1.equals(t2)
     row = t1.set_index(["model", "category", "turn"]).loc[("s", "all", "all")]
@@ -91,7 +101,7 @@ def test_failed_row_superseded_by_a_rerun() -> None:
         single("s", 1, 1, -1, choice=0, status="api_error", error="503"),
         single("s", 1, 1, 7, choice=0, status="ok"),
     ]
-    t = agg.score_table(agg.single_frame(rows, CATS)).set_index(["model", "category", "turn"])
+    t = agg.score_table(frame(rows, CATS)).set_index(["model", "category", "turn"])
     assert (t.loc[("s", "all", "1"), "n_scored"], t.loc[("s", "all", "1"), "n_failed"]) == (1, 0)
 
 
@@ -125,7 +135,7 @@ def _rows(t: Any) -> dict[str, list[float]]:
 
 
 def test_fastchat_pairwise_baseline() -> None:
-    t, n_err = agg.fastchat_pairwise(agg.pair_frame(PAIR_ROWS), "pairwise-baseline", "base")
+    t, n_err = agg.fastchat_pairwise(pframe(PAIR_ROWS), "pairwise-baseline", "base")
     assert n_err == 1
     assert list(t["model"]) == ["x", "y"]  # baseline row removed, sorted by win_rate_adjusted
     got = _rows(t)
@@ -134,14 +144,14 @@ def test_fastchat_pairwise_baseline() -> None:
 
 
 def test_fastchat_pairwise_all_and_model_list_quirk() -> None:
-    t, _ = agg.fastchat_pairwise(agg.pair_frame(PAIR_ROWS), "pairwise-all", "base")  # baseline ignored
+    t, _ = agg.fastchat_pairwise(pframe(PAIR_ROWS), "pairwise-all", "base")  # baseline ignored
     got = _rows(t)
     assert list(t["model"]) == ["y", "base", "x"]
     assert got["x"] == pytest.approx([1, 2, 2, 0.2, 0.4, 0.4])
     assert got["y"] == pytest.approx([2, 1, 0, 2 / 3, 1 / 3, 2 / 3])
     assert got["base"] == pytest.approx([1, 1, 2, 0.25, 0.25, 0.5])
     # --model-list filters model_1 only: y still appears through x-vs-y
-    t2, _ = agg.fastchat_pairwise(agg.pair_frame(PAIR_ROWS), "pairwise-all", None, ["x"])
+    t2, _ = agg.fastchat_pairwise(pframe(PAIR_ROWS), "pairwise-all", None, ["x"])
     got2 = _rows(t2)
     assert got2["x"][:3] == [1, 1, 2] and got2["y"][:3] == [1, 0, 0] and got2["base"][:3] == [0, 1, 2]
 
@@ -176,8 +186,8 @@ def test_each_models_ci_depends_only_on_its_own_judgments() -> None:
     cats = {str(q): "writing" if q % 2 else "math" for q in range(1, 13)}
     mine = [single("s", q, t, (q * 7 + t * 3) % 10 + 1, status="ok") for q in range(1, 13) for t in (1, 2)]
     others = [single(m, q, 1, (q * 5) % 10 + 1, status="ok") for m in ("a", "t") for q in range(1, 13)]
-    alone = agg.single_frame(mine, cats)
-    together = agg.single_frame(others + mine, cats)  # "a" sorts before "s": it drew first
+    alone = frame(mine, cats)
+    together = frame(others + mine, cats)  # "a" sorts before "s": it drew first
     for cell in (("all", "all"), ("writing", "1"), ("math", "2")):
         assert _ci(together, "s", *cell) == _ci(alone, "s", *cell)
     lo, hi = _ci(alone, "s")
@@ -192,7 +202,7 @@ def test_ci_is_of_the_mean_of_run_means() -> None:
     rows = [single("s", q, 1, 8, choice=0, status="ok") for q in range(1, 6)]
     rows += [single("s", q, 1, 4, choice=1, status="ok") for q in range(1, 6) if q != 2]
     rows += [single("s", 2, 1, -1, choice=1, status="parse_error")]
-    df = agg.single_frame(rows, cats)
+    df = frame(rows, cats)
     t = agg.score_table(df).set_index(["model", "category", "turn"]).loc[("s", "all", "1")]
     assert t["mean"] == pytest.approx(6.0)
     assert (t["ci_low"], t["ci_high"]) == pytest.approx((6.0, 6.0))

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from job import names
 from job.errors import JobError
+from job.records.judgments import read_judgment
 from job.report import aggregate as agg
 
 JA = "japanese_mt_bench"
@@ -79,7 +80,7 @@ def test_swallow_numbers_match_the_forks_matrix_formula() -> None:
     import numpy as np
 
     rows = [swallow_row(q, t, s) for (q, t), s in SWALLOW_SCORES.items()]
-    expanded = [r for row in rows for r in agg.choice_rows(row, "test")]
+    expanded = [r for row in rows for r in read_judgment(row, "test", pairwise=False)]
     df = agg.single_frame(expanded, {"1": "coding", "31": "math", "71": "writing"})
     t = agg.score_table(df).set_index(["category", "turn"])
     for turn in (1, 2):
@@ -114,9 +115,10 @@ def test_bad_list_rows_name_the_line(
 
 def test_expand_keeps_plain_rows() -> None:
     plain = {"question_id": 1, "model": "m", "score": 7, "turn": 1}
-    assert agg.choice_rows(plain, "x.jsonl:3") == [plain]
+    (row,) = read_judgment(plain, "x.jsonl:3", pairwise=False)
+    assert row.model_dump(include=set(plain)) == plain and (row.choice, row.sample_index) == (0, 0)
     with pytest.raises(JobError, match="x.jsonl:3: .*user_prompt has 1 entries but score has 2"):
-        agg.choice_rows({**plain, "score": [1, 2], "user_prompt": ["a"]}, "x.jsonl:3")
+        read_judgment({**plain, "score": [1, 2], "user_prompt": ["a"]}, "x.jsonl:3", pairwise=False)
 
 
 # --- Hugging Face model ids (org/name) ---------------------------------------------------------

@@ -31,7 +31,8 @@ from job.judge.prompts import load_prompt_set, select
 from job.judge.store import JudgmentStore
 from job.layout import judgment_dir
 from job.names import check_model_name, check_name, default_model_name
-from job.records import Answer, Question, QuestionId, check_judgment, parse_records
+from job.records import Answer, Question, QuestionId, parse_records
+from job.records.judgments import read_judgment
 from job.storage import Storage
 from job.storage.answers import load_answers
 
@@ -228,7 +229,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
 
     # stored records are checked before resume keys are built from them (file:line on a bad one)
     def check(rec: dict[str, Any], where: str) -> None:
-        check_judgment(rec, where, pairwise, need_judge=True)
+        read_judgment(rec, where, pairwise, resume=True)  # typed: file:line and the field
 
     stored = store.read(repair=not cfg.dry_run, check=check) if store else []
     current = {game_key(judge, m, g): h for m, h in inputs.items() for g in m.games}

@@ -10,7 +10,6 @@ the job package but job.errors (import-linter).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -156,54 +155,6 @@ def check_unique_ids(questions: list[Question], source: str, lines: Sequence[int
                 else f"{source}: duplicate question_id {q.question_id!r}"
             )
             raise JobError(f"{at}; ids must be unique")
-
-
-def _finite_number(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _judgment_problem(rec: dict[str, Any], pairwise: bool, need_judge: bool) -> str | None:
-    """What is wrong with one FastChat (or our) judgment record, or None."""
-    qid = rec.get("question_id")
-    if isinstance(qid, bool) or not isinstance(qid, int | str):
-        return "question_id must be an integer or a string"
-    turn = rec.get("turn")
-    if (turn is not None or need_judge or not pairwise) and (
-        isinstance(turn, bool) or not isinstance(turn, int) or turn < 1
-    ):
-        return "turn must be an integer >= 1"
-    choice = rec.get("choice")
-    if choice is not None and (isinstance(choice, bool) or not isinstance(choice, int) or choice < 0):
-        return "choice must be an integer >= 0"
-    judge = rec.get("judge")
-    if (judge is not None or need_judge) and not (
-        isinstance(judge, list) and len(judge) >= 2 and all(isinstance(j, str) for j in judge[:2])
-    ):
-        return "judge must be [judge name, prompt name]"
-    if not isinstance(rec.get("status", ""), str | None):
-        return "status must be a string"
-    if ("model" if pairwise else "model_1") in rec:  # resume tells the modes apart by these keys
-        return "a single judgment has model, a pairwise one model_1/model_2; is this the right file?"
-    names = ("model_1", "model_2", "g1_winner", "g2_winner") if pairwise else ("model",)
-    bad = [k for k in names if not isinstance(rec.get(k), str)]
-    if bad:
-        return f"{', '.join(bad)} must be a string"
-    if not pairwise and not _finite_number(rec.get("score")):
-        return "score must be a finite number (-1 when the judge gave none)"
-    return None
-
-
-def check_judgment(rec: dict[str, Any], where: str, pairwise: bool, need_judge: bool = False) -> None:
-    """A judgment record with wrong types is an error naming `where` (file:line), never a
-    traceback later in aggregation or a silently wrong score (NaN, true as 1)."""
-    problem = _judgment_problem(rec, pairwise, need_judge)
-    if problem:
-        raise JobError(f"{where}: invalid {'pairwise' if pairwise else 'single'} judgment ({problem})")
 
 
 TRUNCATED_WARN = 0.05

@@ -8,9 +8,13 @@ gives them one, here and nowhere else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+
+from job.errors import JobError
 from job.records import Qid, _Record
 
 
@@ -77,3 +81,172 @@ class PairJudgment(_Record):
 def judgment_line(rec: SingleJudgment | PairJudgment) -> dict[str, Any]:
     """The record as the dict written (python values, declared order)."""
     return rec.model_dump()
+
+
+# ---- reading (report, question browser, judge resume) --------------------------------------
+# One reader for every stored judgment line, ours or FastChat's or a fork's: the written models
+# with defaults for what FastChat's readers never needed (a pairwise row without turn, hand-made
+# rows without prompt text), and the checks that keep a wrong type from becoming a wrong score.
+
+
+def _not_bool_int(v: Any, what: str, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}")
+    return v
+
+
+def _finite(v: Any) -> int | float:
+    ok = not isinstance(v, bool) and isinstance(v, int | float)
+    try:
+        ok = ok and math.isfinite(float(v))
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise ValueError("score must be a finite number (-1 when the judge gave none)")
+    return v  # type: ignore[no-any-return]
+
+
+class _Reading(_Record):
+    """Checks shared by both kinds (field_validator on the inherited fields)."""
+
+    judge: list[str] = Field(default_factory=lambda: ["", ""])
+    """["", ""]: a hand-made row without one (a report reads it; judge resume needs one)"""
+
+    @field_validator("question_id", mode="before", check_fields=False)
+    @classmethod
+    def _qid(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise ValueError("question_id must be an integer or a string")
+        return v
+
+    @field_validator("turn", mode="before", check_fields=False)
+    @classmethod
+    def _turn(cls, v: Any) -> int:
+        return _not_bool_int(v, "turn", 1)
+
+    @field_validator("choice", "sample", mode="before", check_fields=False)
+    @classmethod
+    def _index(cls, v: Any, info: ValidationInfo) -> int | None:
+        return None if v is None else _not_bool_int(v, str(info.field_name), 0)
+
+    @field_validator("judge", mode="before", check_fields=False)
+    @classmethod
+    def _judge(cls, v: Any) -> Any:
+        if v is not None and not (
+            isinstance(v, list) and len(v) >= 2 and all(isinstance(j, str) for j in v[:2])
+        ):
+            raise ValueError("judge must be [judge name, prompt name]")
+        return v
+
+    @property
+    def judge_name(self) -> str:
+        return self.judge[0]
+
+    @property
+    def prompt_name(self) -> str:
+        return self.judge[1]
+
+    @property
+    def sample_index(self) -> int:
+        return int(getattr(self, "sample", None) or 0)
+
+
+class SingleRow(_Reading, SingleJudgment):
+    """A single judgment as read (`read_judgment`)."""
+
+    user_prompt: str = ""
+    judgment: str = ""
+    tstamp: int | float = 0
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _score(cls, v: Any) -> int | float:
+        return _finite(v)
+
+    @property
+    def status_of(self) -> str:
+        return judged_status(self.status, self.score != -1)
+
+    @property
+    def ours(self) -> bool:
+        """Written by our judge (FastChat's rows carry no status)."""
+        return "status" in self.model_fields_set
+
+
+class PairRow(_Reading, PairJudgment):
+    """A pairwise judgment as read (`read_judgment`)."""
+
+    turn: int = 1
+    """FastChat's older pairwise rows have none: turn 1"""
+    g1_user_prompt: str = ""
+    g1_judgment: str = ""
+    g2_user_prompt: str = ""
+    g2_judgment: str = ""
+    tstamp: int | float = 0
+
+
+JudgmentRow = SingleRow | PairRow
+_STRING_TYPES = {
+    "string_type": "a string",
+    "list_type": "a list",
+    "int_type": "an integer",
+    "dict_type": "an object",
+}
+
+
+def _problem(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "record"
+    if err["type"] == "missing":
+        return f"lacks {loc}; is this a FastChat judgment file?"
+    if err["type"] == "value_error":
+        return str(err["ctx"]["error"])
+    if err["type"] in _STRING_TYPES and len(err["loc"]) == 1:
+        return f"{loc} must be {_STRING_TYPES[err['type']]}"
+    return f"{loc}: {err['msg']}"
+
+
+def _expand_choices(rec: dict[str, Any]) -> list[dict[str, Any]] | str:
+    """A Swallow / Liquid4All single row (one per question and turn, `score` a list over
+    choices, `judgment` and `user_prompt` lists beside it) as one row per choice; other
+    rows as they are. A str: what is wrong with the lists."""
+    scores = rec.get("score")
+    if not isinstance(scores, list):
+        return [rec]
+    if not scores:
+        return "score is an empty list"
+    if "choice" in rec:
+        return "choice with a list of scores (the list position is the choice)"
+    lists = {k: rec[k] for k in CHOICE_LIST_FIELDS if isinstance(rec.get(k), list)}
+    for k, v in lists.items():
+        if len(v) != len(scores):
+            return f"{k} has {len(v)} entries but score has {len(scores)}; one entry per choice"
+    return [
+        {**rec, "score": s, "choice": i, **{k: v[i] for k, v in lists.items()}} for i, s in enumerate(scores)
+    ]
+
+
+CHOICE_LIST_FIELDS = ("judgment", "user_prompt")
+
+
+def read_judgment(rec: dict[str, Any], where: str, pairwise: bool, resume: bool = False) -> list[Any]:
+    """One stored judgment line (a parsed JSON object) as typed rows: a SingleRow per choice
+    (a Swallow list row is several) or one PairRow. A bad line is a one-line JobError naming
+    `where` (file:line) and the field. `resume` (judge): the row must name its judge and turn
+    and be one row (the judge writes no list rows)."""
+    kind = "pairwise" if pairwise else "single"
+    other = "model" if pairwise else "model_1"
+    rows: list[dict[str, Any]] | str = [rec] if pairwise or resume else _expand_choices(rec)
+    if isinstance(rows, str):
+        raise JobError(f"{where}: invalid Swallow-style judgment ({rows})")
+    if other in rec:  # resume tells the modes apart by these keys
+        problem = "a single judgment has model, a pairwise one model_1/model_2; is this the right file?"
+        raise JobError(f"{where}: invalid {kind} judgment ({problem})")
+    for need in ("judge", "turn") if resume else ():
+        if rec.get(need) is None:
+            raise JobError(f"{where}: invalid {kind} judgment (lacks {need}; judge resume needs it)")
+    model = PairRow if pairwise else SingleRow
+    try:
+        return [model.model_validate(r) for r in rows]
+    except ValidationError as e:
+        raise JobError(f"{where}: invalid {kind} judgment ({_problem(e)})") from None

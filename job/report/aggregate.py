@@ -7,8 +7,11 @@
   runs; for one choice it equals FastChat's pooled mean), n_scored / n_failed, and a 95%
   bootstrap CI of that same mean that resamples questions (all choices and turns of a question
   together), from a stream of its own per (model, category, turn).
-- `choice_rows` reads Swallow / Liquid4All rows (lists over choices) as one row per choice;
-  `per_question` keeps the sums a paired comparison (job.gate) resamples.
+- Rows come typed from job.records.judgments.read_judgment (a Swallow / Liquid4All list row
+  is one row per choice there); `single_frame` is the one place they become a DataFrame.
+- Judge samples (--judge-samples K): `collapse_samples` scores each item by the mean (or
+  median) of its samples, `judge_spread` gives the std of the model mean across samples.
+- `per_question` keeps the sums a paired comparison (job.gate) resamples.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from job.errors import JobError
-from job.records.judgments import single_status
+from job.records.judgments import PairRow, SingleRow
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -30,56 +33,65 @@ SINGLE_COLUMNS = ["model", "category", "turn", "mean", "std", "n_scored", "n_fai
 PAIR_COLUMNS = ["model", "win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"]
 
 
-CHOICE_LIST_FIELDS = ("judgment", "user_prompt")
-
-
-def choice_rows(rec: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """A Swallow / Liquid4All row (one per question and turn, `score` a list over choices, with
-    `judgment` and `user_prompt` lists beside it) as one row per choice; other rows unchanged."""
-    scores = rec.get("score")
-    if not isinstance(scores, list):
-        return [rec]
-    problem = None
-    if not scores:
-        problem = "score is an empty list"
-    elif "choice" in rec:
-        problem = "choice with a list of scores (the list position is the choice)"
-    for k in CHOICE_LIST_FIELDS:
-        if problem is None and isinstance(rec.get(k), list) and len(rec[k]) != len(scores):
-            problem = f"{k} has {len(rec[k])} entries but score has {len(scores)}"
-    if problem:
-        raise JobError(f"{where}: invalid Swallow-style judgment ({problem}); one entry per choice")
-    lists = {k: rec[k] for k in CHOICE_LIST_FIELDS if isinstance(rec.get(k), list)}
-    return [
-        {**rec, "score": s, "choice": i, **{k: v[i] for k, v in lists.items()}} for i, s in enumerate(scores)
-    ]
-
-
-def single_frame(records: Iterable[dict[str, Any]], categories: dict[str, str]) -> pd.DataFrame:
-    """One row per single-mode judgment: model, question_id, category, turn, choice, score, ok, key.
+def single_frame(records: Iterable[SingleRow], categories: dict[str, str]) -> pd.DataFrame:
+    """One row per single-mode judgment: model, question_id, category, turn, choice, sample,
+    score, ok, judge, prompt (built here only, from the typed rows).
 
     A failed row of ours that a later run re-judged successfully (same key) is superseded:
     it is neither scored nor counted as failed. FastChat's rows (no status) are kept as they are.
     """
-    rows = []
-    for r in records:
-        score = r.get("score", -1)
-        status = single_status(r)
-        judge = r.get("judge") or ["", ""]
-        rows.append({
-            "model": str(r["model"]), "question_id": str(r["question_id"]), "turn": int(r["turn"]),
-            "choice": int(r.get("choice", 0) or 0), "score": float(score) if score is not None else -1.0,
-            "ok": status == "ok" and score != -1, "ours": "status" in r,
-            "judge": str(judge[0]), "prompt": str(judge[1]) if len(judge) > 1 else "",
-        })  # fmt: skip
-    cols = ["model", "question_id", "turn", "choice", "score", "ok", "ours", "judge", "prompt"]
-    df = pd.DataFrame(rows, columns=cols)
+    rows = [
+        (r.model, str(r.question_id), r.turn, r.choice, r.sample_index, float(r.score),
+         r.status_of == "ok" and r.score != -1, r.ours, r.judge_name, r.prompt_name)
+        for r in records
+    ]  # fmt: skip
+    df = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     df["category"] = [categories.get(q, "unknown") for q in df["question_id"]]
-    key = ["judge", "prompt", "question_id", "turn", "model", "choice"]
+    key = [*ITEM_KEY, "sample"]
     done = df[df["ok"]].groupby(key).size().rename("n_ok").reset_index()
     df = df.merge(done, on=key, how="left")
     superseded = df["ours"] & ~df["ok"] & df["n_ok"].fillna(0).gt(0)
     return df[~superseded].drop(columns=["n_ok"]).reset_index(drop=True)
+
+
+FRAME_COLUMNS = ["model", "question_id", "turn", "choice", "sample", "score", "ok", "ours", "judge", "prompt"]
+ITEM_KEY = ["judge", "prompt", "question_id", "turn", "model", "choice"]
+SAMPLE_AGGS = ("mean", "median")
+
+
+def judge_samples(df: pd.DataFrame) -> int:
+    """K: how many judge samples the rows hold (1 for every FastChat file)."""
+    return int(df["sample"].nunique()) if len(df) else 1
+
+
+def collapse_samples(df: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
+    """One row per item (model, question, turn, choice) scored by the mean (or median) of its
+    judge samples' scores; an item with no scored sample is one failed row. With one sample
+    (K = 1) the frame is returned as it is: duplicates stay duplicates, as in FastChat."""
+    if how not in SAMPLE_AGGS:
+        raise JobError(f"--sample-agg must be mean or median, got {how!r}")
+    if judge_samples(df) <= 1:
+        return df
+    group = [*ITEM_KEY, "category"]
+    ok = df[df["ok"]].groupby(group)["score"].agg(how).reset_index()
+    ok["ok"] = True
+    failed = df[~df["ok"]].drop_duplicates(group).merge(ok[group], on=group, how="left", indicator=True)
+    failed = failed[failed["_merge"] == "left_only"][[*group, "score", "ok"]]
+    out = pd.concat([ok, failed], ignore_index=True)
+    out["sample"], out["ours"] = 0, True
+    return out.sort_values(group, kind="stable").reset_index(drop=True)
+
+
+def judge_spread(df: pd.DataFrame, models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per model: the judge's own spread, the reported mean computed on each judge sample k
+    alone (over choice runs, as the score) and the sample std (ddof=1) of those K means."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in models:
+        d = df[df["model"] == m]
+        means = [float(_run_means(d[d["sample"] == k]).mean()) for k in sorted(d["sample"].unique())]
+        std = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
+        out[m] = {"k": len(means), "means": means, "std": std}
+    return out
 
 
 def fastchat_single(df: pd.DataFrame, model_list: Sequence[str] | None = None) -> dict[str, pd.Series]:
@@ -191,18 +203,10 @@ def run_means(df: pd.DataFrame, model: str, turn: str = "all", category: str = "
     return [float(x) for x in _run_means(d)]
 
 
-def pair_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def pair_frame(records: Iterable[PairRow]) -> pd.DataFrame:
     cols = ["model_1", "model_2", "g1_winner", "g2_winner", "question_id", "turn", "choice"]
     rows = [
-        {
-            "model_1": str(r["model_1"]),
-            "model_2": str(r["model_2"]),
-            "g1_winner": str(r["g1_winner"]),
-            "g2_winner": str(r["g2_winner"]),
-            "question_id": str(r.get("question_id")),
-            "turn": int(r.get("turn", 1)),
-            "choice": int(r.get("choice", 0) or 0),
-        }  # fmt: skip
+        (r.model_1, r.model_2, r.g1_winner, r.g2_winner, str(r.question_id), r.turn, r.choice)
         for r in records
     ]
     return pd.DataFrame(rows, columns=cols)
@@ -243,9 +247,3 @@ def fastchat_pairwise(
     t["win_rate_adjusted"] = (t["win"] + 0.5 * t["tie"]) / n
     t = t.sort_values(by="win_rate_adjusted", ascending=False).reset_index()
     return t[PAIR_COLUMNS], int(bad.sum())
-
-
-def check_fields(rec: dict[str, Any], needed: Sequence[str], where: str) -> None:
-    missing = [k for k in needed if k not in rec]
-    if missing:
-        raise JobError(f"{where}: judgment lacks {', '.join(missing)}; is this a FastChat judgment file?")

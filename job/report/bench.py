@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from job.benches import SMOKE_BENCH, registry, resolve_bench, resolve_data_dir
@@ -42,12 +42,12 @@ def _ids_text(ids: Iterable[QuestionId], limit: int = 5) -> str:
 
 
 def infer_bench(
-    records: list[dict[str, Any]], manifests: list[dict[str, Any]], where: str, bench_data: str | None
+    records: Sequence[Any], manifests: list[dict[str, Any]], where: str, bench_data: str | None
 ) -> str:
     named = {str(m["bench"]) for m in manifests if m.get("bench")}
     if len(named) == 1:
         return named.pop()
-    ids = {r["question_id"] for r in records}
+    ids = {r.question_id for r in records}
     wanted = {str(q) for q in ids}
     fits = []
     for name in known_benches(bench_data):

@@ -22,6 +22,7 @@ from job.benches import resolve_bench
 from job.errors import JobError
 from job.layout import latest_pointer_key, reports_dir
 from job.names import check_name
+from job.records.judgments import PairRow, SingleRow
 from job.report.html import render_html
 from job.report.plots import plots
 from job.report.questions import question_entries
@@ -46,9 +47,13 @@ def build_html(cfg: ReportConfig, doc: dict[str, Any]) -> dict[str, bytes]:
     records = load_judgments(cfg, open_storage(cfg.output)).records
     models = report_models(doc)
     if cfg.mode != "single":  # the browser shows both sides of every pair
-        models = list(dict.fromkeys([*models, *(str(r[k]) for r in records for k in ("model_1", "model_2"))]))
+        models = list(
+            dict.fromkeys(
+                [*models, *(m for r in records if isinstance(r, PairRow) for m in (r.model_1, r.model_2))]
+            )
+        )
     if cfg.model_list:
-        records = [r for r in records if "model" not in r or r["model"] in cfg.model_list]
+        records = [r for r in records if not isinstance(r, SingleRow) or r.model in cfg.model_list]
     entries = question_entries(
         questions, load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, models)[0], records, models
     )

@@ -10,48 +10,39 @@ from collections.abc import Iterable
 from typing import Any
 
 from job.records import Answer, Question, id_sort_key
-from job.records.judgments import single_status
+from job.records.judgments import JudgmentRow, PairRow, SingleRow
 
 
-def _status(r: dict[str, Any]) -> str:
-    return single_status(r)
-
-
-def _single_index(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+def _single_index(records: Iterable[JudgmentRow]) -> dict[tuple[str, str, int, int], dict[str, Any]]:
     """(model, qid, choice, turn) -> the judgment shown: the last ok one, else the last one."""
     out: dict[tuple[str, str, int, int], dict[str, Any]] = {}
     for r in records:
-        if "model" not in r:
+        if not isinstance(r, SingleRow):
             continue
-        k = (str(r["model"]), str(r["question_id"]), int(r.get("choice", 0) or 0), int(r["turn"]))
-        if k in out and out[k]["status"] == "ok" and _status(r) != "ok":
+        k = (r.model, str(r.question_id), r.choice, r.turn)
+        if k in out and out[k]["status"] == "ok" and r.status_of != "ok":
             continue
-        out[k] = {
-            "score": r.get("score"),
-            "status": _status(r),
-            "judgment": str(r.get("judgment") or ""),
-            "error": r.get("error"),
-            "judge": list(r.get("judge") or []),
-        }
+        out[k] = {"score": r.score, "status": r.status_of, "judgment": r.judgment, "error": r.error,
+                  "judge": list(r.judge or [])}  # fmt: skip
     return out
 
 
-def _pairs(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+PAIR_SHOWN = ("model_1", "model_2", "turn", "choice", "g1_winner", "g2_winner", "g1_judgment", "g2_judgment",
+              "status", "error")  # fmt: skip
+
+
+def _pairs(records: Iterable[JudgmentRow]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        if "model_1" not in r:
-            continue
-        out.setdefault(str(r["question_id"]), []).append({
-            k: r.get(k) for k in ("model_1", "model_2", "turn", "choice", "g1_winner", "g2_winner",
-                                  "g1_judgment", "g2_judgment", "status", "error")
-        })  # fmt: skip
+        if isinstance(r, PairRow):
+            out.setdefault(str(r.question_id), []).append({k: getattr(r, k) for k in PAIR_SHOWN})
     return out
 
 
 def question_entries(
     questions: list[Question],
     answers: dict[str, list[Answer]],
-    judgments: list[dict[str, Any]],
+    judgments: list[JudgmentRow],
     models: list[str],
 ) -> list[dict[str, Any]]:
     """One entry per question that any model answered or any judgment mentions."""

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,16 @@ from job.judge.store import JudgmentStore, current_rows
 from job.layout import judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
-from job.records import TRUNCATED_WARN, Answer, check_judgment, truncation
 from job.records.jsonl import iter_jsonl
+from job.records.judgments import JudgmentRow, PairRow, SingleRow, read_judgment
 from job.report import aggregate as agg
+from job.report import answer_stats, bias
 from job.report.bench import DEFAULT_BENCH, infer_bench
-from job.report.jachars import count_chars, share
 from job.report.markdown import render_markdown
 from job.storage import LocalStorage, Storage, open_storage
 from job.storage.answers import load_answers
 
 log = logging.getLogger(__name__)
-SINGLE_FIELDS = ("question_id", "model", "score", "turn")
-PAIR_FIELDS = ("question_id", "model_1", "model_2", "g1_winner", "g2_winner")
 
 
 @dataclass
@@ -49,6 +46,8 @@ class ReportConfig:
     ja_chars: bool | None = None
     """None: on for Japanese benches"""
     seed: int = agg.BOOTSTRAP_SEED
+    sample_agg: str = "mean"
+    """how an item's judge samples (--judge-samples K) make its score: mean | median"""
     step: int | None = None
     """Checkpoint step of the model(s), recorded in provenance for `job leaderboard`"""
 
@@ -60,26 +59,31 @@ def bench_of(cfg: ReportConfig) -> str:
 
 @dataclass
 class Loaded:
-    records: list[dict[str, Any]]
+    records: list[JudgmentRow]
+    """typed rows (job.records.judgments.read_judgment): a Swallow list row is one per choice"""
     files: list[dict[str, Any]]
     manifests: list[dict[str, Any]]
 
+    def single(self) -> list[SingleRow]:
+        return [r for r in self.records if isinstance(r, SingleRow)]
 
-def _checked(r: dict[str, Any], fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
-    """The record's rows (a Swallow list row is one per choice), each checked."""
-    agg.check_fields(r, fields, where)
-    pairwise = fields is PAIR_FIELDS
-    rows = [r] if pairwise else agg.choice_rows(r, where)
-    for row in rows:
-        check_judgment(row, where, pairwise=pairwise)
-    return rows
+    def pairs(self) -> list[PairRow]:
+        return [r for r in self.records if isinstance(r, PairRow)]
 
 
-def _validator(fields: tuple[str, ...]) -> Callable[[dict[str, Any], str], None]:
-    def check(r: dict[str, Any], where: str) -> None:
-        _checked(r, fields, where)
+class _Reader:
+    """Parses each stored line as it is read (file:line on a bad one) and keeps its rows, so
+    the rows the manifest names current are taken without parsing twice."""
 
-    return check
+    def __init__(self, pairwise: bool) -> None:
+        self.pairwise = pairwise
+        self.rows: dict[int, list[JudgmentRow]] = {}
+
+    def __call__(self, rec: dict[str, Any], where: str) -> None:
+        self.rows[id(rec)] = read_judgment(rec, where, self.pairwise)
+
+    def of(self, current: list[dict[str, Any]]) -> list[JudgmentRow]:
+        return [row for r in current for row in self.rows[id(r)]]
 
 
 def _manifest(data: bytes, where: str) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def _manifest(data: bytes, where: str) -> dict[str, Any]:
 
 
 def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
-    fields = SINGLE_FIELDS if cfg.mode == "single" else PAIR_FIELDS
+    pairwise = cfg.mode != "single"
     suffix = "_single.jsonl" if cfg.mode == "single" else "_pair.jsonl"
     out = Loaded([], [], [])
     if cfg.judgments:
@@ -105,13 +109,13 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
                 data = p.read_bytes()
             except OSError as e:
                 raise JobError(f"--judgments {p}: {e.strerror}") from None
-            check, raw = _validator(fields), []
+            reader, raw = _Reader(pairwise), []
             for lineno, r in iter_jsonl(data, str(p)):
-                check(r, f"{p}:{lineno}")
+                reader(r, f"{p}:{lineno}")
                 raw.append(r)
             mpath = p.with_name(p.name.removesuffix(".jsonl") + ".manifest.json")
             man = _manifest(mpath.read_bytes(), str(mpath)) if mpath.is_file() else None
-            _add(out, raw, man, fields, {"path": str(p), "sha256": sha256_bytes(data)})
+            _add(out, raw, man, reader, {"path": str(p), "sha256": sha256_bytes(data)})
         return out
     prefix = judgment_dir(bench_of(cfg))
     keys = sorted(
@@ -130,10 +134,11 @@ def load_judgments(cfg: ReportConfig, storage: Storage) -> Loaded:
         )
     for key in keys:
         store = JudgmentStore(storage, key)
-        raw = store.read(check=_validator(fields))
+        reader = _Reader(pairwise)
+        raw = store.read(check=reader)
         mkey = key.removesuffix(".jsonl") + ".manifest.json"
         man = _manifest(storage.read_bytes(mkey), storage.uri(mkey)) if storage.exists(mkey) else None
-        _add(out, raw, man, fields, {"path": store.uri})
+        _add(out, raw, man, reader, {"path": store.uri})
     return out
 
 
@@ -141,55 +146,16 @@ def _add(
     out: Loaded,
     raw: list[dict[str, Any]],
     man: dict[str, Any] | None,
-    fields: tuple[str, ...],
+    reader: _Reader,
     file: dict[str, Any],
 ) -> None:
     """Count only the rows the judge manifest names as current (all rows of a file without
     one; a Swallow list row as one row per choice); provenance says how many of the stored."""
     current = current_rows(raw, man)
-    out.records += [row for r in current for row in _checked(r, fields, str(file["path"]))]
+    out.records += reader.of(current)
     out.files.append({**file, "rows": len(current), "stored_rows": len(raw)})
     if man is not None:
         out.manifests.append(man)
-
-
-def japanese_share(
-    bench: Bench, answers: dict[str, list[Answer]], categories: dict[str, str]
-) -> dict[str, dict[str, float | None]]:
-    out: dict[str, dict[str, float | None]] = {}
-    for model, recs in answers.items():
-        per: dict[str, list[tuple[int, int]]] = {}
-        for a in recs:
-            cat = categories.get(str(a.question_id), "unknown")
-            for ch in a.choices:
-                if (getattr(ch, "status", "ok") or "ok") != "ok":
-                    continue
-                pairs = [count_chars(t) for t in ch.turns]
-                per.setdefault(cat, []).extend(pairs)
-                per.setdefault("all", []).extend(pairs)
-        out[model] = {c: share(v) for c, v in sorted(per.items())}
-    return out
-
-
-def truncation_shares(answers: dict[str, list[Answer]], models: list[str]) -> dict[str, dict[str, Any]]:
-    """Per model: answer turns that stopped at max_new_tokens, of those with a known finish
-    reason (share None = unknown: no answer file, or a FastChat one without finish_reasons)."""
-    out = {}
-    for m in models:
-        cut, known = truncation(answers.get(m, []))
-        warn = bool(known) and cut / known > TRUNCATED_WARN
-        out[m] = {
-            "turns_truncated": cut,
-            "turns_known": known,
-            "share": cut / known if known else None,
-            "warn": warn,
-        }
-        if warn:
-            log.warning(
-                "%s: %d of %d answer turns (%.0f%%) stopped at max_new_tokens: cut-off answers are scored "
-                "as they are; check --max-new-tokens and the model's end-of-turn token", m, cut, known, 100 * cut / known,
-            )  # fmt: skip
-    return out
 
 
 def provenance(
@@ -240,6 +206,49 @@ def print_fastchat(cfg: ReportConfig, res: dict[str, Any], inputs: list[str]) ->
         print(res["fastchat"][key].to_frame("score").to_string())
 
 
+def _single(
+    cfg: ReportConfig, loaded: Loaded, categories: dict[str, str], res: dict[str, Any], out: dict[str, bytes]
+) -> list[str]:
+    """Single mode into res/out; returns the models reported. Each item is scored by its
+    judge samples' mean (or median); the judge's spread is taken before that collapse."""
+    sampled = agg.single_frame(loaded.single(), categories)
+    df = agg.collapse_samples(sampled, cfg.sample_agg)
+    res["fastchat"] = agg.fastchat_single(df, cfg.model_list or None)
+    table = agg.score_table(df, cfg.model_list or None, seed=cfg.seed)
+    models = list(dict.fromkeys(table["model"]))
+    res["n_runs"] = {m: int(df[(df["model"] == m)]["choice"].nunique()) for m in models}
+    runs = {m: {t: agg.run_means(df, m, t) for t in ("1", "2", "all")} for m in models}
+    out["scores.csv"] = table[agg.SINGLE_COLUMNS].to_csv(index=False).encode()
+    res.update(scores=table, runs=runs, per_question=agg.per_question(df, models), frame=df)
+    if agg.judge_samples(sampled) > 1:
+        res["judge_spread"] = {**agg.judge_spread(sampled, models), "sample_agg": cfg.sample_agg}
+    return models
+
+
+def _pairwise(cfg: ReportConfig, loaded: Loaded, res: dict[str, Any], out: dict[str, bytes]) -> list[str]:
+    pdf = agg.pair_frame(loaded.pairs())
+    base = cfg.baseline_model if cfg.mode == "pairwise-baseline" else None
+    ptable, n_err = agg.fastchat_pairwise(pdf, cfg.mode, base, cfg.model_list or None)
+    models = list(ptable["model"])
+    res["n_runs"] = {
+        m: int(pdf[(pdf["model_1"] == m) | (pdf["model_2"] == m)]["choice"].nunique()) for m in models
+    }
+    out["pairwise.csv"] = ptable.to_csv(index=False).encode()
+    res.update(pairwise_table=ptable, n_error_rows=n_err)
+    return models
+
+
+def judge_usage(manifests: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per judge: the API token usage its manifest sums (`usage_total`), where it has one."""
+    out: dict[str, dict[str, int]] = {}
+    for man in manifests:
+        u = man.get("usage_total")
+        if isinstance(u, dict):
+            name = str(man.get("judge") or man.get("judge_model") or "?")
+            out[name] = {k: int(u.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+    return out
+
+
 def run(cfg: ReportConfig) -> dict[str, Any]:
     if cfg.mode not in ("single", "pairwise-baseline", "pairwise-all"):
         raise JobError(f"--mode must be single, pairwise-baseline or pairwise-all, got {cfg.mode!r}")
@@ -262,41 +271,34 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     if not loaded.records:  # an empty file (FastChat's, or a judge killed before its first write)
         files = ", ".join(f["path"] for f in loaded.files)
         raise JobError(f"{files}: no judgments in file; run `job judge` first")
-    judges = sorted({str((r.get("judge") or ["?"])[0]) for r in loaded.records})
+    judges = sorted({r.judge_name or "?" for r in loaded.records})
     res: dict[str, Any] = {}
     out: dict[str, bytes] = {}
     if cfg.mode == "single":
-        df = agg.single_frame(loaded.records, categories)
-        res["fastchat"] = agg.fastchat_single(df, cfg.model_list or None)
-        table = agg.score_table(df, cfg.model_list or None, seed=cfg.seed)
-        models = list(dict.fromkeys(table["model"]))
-        n_runs = {m: int(df[(df["model"] == m)]["choice"].nunique()) for m in models}
-        runs = {m: {t: agg.run_means(df, m, t) for t in ("1", "2", "all")} for m in models}
-        out["scores.csv"] = table[agg.SINGLE_COLUMNS].to_csv(index=False).encode()
-        res.update(scores=table, runs=runs, per_question=agg.per_question(df, models))
+        models = _single(cfg, loaded, categories, res, out)
     else:
-        pdf = agg.pair_frame(loaded.records)
-        base = cfg.baseline_model if cfg.mode == "pairwise-baseline" else None
-        ptable, n_err = agg.fastchat_pairwise(pdf, cfg.mode, base, cfg.model_list or None)
-        models = list(ptable["model"])
-        n_runs = {
-            m: int(pdf[(pdf["model_1"] == m) | (pdf["model_2"] == m)]["choice"].nunique()) for m in models
-        }
-        out["pairwise.csv"] = ptable.to_csv(index=False).encode()
-        res.update(pairwise_table=ptable, n_error_rows=n_err)
+        models = _pairwise(cfg, loaded, res, out)
     want_ja = cfg.ja_chars if cfg.ja_chars is not None else bench.name.startswith("japanese")
     answers = load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, models)[0]
-    ja = japanese_share(bench, answers, categories) if want_ja else {}
-    prov = provenance(cfg, bench, data_sha, loaded, judges, n_runs)
+    lengths = bias.answer_lengths(answers)
+    if cfg.mode == "single":
+        res["bias"] = {"single": bias.single_bias(res.pop("frame"), lengths, models)}
+    else:
+        res["bias"] = {"pairwise": bias.pair_bias(loaded.pairs(), lengths)}
+    prov = provenance(cfg, bench, data_sha, loaded, judges, res.pop("n_runs"))
     doc = {
         "provenance": prov,
         "fastchat": {k: v.to_dict() for k, v in res.get("fastchat", {}).items()},
         "scores": res["scores"].to_dict(orient="records") if "scores" in res else [],
         "runs": res.get("runs", {}),
+        "judge_spread": res.get("judge_spread", {}),
         "per_question": res.get("per_question", {}),
         "pairwise": res["pairwise_table"].to_dict(orient="records") if "pairwise_table" in res else [],
-        "japanese_char_share": ja,
-        "truncation": truncation_shares(answers, models),
+        "japanese_char_share": answer_stats.japanese_share(answers, categories) if want_ja else {},
+        "truncation": answer_stats.truncation_shares(answers, models),
+        "reasoning": answer_stats.reasoning_stats(answers, models),
+        "judge_bias": res["bias"],
+        "judge_usage": judge_usage(loaded.manifests),
     }
     doc = _clean(doc)
     out["report.json"] = json.dumps(doc, indent=2, ensure_ascii=False).encode()

@@ -3,7 +3,7 @@ one-line message names the file (and the line, for a bad line). Never another ex
 type, never a silently skipped line, never a record that cannot be written back.
 
 Loaders: questions / answers / shard items (records.parse_records over jsonl.iter_jsonl),
-judgments (JudgmentStore.read + records.check_judgment, as judge resume and report use
+judgments (JudgmentStore.read + records.judgments.read_judgment, as judge resume and report use
 them), judge prompts (judge_prompts.load_prompt_set + select), custom benches in a user
 --bench-data dir (benches.resolve_bench + load_questions) and the packaged registry.
 The CLI cases at the end go through the real `job` command (exit 2, one `error:` line).
@@ -29,7 +29,8 @@ from job.judge import stored_games
 from job.judge.prompts import expected_placeholders, load_prompt_set, select
 from job.judge.store import JudgmentStore
 from job.names import check_name
-from job.records import Answer, Question, ShardItem, check_judgment, parse_records, record_dict
+from job.records import Answer, Question, ShardItem, parse_records, record_dict
+from job.records.judgments import read_judgment
 from job.records.jsonl import dumps_lines, iter_jsonl
 from job.report import aggregate as agg
 from job.storage import LocalStorage
@@ -204,10 +205,11 @@ def test_judgment_files_load_completely_or_fail_naming_the_line(pairwise: bool, 
         store = JudgmentStore(LocalStorage(d), "j.jsonl")
         uri = store.uri
 
+        typed: list[Any] = []
+
         def check(rec: dict[str, Any], where: str) -> None:
-            if pairwise:
-                agg.check_fields(rec, ("question_id", "model_1", "model_2", "g1_winner", "g2_winner"), where)
-            check_judgment(rec, where, pairwise, need_judge=True)
+            read_judgment(rec, where, pairwise, resume=True)  # what judge resume accepts
+            typed.extend(read_judgment(rec, where, pairwise))  # and what a report reads
 
         recs = _load_or_clear_error(lambda: store.read(check=check), uri, blob)
         assert Path(d, "j.jsonl").read_bytes() == blob  # reading never changes the file
@@ -221,9 +223,9 @@ def test_judgment_files_load_completely_or_fail_naming_the_line(pairwise: bool, 
     for rec in recs:
         list(stored_games(rec))
     if pairwise:
-        agg.pair_frame(recs)
+        agg.pair_frame(typed)
     else:
-        df = agg.single_frame(recs, {})
+        df = agg.single_frame(typed, {})
         assert df["score"].map(math.isfinite).all()
 
 
@@ -246,14 +248,14 @@ def test_judgment_files_load_completely_or_fail_naming_the_line(pairwise: bool, 
 )
 def test_targeted_bad_judgments(change: dict[str, Any], problem: str) -> None:
     with pytest.raises(JobError, match=re.escape(f"f.jsonl:4: invalid single judgment ({problem}")):
-        check_judgment(dict(GOOD_SINGLE, **change), "f.jsonl:4", pairwise=False)
+        read_judgment(dict(GOOD_SINGLE, **change), "f.jsonl:4", pairwise=False)
 
 
 def test_fastchat_judgment_rows_pass() -> None:
     # FastChat's own rows: no choice/status, score -1 on failure, pairwise without turn
-    check_judgment({k: v for k, v in GOOD_SINGLE.items() if k not in ("choice", "status")}, "f", False)
-    check_judgment(dict(GOOD_SINGLE, score=-1), "f", False)
-    check_judgment({k: v for k, v in GOOD_PAIR.items() if k != "turn"}, "f", True)
+    read_judgment({k: v for k, v in GOOD_SINGLE.items() if k not in ("choice", "status")}, "f", False)
+    read_judgment(dict(GOOD_SINGLE, score=-1), "f", False)
+    read_judgment({k: v for k, v in GOOD_PAIR.items() if k != "turn"}, "f", True)
 
 
 # ---- judge prompts -----------------------------------------------------------------------

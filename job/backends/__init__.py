@@ -42,6 +42,10 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
+OPENAI_BATCH = Provider("job.backends.openai_batch", "OpenAIBatchBackend", None, ("openai",))
+"""openai/<model> with --openai-batch (openai_batch=True in the options)."""
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """'hf/./ckpt' -> ('hf', './ckpt'); 'hf-tiny' -> ('hf-tiny', '')."""
     provider, sep, model = spec.partition("/")
@@ -69,6 +73,10 @@ def load_backend(spec: str, **options: Any) -> Backend:
                 f"drop it (a server applies its own, e.g. `vllm serve {flag}`)"
             )
     entry = PROVIDERS[provider]
+    if options.pop("openai_batch", False):  # --openai-batch: the same model through the Batch API
+        if provider != "openai":
+            raise JobError(f"--openai-batch needs an openai/<model> judge, not {spec!r}; drop it")
+        entry = OPENAI_BATCH
     for mod in entry.needs:
         try:
             importlib.import_module(mod)

@@ -230,3 +230,28 @@ def judge_endpoint_options(f: F) -> F:
             ),
         ],
     )
+
+
+BATCH_OPTION_KEYS = ("openai_batch", "openai_batch_wait")
+
+
+def openai_batch_options(f: F) -> F:
+    """--openai-batch (job judge, job run): the judge's calls as one OpenAI Batch API batch."""
+    return _stack(
+        f,
+        [
+            click.option(
+                "--openai-batch",
+                is_flag=True,
+                help="Send the judge's calls (openai/ judges) as one Batch API batch (files + batches "
+                "endpoints: half the price, results within 24 h); a re-run resumes polling the same batch.",
+            ),
+            click.option(
+                "--openai-batch-wait",
+                type=click.FloatRange(min=0),
+                metavar="SECONDS",
+                help="With --openai-batch: stop waiting after this long (exit 2, the batch id kept: the same "
+                "command later collects it); default: until the batch ends.",
+            ),
+        ],
+    )

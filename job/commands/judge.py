@@ -50,6 +50,7 @@ from job.commands import common as opt
 @opt.judge_endpoint_options
 @opt.api_options
 @opt.local_model_options
+@opt.openai_batch_options
 @opt.dry_run_option
 @click.option(
     "--dump", type=click.Path(dir_okay=False), help="With --dry-run: write every request as a JSON line here."
@@ -66,7 +67,7 @@ def judge(**kw: object) -> None:
     from job.backends.endpoints import judge_endpoint, launcher_generator
     from job.judge.runner import JudgeConfig, run
 
-    backend_options = {k: kw.pop(k) for k in (*opt.API_OPTION_KEYS, *opt.LOCAL_OPTION_KEYS)}
+    backend_options = {k: kw.pop(k) for k in (*opt.API_OPTION_KEYS, *opt.LOCAL_OPTION_KEYS, *opt.BATCH_OPTION_KEYS)}
     # --judge-base-url, else an explicit --base-url; OPENAI_BASE_URL only if no openai/
     # JOB_MODEL beside this step owns it (job.backends.endpoints)
     explicit = click.get_current_context().get_parameter_source("base_url") is ParameterSource.COMMANDLINE

@@ -21,6 +21,7 @@ from job.commands import common as opt
 @opt.local_model_options
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @opt.api_options
+@opt.openai_batch_options
 @click.option(
     "--judge-model",
     envvar="JOB_JUDGE_MODEL",
@@ -85,6 +86,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
         "concurrency": kw.pop("judge_concurrency"),
         "request_timeout": opts["request_timeout"], "max_retries": opts["max_retries"],
     }  # fmt: skip
+    judge_opts |= {k: kw.pop(k) for k in opt.BATCH_OPTION_KEYS}
     run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
     run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml", "allow_mismatch")
     rkw = {k: kw.pop(k) for k in run_keys}

@@ -27,6 +27,7 @@ from job.judge import (
     judge_messages,
     make_record,
 )
+from job.judge.batch_state import batch_options
 from job.judge.plan import (
     JudgeConfig,
     Plan,
@@ -161,7 +162,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
     answer_errors = _record_answer_errors(plan, judge, store)
     if not plan.requests:
         return Counter({"answer_error": answer_errors} if answer_errors else {})
-    backend = load_backend(cfg.judge_model, **cfg.backend_options)
+    backend = load_backend(cfg.judge_model, **batch_options(cfg.backend_options, store))
     params = JUDGE_PARAMS
     rec = _Recorder(cfg, plan, judge, store, backend)
     bar = tqdm(
@@ -192,7 +193,9 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
             )
         else:
             # local judges (hf, vllm): batches, so work is stored as it is done
-            for batch in _batches(plan, cfg.batch_size):
+            # --openai-batch: every call in one Batch API batch
+            size = len(plan.requests) if cfg.backend_options.get("openai_batch") else cfg.batch_size
+            for batch in _batches(plan, size):
                 results = backend.generate([request(*q) for q in batch], lambda n, _t: _advance(bar, n))
                 if len(results) != len(batch):
                     raise JobError(

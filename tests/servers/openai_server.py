@@ -28,6 +28,9 @@ Every chat request is recorded (`requests`: headers, JSON body, fault, reply tex
 times); `in_flight` / `max_in_flight` count concurrent chat requests. `stop()` (or the
 context manager / pytest fixture) ends hanging "timeout" requests and the thread.
 Run `python tests/servers/openai_server.py --port 8000 --latency 0.2` for a standalone one.
+
+The Batch API (`/v1/files`, `/v1/batches`; knobs `batch_polls`, `batch_expire_after`) is in
+tests/servers/batch_api.py: its lines go through the same replies and faults.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+
+from servers.batch_api import BatchAPI
 
 FAULTS = {
     "429": "rate limited (429), with Retry-After when Fault.retry_after is set",
@@ -84,6 +89,8 @@ class Reply:
     text: str
     finish_reason: str = "stop"
     completion_tokens: int | None = None
+    reasoning_content: str | None = None
+    """Sent as message.reasoning_content (vLLM's reasoning parser, DeepSeek) when set."""
 
 
 @dataclass
@@ -98,6 +105,8 @@ class Recorded:
     start: float = 0.0
     end: float | None = None
     held: bool = False
+    batch_id: str | None = None
+    """Set for a line of a Batch API batch (None: a direct chat request)."""
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -190,6 +199,8 @@ class OpenAIServer:
         seed: int = 0,
         hold_after: int | None = None,
         reasoning_models: Sequence[str] = (),
+        batch_polls: int = 0,
+        batch_expire_after: int | None = None,
     ):
         self.reply = reply
         self.latency = latency
@@ -205,6 +216,9 @@ class OpenAIServer:
         self.hold_after = hold_after
         self.reasoning_models = set(reasoning_models)
         """Served ids that refuse chat-model parameters as OpenAI's o-series/gpt-5 do."""
+        self.batch_polls = batch_polls
+        self.batch_expire_after = batch_expire_after
+        self.batch_api = BatchAPI(self)
         self.requests: list[Recorded] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -324,6 +338,17 @@ class OpenAIServer:
             self.in_flight -= 1
             rec.end = time.monotonic()
 
+    async def batch_line(self, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, Any]:
+        """One Batch API line through the chat machinery: (status code, JSON body)."""
+        rec = Recorded(n=len(self.requests), headers=headers, body=body, start=time.monotonic(), batch_id=batch_id)
+        self.requests.append(rec)
+        status, _, payload = await self._chat_reply(rec)
+        rec.end = time.monotonic()
+        try:
+            return status, json.loads(payload)
+        except ValueError:  # a "truncated"/"html" fault: the batch reports a server error
+            return 500, {"error": {"message": "The server had an error", "type": "server_error"}}
+
     async def _hold(self, rec: Recorded) -> None:
         # polled, so hold()/release() work from any thread without touching the loop
         assert self._stopping is not None
@@ -394,7 +419,9 @@ class OpenAIServer:
         tokens = r.completion_tokens if r.completion_tokens is not None else len(text.split())
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
         choices = [] if kind == "empty_choices" else [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish, "logprobs": None}
+            {"index": 0, "message": {"role": "assistant", "content": content,
+                                     **({"reasoning_content": r.reasoning_content} if r.reasoning_content else {})},
+             "finish_reason": finish, "logprobs": None}
         ]  # fmt: skip
         return _json(200, {
             "id": f"chatcmpl-{rec.n}", "object": "chat.completion", "created": int(time.time()),
@@ -424,6 +451,8 @@ class OpenAIServer:
         elif method == "GET" and path in ("/v1/models", "/models"):
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]
             status, hdrs, payload = _json(200, {"object": "list", "data": data})
+        elif path.startswith(("/v1/files", "/v1/batches")):
+            status, hdrs, payload = await self.batch_api.handle(method, path, headers, raw)
         elif method == "GET" and path == "/health":
             status, hdrs, payload = 200, {"content-type": "text/plain"}, b"ok"
         else:

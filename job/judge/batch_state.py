@@ -1,0 +1,49 @@
+"""`--openai-batch`: where the judge remembers its submitted batch (job.backends.openai_batch)
+between runs: `<judge>_<mode>.batch.json` next to the judgments, through job.storage (so an
+S3 run resumes as a local one does). It holds ids and hashes only, never a key."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from job.judge.store import JudgmentStore
+from job.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def batch_state_key(judgment_key: str) -> str:
+    return judgment_key.removesuffix(".jsonl") + ".batch.json"
+
+
+class StoredBatchState:
+    """The BatchState of job.backends.openai_batch, kept in the run's storage."""
+
+    def __init__(self, storage: Storage, key: str):
+        self.storage, self.key = storage, key
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.storage.exists(self.key):
+            return None
+        try:
+            state = json.loads(self.storage.read_bytes(self.key))
+        except ValueError:  # a torn write cannot happen (atomic), a hand edit can: start afresh
+            log.warning("%s is not JSON: ignored (a new batch is submitted)", self.storage.uri(self.key))
+            return None
+        return state if isinstance(state, dict) else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.storage.write_bytes(self.key, json.dumps(state, indent=1, ensure_ascii=False).encode())
+
+    def clear(self) -> None:
+        if self.storage.exists(self.key):
+            self.storage.delete(self.key)
+
+
+def batch_options(options: dict[str, Any], store: JudgmentStore) -> dict[str, Any]:
+    """The judge backend's options, with the stored batch state when --openai-batch is on."""
+    if not options.get("openai_batch"):
+        return options
+    return {**options, "batch_state": StoredBatchState(store.storage, batch_state_key(store.key))}

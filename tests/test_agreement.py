@@ -8,6 +8,7 @@ nothing is stubbed). Missing: a skip here, a failure in CI (tests/ci_gate.py).""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -149,6 +150,9 @@ def test_pair_judgments_our_rows(tmp_path: Path) -> None:
         ("X", 2, "7", "b", "a", "model_a"),
         ("X", 2, "8", "b", "a", "tie"),
     }
+    assert {v.judge for v in read_votes(str(tmp_path / "judge-x_pair.jsonl"))} == {"judge-x-pair"}
+    no_judge = [{k: v for k, v in rows[1].items() if k != "judge"}]
+    assert [v.judge for v in read_votes(write(tmp_path / "hand_pair.jsonl", no_judge))] == ["hand_pair"]
 
 
 @pytest.mark.parametrize(
@@ -236,6 +240,9 @@ def test_parity_vote_files_cli(
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["judges"] == ["gpt4-pair", "human"]
+    assert [f["sha256"] for f in doc["inputs"]] == [
+        hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files
+    ]
     for turn, setting, total, agree, ratio in printed:
         s = doc["turns"][turn][f"{setting}_ties"]
         assert (s["total"], s["agree"], f"{s['ratio']:.2f}") == (int(total), int(agree), ratio)

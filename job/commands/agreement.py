@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -37,14 +38,18 @@ def agreement(
     """
     from job.errors import JobError
     from job.report.agreement import agreement as compute
-    from job.report.agreement import pick_judges, read_votes, render_table
+    from job.report.agreement import pick_judges, read_votes, render_table, split_spec
 
     votes = [v for spec in inputs for v in read_votes(spec)]
     pair = pick_judges(votes, judges)
     result = compute(votes, pair, turns=list(turn) or None, ties=(False,) if no_ties else (True, False))
     click.echo(render_table(pair, result))
     if output:
-        doc = {"judges": list(pair), "inputs": list(inputs), "turns": result}
+        files = [
+            {"input": spec, "sha256": hashlib.sha256(split_spec(spec)[1].read_bytes()).hexdigest()}
+            for spec in inputs
+        ]
+        doc = {"judges": list(pair), "inputs": files, "turns": result}
         try:
             Path(output).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         except OSError as e:

@@ -25,7 +25,7 @@ import transformers
 from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from job.backends.base import BatchBackend, GenRequest, GenResult, ProgressFn
+from job.backends.base import BatchBackend, FollowUp, GenRequest, GenResult, ProgressFn
 from job.backends.hf_cache import cache_kwarg, prefilled_cache, reserved_cache
 from job.backends.hf_load import (
     _T,
@@ -50,7 +50,9 @@ from job.backends.hf_memory import (
     num_layers,
     token_budget,
 )
+from job.backends.hf_refill import RefillLoop, refill_applies
 from job.backends.hf_sampling import RowSampler, sampling_kwargs
+from job.backends.template_kwargs import warn_unused
 from job.errors import BackendDead, JobError
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,14 @@ class HFBackend(BatchBackend):
         revision: str | None = None,
         min_new_tokens: int | None = None,
         gguf_file: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        refill: bool = True,
         **_: Any,
     ):
         check_transformers(transformers.__version__)
         self.spec = spec
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        """--chat-template-kwargs: template variables, e.g. enable_thinking (job.records.reasoning)."""
         self.min_new_tokens = min_new_tokens
         """Benchmarks only: force at least this many new tokens (masks EOS) for equal token counts."""
         self.system_prompt = system_prompt
@@ -125,6 +131,7 @@ class HFBackend(BatchBackend):
             raise JobError(
                 f"model {model!r} has no chat template; pass --chat-template FILE (a Jinja chat template)"
             )
+        warn_unused(spec, self.tokenizer.chat_template, self.chat_template_kwargs)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -134,6 +141,10 @@ class HFBackend(BatchBackend):
         self._grouped_prefill = "position_ids" in inspect.signature(self.model.forward).parameters
         self._cache_kw = cache_kwarg(self.model)
         self._special = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
+        # continuous batching (hf_refill) where it gives generate()'s tokens; else turn waves
+        self.streams_conversations = refill and not device_map and refill_applies(self.model)
+        self.refill_rows: int | None = None
+        """Rows per step an out-of-memory error allowed (continuous batching), for the rest of the run."""
 
     def _default_budget(self) -> int:
         """Padded tokens per batch whose KV cache fits the free accelerator memory (see
@@ -170,7 +181,9 @@ class HFBackend(BatchBackend):
         messages = req.messages
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        text: str = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text: str = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
         return text
 
     def _next_batch(self, lengths: list[int], max_new: int) -> int:
@@ -326,6 +339,15 @@ class HFBackend(BatchBackend):
                 if progress:
                     progress(len(batch), sum(r.num_tokens for r in outs))
         return [r for r in results if r is not None]
+
+    def generate_conversations(
+        self, first: list[GenRequest], follow_up: FollowUp, progress: ProgressFn | None = None
+    ) -> list[list[GenResult]]:
+        """Every turn of every conversation in one continuous batch (hf_refill): a row that
+        ends is replaced by a waiting request, a conversation's next turn is queued first."""
+        if not self.streams_conversations:
+            return super().generate_conversations(first, follow_up, progress)
+        return RefillLoop(self).run(first, follow_up, progress)
 
     def close(self) -> None:
         del self.model

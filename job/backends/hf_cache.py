@@ -175,3 +175,123 @@ def prefilled_cache(
     for layer in cache.layers:
         layer.keys, layer.values = layer._k[..., :width, :], layer._v[..., :width, :]
     return cache
+
+
+class _Window:
+    """The cache columns in use, shared by every layer of a SlotCache: [start, end)."""
+
+    start = 0
+    end = 0
+
+
+class SlotLayer(DynamicLayer):  # type: ignore[misc]
+    """A layer of SlotCache: keys/values are views of columns [start, end) of a buffer; a
+    decoding step writes the new token's column at `end`."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def __init__(self, window: _Window, k: torch.Tensor, v: torch.Tensor):
+        super().__init__()
+        _initialize(self, k, v)
+        self.window, self.k, self.v = window, k, v
+        self.view()
+
+    def view(self, extra: int = 0) -> None:
+        w = self.window
+        self.keys, self.values = self.k[:, :, w.start : w.end + extra], self.v[:, :, w.start : w.end + extra]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        end, q = self.window.end, key_states.shape[-2]
+        self.k[:, :, end : end + q].copy_(key_states)
+        self.v[:, :, end : end + q].copy_(value_states)
+        self.view(q)
+        return self.keys, self.values
+
+
+class SlotCache:
+    """The KV cache of a continuous batch: one row (slot) per request, each row's tokens
+    right-aligned at the common end column, a 0/1 mask over the columns telling each row's
+    own. Rows enter (`put`) and leave at any step; columns no row needs are dropped on the
+    left (`trim`), and the buffer is reallocated only when it runs out of room (`fit`)."""
+
+    def __init__(self, config: Any, kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any):
+        self.config, self.shape, self.dtype, self.device = config, (kv_heads, head_dim), dtype, device
+        self.window = _Window()
+        self.cache: Any = None
+        self.layers = len(DynamicCache(config=config).layers)
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=device)
+
+    @property
+    def slots(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def width(self) -> int:
+        return self.window.end - self.window.start
+
+    def fit(self, rows: list[int | None], width: int, reserve: int) -> None:
+        """Lay the buffer out as `rows` (new row i holds old row rows[i], None: a new empty row),
+        with room for `width` columns before the end and at least one after it (`reserve` when
+        reallocated). Reallocates only where the current buffer does not already fit."""
+        w = self.window
+        same = rows == list(range(self.slots))
+        if self.cache is not None and same and width <= w.end and w.end < self.cap:
+            return
+        left = max(width, self.width)
+        cap, old_w = left + max(reserve, 1), self.width
+        src = [i for i, k in enumerate(rows) if k is not None]
+        old = [k for k in rows if k is not None]
+        mask = self.mask.new_zeros(len(rows), cap)
+        mask[src, left - old_w : left] = self.mask[old, w.start : w.end]
+        heads, dim = self.shape
+        layers = []
+        for i in range(self.layers):
+            k = torch.zeros(len(rows), heads, cap, dim, dtype=self.dtype, device=self.device)
+            v = torch.zeros_like(k)
+            if self.cache is not None and old:
+                k[src, :, left - old_w : left] = self.cache.layers[i].k[old, :, w.start : w.end]
+                v[src, :, left - old_w : left] = self.cache.layers[i].v[old, :, w.start : w.end]
+            layers.append((k, v))
+        w.start, w.end = left - old_w, left
+        self.mask = mask
+        self.cache = DynamicCache(config=self.config)
+        self.cache.layers[:] = [SlotLayer(w, k, v) for k, v in layers]
+
+    @property
+    def cap(self) -> int:
+        return int(self.mask.shape[1])
+
+    def put(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> None:
+        """Row `slot` holds a prefilled prompt (per layer keys/values [1, heads, n, dim]) from now on."""
+        w = self.window
+        if n > self.width:  # columns stale for the other rows become visible: mask them
+            self.mask[:, w.end - n : w.start] = 0
+            w.start = w.end - n
+        self.mask[slot] = 0
+        self.mask[slot, w.end - n : w.end] = 1
+        for layer, (k, v) in zip(self.cache.layers, kv, strict=n > 0):
+            layer.k[slot, :, w.end - n : w.end] = k[0]
+            layer.v[slot, :, w.end - n : w.end] = v[0]
+        self._views()
+
+    def step_mask(self) -> torch.Tensor:
+        """The attention mask of a decoding step: every row's columns and the new token's."""
+        self.mask[:, self.window.end] = 1
+        return self.mask[:, self.window.start : self.window.end + 1]
+
+    def advance(self) -> None:
+        self.window.end += 1
+        self._views()
+
+    def trim(self, width: int) -> None:
+        """Keep only the last `width` columns (what the longest live row holds)."""
+        w = self.window
+        w.start = max(w.start, w.end - width)
+        self._views()
+
+    def _views(self) -> None:
+        for layer in self.cache.layers:
+            layer.view()

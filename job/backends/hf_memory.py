@@ -46,11 +46,17 @@ def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
     """Bytes of KV cache one token takes over all layers: layers x KV heads x head dim x 2
     (key and value) x dtype size. GQA/MQA models have fewer KV heads than attention heads
     (num_key_value_heads); head_dim is the config's or hidden size / heads."""
+    kv_heads, head_dim = kv_shape(config)
+    return int(num_layers(config) * kv_heads * head_dim * 2 * dtype_bytes)
+
+
+def kv_shape(config: Any) -> tuple[int, int]:
+    """(KV heads, head dim) of one layer's cache."""
     c = _text_config(config)
     heads = c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return int(c.num_hidden_layers * kv_heads * head_dim * 2 * dtype_bytes)
+    return int(getattr(c, "num_key_value_heads", None) or heads), int(
+        getattr(c, "head_dim", None) or c.hidden_size // heads
+    )
 
 
 def layers_by_device(device_map: Mapping[str, Any] | None, num_layers: int, device: str) -> dict[str, int]:

@@ -74,36 +74,51 @@ class RowSampler(LogitsProcessor):
         self.warpers = warpers
 
     def _candidates(self, input_ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities, token ids) per sampled row, the distribution HF would sample from."""
-        scaled = rows / self.temps
-        if self.warpers is not None:
-            ids = input_ids if self.all_sampled else input_ids.index_select(0, self.sampled)
-            for warper in self.warpers:
-                scaled = warper(ids, scaled)
-            return scaled.softmax(dim=-1), torch.arange(scaled.shape[-1], device=scaled.device).expand_as(
-                scaled
-            )
-        # only the top-k pay for the softmax (on a CPU, topk is the costly part); sorted descending
-        k = min(self.top_k, rows.shape[-1]) if self.top_k > 0 else rows.shape[-1]
-        vals, idx = torch.topk(scaled, k, dim=-1)
-        probs = vals.softmax(dim=-1)
-        if self.top_p < 1.0:
-            # HF's TopPLogitsWarper: drop a token when the more likely ones already hold top_p
-            ahead = probs.cumsum(dim=-1) - probs
-            probs = probs.masked_fill(ahead >= self.top_p, 0.0)
-        return probs, idx
+        ids = input_ids if self.all_sampled else input_ids.index_select(0, self.sampled)
+        return candidates(rows, self.temps, self.top_k, self.top_p, self.warpers, ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = scores if self.all_sampled else scores.index_select(0, self.sampled)
         probs, idx = self._candidates(input_ids, rows)
-        cdf = probs.cumsum(dim=-1)
-        u = self.draws[:, self.step : self.step + 1] * cdf[:, -1:]
+        drawn = draw(probs, idx, self.draws[:, self.step])
         self.step += 1
-        pick = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)
-        drawn = idx.gather(1, pick).squeeze(1)
         picked = drawn if self.all_sampled else scores.argmax(dim=-1).index_copy_(0, self.sampled, drawn)
         out: torch.FloatTensor = torch.full_like(scores, float("-inf")).scatter_(1, picked[:, None], 0.0)  # type: ignore[assignment]
         return out
+
+
+def candidates(
+    rows: torch.Tensor,
+    temps: torch.Tensor,
+    top_k: int,
+    top_p: float,
+    warpers: list[LogitsProcessor] | None,
+    input_ids: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, token ids) per sampled row (scores `rows`, temperatures `temps` [n, 1]):
+    the distribution HF would sample from."""
+    scaled = rows / temps
+    if warpers is not None:
+        for warper in warpers:
+            scaled = warper(input_ids, scaled)
+        return scaled.softmax(dim=-1), torch.arange(scaled.shape[-1], device=scaled.device).expand_as(scaled)
+    # only the top-k pay for the softmax (on a CPU, topk is the costly part); sorted descending
+    k = min(top_k, rows.shape[-1]) if top_k > 0 else rows.shape[-1]
+    vals, idx = torch.topk(scaled, k, dim=-1)
+    probs = vals.softmax(dim=-1)
+    if top_p < 1.0:
+        # HF's TopPLogitsWarper: drop a token when the more likely ones already hold top_p
+        ahead = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(ahead >= top_p, 0.0)
+    return probs, idx
+
+
+def draw(probs: torch.Tensor, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw per row: the candidate (token id from `idx`) where the row's uniform
+    `u` (one number in [0, 1) per row) falls in its cumulative probabilities."""
+    cdf = probs.cumsum(dim=-1)
+    pick = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:]).clamp_(max=cdf.shape[-1] - 1)
+    return idx.gather(1, pick).squeeze(1)
 
 
 def _fast_path(config: GenerationConfig) -> bool:
@@ -149,9 +164,14 @@ def sampling_kwargs(
     """
     if all(t == 0.0 for t in temps):
         return {"do_sample": False}
+    sampler = RowSampler(temps, seeds, steps, device, *sampler_settings(config))
+    return {"do_sample": False, "logits_processor": LogitsProcessorList([sampler])}
+
+
+def sampler_settings(config: GenerationConfig | None) -> tuple[int, float, list[LogitsProcessor] | None]:
+    """(top_k, top_p, HF warpers or None for the fast path) that sampled rows use under this
+    generation config, as HF's sampling would."""
     config = config or GenerationConfig()
     top_k = _HF_TOP_K if config.top_k is None else config.top_k
     top_p = _HF_TOP_P if config.top_p is None else config.top_p
-    warpers = None if _fast_path(config) else _hf_warpers(config, top_k, top_p)
-    sampler = RowSampler(temps, seeds, steps, device, top_k, top_p, warpers)
-    return {"do_sample": False, "logits_processor": LogitsProcessorList([sampler])}
+    return top_k, top_p, None if _fast_path(config) else _hf_warpers(config, top_k, top_p)

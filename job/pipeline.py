@@ -8,17 +8,22 @@ returns the exit code (job.gate: 0 pass, 3 regression); bad input raises JobErro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass, field, replace
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from job import gate as g
 from job.backends import parse_spec
 from job.backends.endpoints import Generator, judge_endpoint
-from job.errors import JobError
+from job.errors import JobError, Terminated
 from job.generate import GenerateConfig
-from job.names import check_model_name, check_name, default_model_name
+from job.layout import reports_dir
+from job.names import check_model_name, check_name, default_model_name, path_name
+from job.report.leaderboard import DEFAULT_STEP_PATTERN, compile_step_pattern, step_of
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,11 @@ class RunConfig:
     junit_xml: str | None = None
     allow_mismatch: bool = False
     """Gate even against a baseline made with another bench, judge, reference set or prompt file."""
+    models: list[tuple[str, str | None]] = field(default_factory=list)
+    """(spec, name or None) of each model to run one after another; empty: generate.model alone."""
+    step: int | None = None
+    """Checkpoint step for report provenance; None: from step_pattern on the model name."""
+    step_pattern: str = DEFAULT_STEP_PATTERN
 
 
 @dataclass
@@ -48,6 +58,8 @@ class RunResult:
     doc: dict[str, Any] | None = None
     gate: list[g.GateResult] = field(default_factory=list)
     summary: str = ""
+    report: str | None = None
+    """Where this run's report.json can be read back (the published copy when published)."""
 
 
 def model_name(cfg: RunConfig) -> str:
@@ -95,7 +107,37 @@ def check(cfg: RunConfig) -> dict[str, Any] | None:
     return base
 
 
+def step_for(cfg: RunConfig, name: str) -> int | None:
+    return cfg.step if cfg.step is not None else step_of(name, compile_step_pattern(cfg.step_pattern))[0]
+
+
 def run(cfg: RunConfig) -> RunResult:
+    """One model (generate.model, or the only entry of cfg.models), or each of several."""
+    if len(cfg.models) > 1:
+        return run_models(cfg)
+    if cfg.models:
+        spec, name = cfg.models[0]
+        cfg = replace(
+            cfg, generate=replace(cfg.generate, model=spec, model_name=name or cfg.generate.model_name)
+        )
+    res = run_model(cfg)
+    refresh_leaderboard(cfg)
+    return res
+
+
+def refresh_leaderboard(cfg: RunConfig) -> None:
+    """Re-index the publish root; a failure here never loses the run's own report."""
+    if not cfg.publish or cfg.generate.dry_run:
+        return
+    from job.report.leaderboard import write
+
+    try:
+        write(cfg.publish, step_pattern=cfg.step_pattern)
+    except JobError as e:
+        log.warning("leaderboard of %s not refreshed: %s", cfg.publish, e)
+
+
+def run_model(cfg: RunConfig) -> RunResult:
     from job import generate, reduce
     from job.judge import runner as judge_run
     from job.report import runner as report_run
@@ -127,13 +169,14 @@ def run(cfg: RunConfig) -> RunResult:
     log.info("[4/4] report")
     rcfg = report_run.ReportConfig(
         bench=gcfg.bench, model_list=[name], judge_name=judge_run.judge_name_of(jcfg), output=gcfg.output,
-        output_dir=cfg.report_dir, bench_data=gcfg.bench_data,
+        output_dir=cfg.report_dir, bench_data=gcfg.bench_data, step=step_for(cfg, name),
     )  # fmt: skip
     doc = report_run.run(rcfg)
     storage, prefix, names = write_html(rcfg, doc)
+    where = storage.uri(prefix + "report.json")
     if cfg.publish:
-        publish(cfg.publish, storage, prefix, names, doc)
-    return finish(cfg, doc, baseline)
+        where = publish(cfg.publish, storage, prefix, names, doc) + "report.json"
+    return replace(finish(cfg, doc, baseline), report=where)
 
 
 def finish(cfg: RunConfig, doc: dict[str, Any], baseline: dict[str, Any] | None) -> RunResult:
@@ -155,3 +198,135 @@ def finish(cfg: RunConfig, doc: dict[str, Any], baseline: dict[str, Any] | None)
         Path(cfg.junit_xml).write_bytes(g.junit_xml(results, bench))
     print(line, flush=True)
     return RunResult(code, doc, results, line)
+
+
+# --- several models (--model A --model B, --models-file): one after another, each resumable
+
+
+@dataclass
+class Outcome:
+    name: str
+    result: RunResult | None = None
+    error: str = ""
+    exit_code: int = g.EXIT_OK
+
+
+def per_model(cfg: RunConfig) -> list[RunConfig]:
+    """One RunConfig per model, checked (names, baseline, report places) before any work."""
+    if cfg.step is not None:
+        raise JobError("--step names one checkpoint; with several models each step comes from --step-pattern")
+    gen, out = cfg.generate, cfg.generate.output
+    if out.startswith("s3://") and not (cfg.report_dir or cfg.publish):
+        raise JobError(
+            "several models with an s3:// --output: pass --report-dir DIR (one folder per model) or "
+            "--publish DEST, or each model's report would replace the last one's"
+        )
+    local_reports = cfg.report_dir or (
+        None if out.startswith("s3://") else os.path.join(out, reports_dir(gen.bench))
+    )
+    subs: list[RunConfig] = []
+    seen: dict[str, str] = {}
+    for spec, name in cfg.models:
+        sub = replace(cfg, models=[], generate=replace(gen, model=spec, model_name=name), junit_xml=None)
+        n = model_name(sub)
+        if n in seen:
+            raise JobError(
+                f"models {seen[n]} and {spec} both get the name {n!r}; name them in --models-file (SPEC NAME per line)"
+            )
+        seen[n] = spec
+        sub.generate.model_name = n
+        if local_reports:
+            sub.report_dir = os.path.join(local_reports, path_name(n))
+        check(sub)
+        subs.append(sub)
+    return subs
+
+
+def done_key(cfg: RunConfig) -> str:
+    return f"{reports_dir(cfg.generate.bench)}done/{path_name(str(cfg.generate.model_name))}.json"
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    """What a finished model's result depends on; a change of any of it redoes the model."""
+    gen = {k: v for k, v in asdict(cfg.generate).items() if k not in ("dry_run", "num_shards", "shard_index")}
+    keep = (
+        "judge_model",
+        "judge_name",
+        "reference",
+        "judge_settings",
+        "allow_failed",
+        "report_dir",
+        "publish",
+    )
+    blob = {
+        "generate": gen,
+        **{k: getattr(cfg, k, None) for k in keep},
+        "step": step_for(cfg, str(gen["model_name"])),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_finished(cfg: RunConfig) -> RunResult | None:
+    """The earlier result of this very model and configuration, gated again; None: run it."""
+    from job.report.publish import load_report
+    from job.storage import open_storage
+
+    storage, key = open_storage(cfg.generate.output), done_key(cfg)
+    if cfg.generate.force or cfg.generate.dry_run or not storage.exists(key):
+        return None
+    done = json.loads(storage.read_bytes(key))
+    if done.get("fingerprint") != fingerprint(cfg):
+        return None
+    try:
+        doc = load_report(str(done["report"]))
+    except JobError:
+        return None  # its report is gone: redo (every stage resumes, so little is repeated)
+    log.info(
+        "%s: finished before with these settings (%s); not run again", cfg.generate.model_name, done["report"]
+    )
+    return replace(finish(cfg, doc, check(cfg)), report=str(done["report"]))
+
+
+def run_one(cfg: RunConfig) -> Outcome:
+    name = str(cfg.generate.model_name)
+    try:
+        res = run_finished(cfg) or run_model(cfg)
+    except Terminated:
+        raise  # preemption stops the whole run; what is done stays done
+    except JobError as e:
+        return Outcome(name, error=f"error: {e}", exit_code=e.exit_code)
+    except Exception as e:  # a model that crashes must not stop the others
+        log.exception("%s failed", name)
+        return Outcome(name, error=f"{type(e).__name__}: {e}", exit_code=1)
+    if res.report and not cfg.generate.dry_run:
+        where = res.report if "://" in res.report else os.path.abspath(res.report)
+        done = {"model": cfg.generate.model, "report": where, "fingerprint": fingerprint(cfg)}
+        from job.storage import open_storage
+
+        open_storage(cfg.generate.output).write_bytes(done_key(cfg), json.dumps(done, indent=2).encode())
+    return Outcome(name, res, exit_code=res.exit_code)
+
+
+def run_models(cfg: RunConfig) -> RunResult:
+    """Each model in turn; a failure is recorded and the next one runs; one leaderboard at the end."""
+    subs = per_model(cfg)
+    outcomes = []
+    for i, sub in enumerate(subs, 1):
+        log.info("=== model %d/%d: %s (%s)", i, len(subs), sub.generate.model_name, sub.generate.model)
+        outcomes.append(run_one(sub))
+    refresh_leaderboard(cfg)
+    results = [r for o in outcomes if o.result for r in o.result.gate]
+    if cfg.junit_xml:
+        Path(cfg.junit_xml).write_bytes(g.junit_xml(results, cfg.generate.bench))
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        print(f"FAILED {o.name}: {o.error}", flush=True)
+    codes = [o.exit_code for o in outcomes]
+    code = max((c for c in codes if c != g.EXIT_REGRESSION), default=0) or max(codes)
+    line = (
+        f"MODELS: {len(outcomes) - len(failed)} of {len(outcomes)} finished"
+        + (f"; failed: {', '.join(o.name for o in failed)}" if failed else "")
+        + ("; regression" if g.EXIT_REGRESSION in codes else "")
+    )
+    print(line, flush=True)
+    return RunResult(code, None, results, line)

@@ -71,17 +71,20 @@ def output_option(f: F) -> F:
     )(f)
 
 
-def model_options(f: F) -> F:
-    """--model, --model-name, --num-choices, --max-new-tokens (generate and run)."""
+def model_options(f: F, many: bool = False) -> F:
+    """--model, --model-name, --num-choices, --max-new-tokens (generate; run with many=True)."""
+    again = " Repeat it to run several models one after another (or use --models-file)." if many else ""
     return _stack(
         f,
         [
             click.option(
                 "--model",
                 envvar="JOB_MODEL",
-                required=True,
+                required=not many,
+                multiple=many,
                 show_envvar=True,
-                help="provider/model: hf/<path-or-id>, hf-tiny, vllm/<path>, openai/<name>, mock/echo.",
+                help="provider/model: hf/<path-or-id>, hf-tiny, vllm/<path>, openai/<name>, mock/echo."
+                + again,
             ),
             click.option(
                 "--model-name",
@@ -100,6 +103,11 @@ def model_options(f: F) -> F:
             click.option("--max-new-tokens", type=int, default=1024, help="New tokens per turn."),
         ],
     )
+
+
+def many_model_options(f: F) -> F:
+    """model_options with a repeatable --model (job run)."""
+    return model_options(f, many=True)
 
 
 # keys of backend_options filled by local_model_options (hf/ and vllm/ backends)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from job.commands.common import BENCH_HELP, bench_data_option, output_option
+from job.commands.models import step_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -45,6 +46,7 @@ from job.commands.common import BENCH_HELP, bench_data_option, output_option
     help="Japanese character share (default: on for Japanese benches).",
 )
 @click.option("--seed", type=int, default=0, help="Bootstrap seed.")
+@step_option
 # report.html + plots and publishing (job/report/publish.py)
 @click.option("--html/--no-html", default=True, help="Also write report.html and the chart PNGs.")
 @click.option(

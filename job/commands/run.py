@@ -3,11 +3,13 @@ from __future__ import annotations
 import click
 
 from job.commands import common as opt
+from job.commands import models as many
 
 
 @click.command("run", context_settings={"show_default": True})
 @opt.bench_option
-@opt.model_options
+@opt.many_model_options
+@many.models_options
 @opt.question_options
 @click.option(
     "--num-shards", type=int, help="Generate in this many shards, one after another (resume points)."
@@ -76,6 +78,11 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     Exit codes: 0 pass; 3 regression (the model's average dropped by more than --max-drop
     points below the baseline, or nothing was scored); 2 bad input; 1 any other failure.
     The last stdout line is a one-line summary for CI logs (GATE PASS / GATE FAIL / RESULT).
+
+    Several models (--model repeated, --models-file) run one after another, each resumable
+    (a re-run skips every model finished with the same settings); a failing model does not
+    stop the others but makes the exit non-zero; the last line is then MODELS: ... .
+    With --publish, the publish root's leaderboard (job leaderboard) is refreshed at the end.
     """
     from job.generate import GenerateConfig
     from job.pipeline import RunConfig, run
@@ -90,6 +97,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
     run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml", "allow_mismatch")
     rkw = {k: kw.pop(k) for k in run_keys}
+    rkw |= many.pop_models(kw)
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     gcfg = GenerateConfig(**kw, backend_options=opts)  # type: ignore[arg-type]
     res = run(RunConfig(generate=gcfg, judge_backend_options=judge_opts, **rkw))  # type: ignore[arg-type]

@@ -80,8 +80,8 @@ def chart(bench: str, cat: str, series: dict[str, list[dict[str, Any]]]) -> str:
     """One SVG: per series a CI band (polygon) and a mean line with a dot per step."""
     pts = [p for ps in series.values() for p in ps]
     steps = [p["step"] for p in pts]
-    lows = [p["ci_low"] if p["ci_low"] is not None else p["mean"] for p in pts]
-    highs = [p["ci_high"] if p["ci_high"] is not None else p["mean"] for p in pts]
+    lows = [min(v for v in (p["ci_low"], p["mean"]) if v is not None) for p in pts]
+    highs = [max(v for v in (p["ci_high"], p["mean"]) if v is not None) for p in pts]
     x0, x1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
     y0, y1 = max(0.0, min(lows) - 0.5), min(10.0, max(highs) + 0.5)
     y1 = y1 if y1 > y0 else y0 + 1

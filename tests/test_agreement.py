@@ -21,10 +21,13 @@ from typing import Any
 
 import pytest
 from ci_gate import unavailable
+from click.testing import CliRunner
 from conftest import REPO, RunJob
 
+from job.cli import cli
 from job.errors import JobError
 from job.report.agreement import agreement, cohen_kappa, pick_judges, read_votes
+from job.report.agreement.votes import WINNERS
 
 FSCHAT_VERSION = "0.2.36"  # = .ci/setup.d/70-fschat.sh FSCHAT_VERSION
 MODELS = ["alpaca-13b", "claude-v1", "gpt-3.5-turbo", "llama-13b"]
@@ -264,13 +267,40 @@ def test_parity_human_vs_human_jsonl_and_parquet(fastchat: ModuleType, tmp_path:
         assert ours(agreement(read_votes(path), ("human", "human"))) == want
 
 
+def pair_rows_as_votes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FastChat vote dicts, by show_result's rule: both orders gave a verdict (no error, our
+    status ok or none), the verdict when they agree, else a tie."""
+    out = []
+    for r in rows:
+        g1, g2 = r["g1_winner"], r["g2_winner"]
+        if "error" in (g1, g2) or r.get("status", "ok") != "ok":
+            continue
+        w = {"model_1": "model_a", "model_2": "model_b"}[g1] if g1 == g2 and g1 != "tie" else "tie"
+        out.append(vote(r["question_id"], r["model_1"], r["model_2"], w, GPT4, r["turn"]))
+    return out
+
+
+def single_rows_as_votes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per question and turn, every two graded models (score not -1): the higher wins, else a
+    tie; named as FastChat's GPT-4 pair judge (get_judge_name names no other machine judge)."""
+    graded: dict[tuple[Any, int], dict[str, float]] = {}
+    for r in rows:
+        if r["score"] != -1 and r.get("status", "ok") == "ok":
+            graded.setdefault((r["question_id"], r["turn"]), {})[r["model"]] = r["score"]
+    out = []
+    for (qid, turn), scores in graded.items():
+        for a, b in combinations(sorted(scores), 2):
+            w = "tie" if scores[a] == scores[b] else "model_a" if scores[a] > scores[b] else "model_b"
+            out.append(vote(qid, a, b, w, GPT4, turn))
+    return out
+
+
 def test_parity_judgment_files(fastchat: ModuleType, tmp_path: Path) -> None:
     """FastChat-format pair and single judgment files vs the votes they mean, converted here by
-    hand (show_result's rule: the two orders agree or it is a tie; errors dropped; single:
-    compare the scores) and given to FastChat's code."""
+    hand and given to FastChat's code."""
     rng = random.Random(3)
     _, human = generated(seed=11)
-    pair_rows, pair_votes, single_rows, single_votes = [], [], [], []
+    pair_rows, single_rows = [], []
     for turn in (1, 2):
         for qid in range(81, 96):
             for a, b in combinations(MODELS, 2):
@@ -278,25 +308,57 @@ def test_parity_judgment_files(fastchat: ModuleType, tmp_path: Path) -> None:
                 g1, g2 = (rng.choice(["model_1", "model_2", "tie", "error"]) for _ in range(2))
                 pair_rows.append({"question_id": qid, "model_1": m1, "model_2": m2, "g1_winner": g1, "g2_winner": g2,
                                   "judge": GPT4, "turn": turn, "tstamp": 0})  # fmt: skip
-                if "error" not in (g1, g2):
-                    w = (
-                        {"model_1": "model_a", "model_2": "model_b"}[g1]
-                        if g1 == g2 and g1 != "tie"
-                        else "tie"
-                    )
-                    pair_votes.append(vote(qid, m1, m2, w, GPT4, turn))
-            scores = {m: rng.choice([-1, 3, 5, 5, 7, 8, 10]) for m in MODELS}
-            single_rows += [{"question_id": qid, "model": m, "score": s, "turn": turn, "judge": ["gpt-4", "single-v1"]}
-                            for m, s in scores.items()]  # fmt: skip
-            for a, b in combinations(MODELS, 2):
-                if scores[a] != -1 and scores[b] != -1:
-                    w = "tie" if scores[a] == scores[b] else "model_a" if scores[a] > scores[b] else "model_b"
-                    single_votes.append(vote(qid, a, b, w, GPT4, turn))  # FastChat names no other judge
+            single_rows += [{"question_id": qid, "model": m, "score": rng.choice([-1, 3, 5, 5, 7, 8, 10]),
+                             "turn": turn, "judge": ["gpt-4", "single-v1"]} for m in MODELS]  # fmt: skip
     human_votes = read_votes(write(tmp_path / "human.jsonl", human))
-    got = agreement(
-        human_votes + read_votes(write(tmp_path / "gpt-4_pair.jsonl", pair_rows)), ("gpt4-pair", "human")
+    pair = read_votes(write(tmp_path / "gpt-4_pair.jsonl", pair_rows))
+    got = agreement(human_votes + pair, ("gpt4-pair", "human"))
+    assert ours(got) == fastchat_numbers(
+        fastchat, [human, pair_rows_as_votes(pair_rows)], ("gpt4-pair", "human")
     )
-    assert ours(got) == fastchat_numbers(fastchat, [human, pair_votes], ("gpt4-pair", "human"))
     single = read_votes("gpt4-single=" + write(tmp_path / "gpt-4_single.jsonl", single_rows))
     got = agreement(human_votes + single, ("gpt4-single", "human"))
-    assert ours(got) == fastchat_numbers(fastchat, [human, single_votes], ("gpt4-pair", "human"))
+    want = fastchat_numbers(fastchat, [human, single_rows_as_votes(single_rows)], ("gpt4-pair", "human"))
+    assert ours(got) == want
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two mock models' smoke answers judged single and pairwise by mock/judge (varied
+    verdicts), through the real CLI in this process: the files our judge writes."""
+    out = tmp_path_factory.mktemp("agreement") / "runs"
+    steps = [["generate", "--model", "mock/echo"], ["generate", "--model", "mock/digest"], ["reduce"],
+             ["judge", "--judge-model", "mock/judge"], ["judge", "--judge-model", "mock/judge", "--mode", "pairwise-all"]]  # fmt: skip
+    for step in steps:
+        r = CliRunner().invoke(cli, [*step, "--bench", "smoke", "--output", str(out)])
+        assert r.exit_code == 0, r.output
+    return out / "smoke" / "model_judgment"
+
+
+def test_parity_on_our_judge_files(fastchat: ModuleType, judged: Path, tmp_path: Path) -> None:
+    single_rows = [json.loads(x) for x in (judged / "judge_single.jsonl").read_text().splitlines()]
+    pair_rows = [json.loads(x) for x in (judged / "judge_pair.jsonl").read_text().splitlines()]
+    assert len(pair_rows) == 18 and all(r["status"] == "ok" for r in pair_rows)  # 9 questions x 2 turns
+    rng = random.Random(5)
+    human = [vote(r["question_id"], r["model_2"], r["model_1"], rng.choice(WINNERS), f"expert_{i}", r["turn"])
+             for r in pair_rows for i in range(rng.choice([1, 2]))]  # fmt: skip
+    human_file = write(tmp_path / "human.jsonl", human)
+    out = tmp_path / "a.json"
+    args = ["agreement", str(judged / "judge_single.jsonl"), str(judged / "judge_pair.jsonl"), human_file]
+    for judges, theirs in [
+        (("judge-pair", "human"), pair_rows_as_votes(pair_rows)),
+        (("judge-single", "human"), single_rows_as_votes(single_rows)),
+    ]:
+        r = CliRunner().invoke(cli, [*args, "--judges", *judges, "--output", str(out)])
+        assert r.exit_code == 0, r.output
+        assert ours(json.loads(out.read_text())["turns"]) == fastchat_numbers(
+            fastchat, [human, theirs], ("gpt4-pair", "human")
+        )
+    # the pair judge against the single one: no FastChat counterpart; both read from our files
+    r = CliRunner().invoke(cli, [*args[:3], "--output", str(out)])
+    doc = json.loads(out.read_text())
+    assert (
+        r.exit_code == 0
+        and doc["judges"] == ["judge-pair", "judge-single"]
+        and doc["turns"]["all"]["with_ties"]["total"] == 18
+    )

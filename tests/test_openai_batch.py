@@ -243,3 +243,29 @@ def test_sigterm_after_submission_resumes_the_same_batch(
     ]  # never sent twice
     check_final(rows_of(out))
     assert not (out / STATE).exists()
+
+
+@pytest.mark.timeout(60)
+def test_batch_state_lives_in_s3_storage(answers: Path, make_openai_server: MakeServer, s3: Any) -> None:
+    srv = make_openai_server(reply=rating, batch_polls=10**6)
+    out = s3.uri("runs")
+    with pytest.raises(JobError, match="batch_0001 is still in_progress"):
+        judge(out, answers, srv, wait=0)
+    key = f"runs/{STATE}"
+    assert key in s3.list_keys("runs/") and json.loads(s3.get(key))["batch_id"] == "batch_0001"
+    srv.batch_polls = 0
+    judge(out, answers, srv)
+    assert list(srv.batch_api.batches) == ["batch_0001"] and key not in s3.list_keys("runs/")
+    check_final([json.loads(x) for x in s3.get(f"runs/{ROWS}").decode().splitlines() if x.strip()])
+
+
+@pytest.mark.timeout(120)
+def test_job_run_openai_batch(make_openai_server: MakeServer, run_job: Any, tmp_path: Path) -> None:
+    srv = make_openai_server(reply=lambda body: "Rating: [[7]]")
+    r = run_job("run", "--bench", "smoke", "--model", "mock/echo", "--judge-model", "openai/test-model",
+                "--judge-base-url", srv.url, "--output", str(tmp_path / "runs"), "--openai-batch",
+                env={"OPENAI_API_KEY": "sk-test-batch", "JOB_BATCH_POLL_SECONDS": "0.01"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert list(srv.batch_api.batches) == ["batch_0001"] and len(batch_lines(srv, "batch_0001")) == N_CALLS
+    assert all(x.batch_id == "batch_0001" for x in srv.requests)  # the judge made no direct call
+    assert "RESULT (no baseline): echo 7.00" in r.stdout

@@ -243,7 +243,7 @@ def test_parity_vote_files_cli(
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["judges"] == ["gpt4-pair", "human"]
-    assert [f["sha256"] for f in doc["inputs"]] == [
+    assert [f["sha256"] for f in doc["files"]] == [
         hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files
     ]
     for turn, setting, total, agree, ratio in printed:
@@ -354,11 +354,8 @@ def test_parity_on_our_judge_files(fastchat: ModuleType, judged: Path, tmp_path:
         assert ours(json.loads(out.read_text())["turns"]) == fastchat_numbers(
             fastchat, [human, theirs], ("gpt4-pair", "human")
         )
-    # the pair judge against the single one: no FastChat counterpart; both read from our files
-    r = CliRunner().invoke(cli, [*args[:3], "--output", str(out)])
+    # the pair judge against the single one (no FastChat counterpart), the folder given
+    r = CliRunner().invoke(cli, ["agreement", str(judged), "--output", str(out)])
     doc = json.loads(out.read_text())
-    assert (
-        r.exit_code == 0
-        and doc["judges"] == ["judge-pair", "judge-single"]
-        and doc["turns"]["all"]["with_ties"]["total"] == 18
-    )
+    assert r.exit_code == 0 and doc["judges"] == ["judge-pair", "judge-single"]
+    assert doc["turns"]["all"]["with_ties"]["total"] == 18  # one vote a game each: 9 questions x 2 turns

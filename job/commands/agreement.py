@@ -18,7 +18,11 @@ import click
 )
 @click.option("--turn", type=int, multiple=True, help="Only this turn (repeatable). Default: every turn.")
 @click.option("--no-ties", is_flag=True, help="Only the numbers without ties (default: with and without).")
-@click.option("--output", type=click.Path(dir_okay=False), help="Also write the numbers as JSON to FILE.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Also write the numbers as JSON to FILE (with the judges and each input file's sha256).",
+)
 def agreement(
     inputs: tuple[str, ...],
     judges: tuple[str, str] | None,
@@ -32,24 +36,23 @@ def agreement(
     FILE: human votes in the mt_bench_human_judgments format (question_id, model_a, model_b,
     winner, judge, turn; a JSON array, JSONL or parquet export), or judgment files, ours or
     FastChat's (<judge>_pair.jsonl: a game's verdict, inconsistent orders as tie;
-    <judge>_single.jsonl: scores compared per question and turn, equal as tie). NAME=FILE names
+    <judge>_single.jsonl: scores compared per question and turn, equal as tie), or a folder of
+    them (a run's <bench>/model_judgment/). NAME=FILE names
     the judge of every vote in FILE; otherwise expert_* votes are `human`, ["gpt-4", "pair-v2"]
     is `gpt4-pair` (FastChat's names) and other judges are <model>-pair / <model>-single.
     """
     from job.errors import JobError
     from job.report.agreement import agreement as compute
-    from job.report.agreement import pick_judges, read_votes, render_table, split_spec
+    from job.report.agreement import input_files, pick_judges, read_votes, render_table
 
     votes = [v for spec in inputs for v in read_votes(spec)]
     pair = pick_judges(votes, judges)
     result = compute(votes, pair, turns=list(turn) or None, ties=(False,) if no_ties else (True, False))
     click.echo(render_table(pair, result))
     if output:
-        files = [
-            {"input": spec, "sha256": hashlib.sha256(split_spec(spec)[1].read_bytes()).hexdigest()}
-            for spec in inputs
-        ]
-        doc = {"judges": list(pair), "inputs": files, "turns": result}
+        files = [f for spec in inputs for f in input_files(spec)[1]]
+        sums = [{"path": str(f), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in files]
+        doc = {"judges": list(pair), "inputs": list(inputs), "files": sums, "turns": result}
         try:
             Path(output).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         except OSError as e:

@@ -28,9 +28,9 @@ from itertools import combinations
 from typing import Any
 
 from job.errors import JobError
-from job.report.agreement.votes import ByKey, Vote, canonical, read_votes, split_spec
+from job.report.agreement.votes import ByKey, Vote, canonical, input_files, read_votes
 
-__all__ = ["Vote", "agreement", "cohen_kappa", "pick_judges", "read_votes", "render_table", "split_spec"]
+__all__ = ["Vote", "agreement", "cohen_kappa", "pick_judges", "read_votes", "input_files", "render_table"]
 
 
 def by_turn(votes: Iterable[Vote]) -> dict[int, ByKey]:

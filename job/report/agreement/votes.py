@@ -169,10 +169,26 @@ def split_spec(spec: str) -> tuple[str | None, Path]:
     return None, Path(spec)
 
 
-def read_votes(spec: str) -> list[Vote]:
-    """The votes of one input, `PATH` or `NAME=PATH` (NAME: the judge of all its votes; a
-    judgment row without a judge: the file name, e.g. gpt-4_pair)."""
+def input_files(spec: str) -> tuple[str | None, list[Path]]:
+    """(NAME, the files) of `[NAME=]PATH`; a folder (a run's <bench>/model_judgment/): every
+    *_single.jsonl and *_pair.jsonl in it."""
     name, path = split_spec(spec)
+    if not path.is_dir():
+        return name, [path]
+    files = sorted(path.glob("*_single.jsonl")) + sorted(path.glob("*_pair.jsonl"))
+    if not files:
+        raise JobError(f"{path}: no *_single.jsonl or *_pair.jsonl judgment files in the folder")
+    return name, files
+
+
+def read_votes(spec: str) -> list[Vote]:
+    """The votes of one input, `[NAME=]PATH` (NAME: the judge of all its votes; a judgment row
+    without a judge: the file name, e.g. gpt-4_pair)."""
+    name, files = input_files(spec)
+    return [v for f in files for v in _file_votes(f, name)]
+
+
+def _file_votes(path: Path, name: str | None) -> list[Vote]:
     rows = list(_rows(path))
     if not rows:
         raise JobError(f"{path}: no judgments in the file")

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import sys
 from itertools import combinations
 from pathlib import Path
 from types import ModuleType
@@ -170,6 +171,30 @@ def test_bad_human_row(tmp_path: Path, row: dict[str, Any], message: str) -> Non
     path = write(tmp_path / "h.jsonl", [HAND_HUMAN[0], {**HAND_HUMAN[1], **row}])
     with pytest.raises(JobError, match=re.escape(message)):
         read_votes(path)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"[1, 2]", "f: item 1: expected a JSON object, got int"),
+        (b'[{"question_id": 1', "f: malformed JSON ("),
+        (b"", "f: no judgments in the file"),
+        (b"PAR1 not really parquet", "f: unreadable parquet ("),
+    ],
+)
+def test_unreadable_inputs(tmp_path: Path, data: bytes, message: str) -> None:
+    (tmp_path / "f").write_bytes(data)
+    with pytest.raises(JobError, match=re.escape(str(tmp_path / message))):
+        read_votes(str(tmp_path / "f"))
+
+
+def test_parquet_without_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # `import pyarrow.parquet` fails
+    (tmp_path / "h.parquet").write_bytes(b"PAR1")
+    with pytest.raises(
+        JobError, match=re.escape("reading parquet needs pyarrow: pip install 'mtbench-job[agreement]'")
+    ):
+        read_votes(str(tmp_path / "h.parquet"))
 
 
 def test_cli_bad_input_and_unknown_judge(tmp_path: Path, run_job: RunJob) -> None:

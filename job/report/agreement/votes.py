@@ -87,7 +87,8 @@ def _parquet(path: Path) -> list[dict[str, Any]]:
     try:
         rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow's errors: ArrowInvalid, OSError, ...
-        raise JobError(f"{path}: unreadable parquet ({type(e).__name__}: {e}); re-export it") from None
+        first = (str(e).splitlines() or [""])[0]  # the message stays one line
+        raise JobError(f"{path}: unreadable parquet ({type(e).__name__}: {first}); re-export it") from None
     return rows
 
 

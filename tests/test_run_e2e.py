@@ -41,3 +41,93 @@ def test_job_run_tiny_model_end_to_end(tmp_path: Path, run_job) -> None:  # type
     ptr = json.loads((tmp_path / "pub" / "latest" / "smoke" / "hf-tiny.json").read_text())
     assert ptr["average"] == overall["mean"] and Path(ptr["report"]) == (run / "report.json").resolve()
     assert ET.parse(tmp_path / "gate.xml").getroot().get("failures") == "0"
+
+
+MODELS_FILE = """# three checkpoints of one training run; the middle one is broken
+mock/echo   llm-step-100
+mock/fail   llm-step-200
+mock/digest llm-step-300
+"""
+
+
+@pytest.mark.slow  # about 10 s on an idle machine: three `job run` processes
+def test_run_several_models_resumable(tmp_path: Path, run_job) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "models.txt").write_text(MODELS_FILE)
+    args = ["run", "--bench", "smoke", "--models-file", "models.txt", "--judge-model", "mock/judge"]
+    args += ["--publish", "pub", "--junit-xml", "gate.xml"]
+    p = run_job(*args)
+    # the broken model does not stop the one after it, but the exit says something failed
+    assert p.returncode == 2, p.stderr[-3000:]
+    lines = p.stdout.strip().splitlines()
+    assert lines[-1] == "MODELS: 2 of 3 finished; failed: llm-step-200"
+    assert lines[-2].startswith("FAILED llm-step-200: error: ") and "mock/fail" in lines[-2]
+    reports = tmp_path / "runs" / "smoke" / "reports"
+    for model, step in (("llm-step-100", 100), ("llm-step-300", 300)):
+        doc = json.loads((reports / model / "report.json").read_text())
+        assert {s["model"] for s in doc["scores"]} == {model} and doc["provenance"]["step"] == step
+    assert not (reports / "llm-step-200").exists()
+    board = json.loads((tmp_path / "pub" / "leaderboard.json").read_text())
+    rows = board["benches"]["smoke"]["rows"]
+    assert sorted((r["model"], r["step"]) for r in rows) == [("llm-step-100", 100), ("llm-step-300", 300)]
+    assert (tmp_path / "pub" / "index.html").is_file()
+    assert ET.parse(tmp_path / "gate.xml").getroot().get("tests") == "2"
+    # a re-run redoes nothing finished: no stage runs for 100 and 300, nothing is published again
+    answers = tmp_path / "runs" / "smoke" / "model_answer" / "llm-step-100.jsonl"
+    before = (answers.stat().st_mtime_ns, sorted(p.name for p in (tmp_path / "pub" / "smoke").iterdir()))
+    again = run_job(*args)
+    assert again.returncode == 2 and again.stdout.strip().splitlines()[-1] == lines[-1]
+    for model in ("llm-step-100", "llm-step-300"):
+        assert f"{model}: finished before with these settings" in again.stderr
+    assert "[1/4] generate mock/fail" in again.stderr and "[1/4] generate mock/echo" not in again.stderr
+    assert (
+        answers.stat().st_mtime_ns,
+        sorted(p.name for p in (tmp_path / "pub" / "smoke").iterdir()),
+    ) == before
+    # other settings are another run: the marker does not match, the model runs again
+    (tmp_path / "two.txt").write_text("mock/echo llm-step-100\nmock/digest llm-step-300\n")
+    third = run_job(*args[:3], "--models-file", "two.txt", *args[5:7], "--judge-name", "judge2")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (
+        "finished before" not in third.stderr
+        and third.stdout.strip().splitlines()[-1] == "MODELS: 2 of 2 finished"
+    )
+
+
+def test_run_step_recorded(tmp_path: Path, run_job) -> None:  # type: ignore[no-untyped-def]
+    p = run_job("run", "--bench", "smoke", "--model", "mock/echo", "--judge-model", "mock/judge",
+                "--step", "7", "--publish", "pub")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    reports = tmp_path / "runs" / "smoke" / "reports"
+    assert json.loads((reports / "report.json").read_text())["provenance"]["step"] == 7
+    rows = json.loads((tmp_path / "pub" / "leaderboard.json").read_text())["benches"]["smoke"]["rows"]
+    assert [(r["model"], r["step"]) for r in rows] == [("echo", 7)]
+    p = run_job("report", "--bench", "smoke", "--step", "42", "--no-html")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((reports / "report.json").read_text())["provenance"]["step"] == 42
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--model", "mock/echo", "--model", "mock/digest", "--step", "5"], "--step names one checkpoint"),
+        (["--model", "mock/echo", "--model", "mock/echo"], "both get the name 'echo'"),
+        (
+            ["--model", "mock/echo", "--model", "mock/digest", "--model-name", "x"],
+            "--model-name names one model",
+        ),
+        (["--models-file", "bad.txt"], "bad.txt:1: expected SPEC [NAME], got 3 fields"),
+        ([], "no model: pass --model SPEC"),
+    ],
+)
+def test_run_several_models_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str], msg: str
+) -> None:
+    from click.testing import CliRunner
+
+    from job.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.txt").write_text("mock/echo a b\n")
+    r = CliRunner().invoke(cli, ["run", "--bench", "smoke", "--judge-model", "mock/judge", *extra])
+    assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any work

@@ -269,3 +269,12 @@ def test_job_run_openai_batch(make_openai_server: MakeServer, run_job: Any, tmp_
     assert list(srv.batch_api.batches) == ["batch_0001"] and len(batch_lines(srv, "batch_0001")) == N_CALLS
     assert all(x.batch_id == "batch_0001" for x in srv.requests)  # the judge made no direct call
     assert "RESULT (no baseline): echo 7.00" in r.stdout
+
+
+def test_job_run_refuses_openai_batch_for_a_local_judge(run_job: Any, tmp_path: Path) -> None:
+    r = run_job("run", "--bench", "smoke", "--model", "mock/echo", "--judge-model", "mock/fixed:[[5]]",
+                "--output", str(tmp_path / "runs"), "--openai-batch")  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(
+        "--openai-batch needs an openai/<model> judge, not 'mock/fixed:[[5]]'; drop it"
+    )
+    assert not (tmp_path / "runs").exists()  # refused before generation

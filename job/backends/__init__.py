@@ -46,6 +46,12 @@ OPENAI_BATCH = Provider("job.backends.openai_batch", "OpenAIBatchBackend", None,
 """openai/<model> with --openai-batch (openai_batch=True in the options)."""
 
 
+def check_openai_batch(spec: str) -> None:
+    """--openai-batch takes openai/ models only (checked before anything runs)."""
+    if parse_spec(spec)[0] != "openai":
+        raise JobError(f"--openai-batch needs an openai/<model> judge, not {spec!r}; drop it")
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """'hf/./ckpt' -> ('hf', './ckpt'); 'hf-tiny' -> ('hf-tiny', '')."""
     provider, sep, model = spec.partition("/")
@@ -74,8 +80,7 @@ def load_backend(spec: str, **options: Any) -> Backend:
             )
     entry = PROVIDERS[provider]
     if options.pop("openai_batch", False):  # --openai-batch: the same model through the Batch API
-        if provider != "openai":
-            raise JobError(f"--openai-batch needs an openai/<model> judge, not {spec!r}; drop it")
+        check_openai_batch(spec)
         entry = OPENAI_BATCH
     for mod in entry.needs:
         try:

@@ -84,6 +84,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     stop the others but makes the exit non-zero; the last line is then MODELS: ... .
     With --publish, the publish root's leaderboard (job leaderboard) is refreshed at the end.
     """
+    from job.backends import check_openai_batch
     from job.generate import GenerateConfig
     from job.pipeline import RunConfig, run
 
@@ -94,6 +95,8 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
         "request_timeout": opts["request_timeout"], "max_retries": opts["max_retries"],
     }  # fmt: skip
     judge_opts |= {k: kw.pop(k) for k in opt.BATCH_OPTION_KEYS}
+    if judge_opts["openai_batch"]:  # before generation, not after it
+        check_openai_batch(str(kw["judge_model"]))
     run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
     run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml", "allow_mismatch")
     rkw = {k: kw.pop(k) for k in run_keys}

@@ -101,7 +101,7 @@ def test_report_html_content_and_escaping(report_dir: Path, tmp_path: Path) -> N
     p = _Text()
     p.feed(page)
     ids = {a.get("id") for _, a in p.tags}
-    assert {"scores", "categories", "provenance", "questions", "f-cat"} <= ids
+    assert {"scores", "categories", "provenance", "questions", "f-cat", "judge-bias"} <= ids
     assert "injected" not in ids  # the answer's <h1> is text, not markup
     scripts = [t for t, _ in p.tags if t == "script"]
     assert len(scripts) == 1  # only our own filter script; the answers' <script> is escaped
@@ -160,7 +160,7 @@ def test_report_html_in_chromium(report_dir: Path, tmp_path: Path) -> None:
     console = [ln for out in (dom.stderr, ss.stderr) for ln in out.splitlines() if ":CONSOLE" in ln]
     assert console == []  # no JS error, no console output at all
     html = dom.stdout
-    for tid in ("scores", "categories", "provenance", "questions"):
+    for tid in ("scores", "categories", "provenance", "questions", "judge-bias"):
         assert f'id="{tid}"' in html
     assert '<h1 id="injected">' not in html
     start = html.index('<pre id="probe">') + len('<pre id="probe">')

@@ -46,6 +46,12 @@ from job.commands.models import step_option
     help="Japanese character share (default: on for Japanese benches).",
 )
 @click.option("--seed", type=int, default=0, help="Bootstrap seed.")
+@click.option(
+    "--sample-agg",
+    type=click.Choice(["mean", "median"]),
+    default="mean",
+    help="How an item's judge samples (job judge --judge-samples K) make its score.",
+)
 @step_option
 # report.html + plots and publishing (job/report/publish.py)
 @click.option("--html/--no-html", default=True, help="Also write report.html and the chart PNGs.")

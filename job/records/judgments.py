@@ -111,6 +111,8 @@ class _Reading(_Record):
 
     judge: list[str] = Field(default_factory=lambda: ["", ""])
     """["", ""]: a hand-made row without one (a report reads it; judge resume needs one)"""
+    sample: int | None = None
+    """the judge sample index (None: sample 0, every FastChat row)"""
 
     @field_validator("question_id", mode="before", check_fields=False)
     @classmethod
@@ -148,7 +150,7 @@ class _Reading(_Record):
 
     @property
     def sample_index(self) -> int:
-        return int(getattr(self, "sample", None) or 0)
+        return self.sample or 0
 
 
 class SingleRow(_Reading, SingleJudgment):

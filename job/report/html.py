@@ -14,6 +14,7 @@ from typing import Any
 
 from job.report.markdown import TRUNCATION_HEAD, truncation_cell
 from job.report.plots import MISSING
+from job.report.tables import diagnostics
 
 
 def esc(x: Any) -> str:
@@ -55,7 +56,8 @@ def scores_section(doc: dict[str, Any]) -> str:
     fc_avg = (doc.get("fastchat") or {}).get("average") or {}
     trunc = doc.get("truncation") or {}
     head = ["model", "N", "turn 1", "turn 2", "average", "95% CI", "FastChat average", "n_scored", "n_failed"]
-    head.append(TRUNCATION_HEAD)
+    spread = doc.get("judge_spread") or {}
+    head += [TRUNCATION_HEAD] + (["judge std"] if spread else [])
     rows = []
     for m in models:
         t1, t2, a = (by.get((m, "all", t)) for t in ("1", "2", "all"))
@@ -64,7 +66,7 @@ def scores_section(doc: dict[str, Any]) -> str:
             esc(m), esc(n_runs.get(m, "")), esc(_pm(t1)), esc(_pm(t2)), f"<b>{esc(_pm(a))}</b>", esc(_ci(a)),
             esc(_f(fc_avg.get(m))), esc((a or {}).get("n_scored", 0)),
             f'<span class="{"bad" if failed else ""}">{esc(failed)}</span>', _truncation(trunc.get(m)),
-        ])  # fmt: skip
+        ] + ([esc(_f((spread.get(m) or {}).get("std"), 3))] if spread else []))  # fmt: skip
     out = "<h2>Scores</h2><p class=note>Mean ± std across choice runs (Swallow, when N &gt; 1); "
     out += "95% bootstrap CI resampling questions; FastChat average = show_result's pooled mean.</p>"
     out += _table("scores", head, rows)
@@ -97,6 +99,15 @@ def pairwise_section(doc: dict[str, Any]) -> str:
             for r in doc["pairwise"]]  # fmt: skip
     return f"<h2>Pairwise win rates ({esc(doc['provenance'].get('mode'))})</h2>" + _table(
         "pairwise", head, rows
+    )
+
+
+def diagnostics_section(doc: dict[str, Any]) -> str:
+    """Judge noise, judge bias, reasoning and token usage (job.report.tables), when present."""
+    return "".join(
+        f"<h2>{esc(t.title)}</h2><p class=note>{esc(t.note)}</p>"
+        + _table(t.tid, t.head, [[esc(c) for c in r] for r in t.rows])
+        for t in diagnostics(doc)
     )
 
 
@@ -225,6 +236,7 @@ def render_html(
         scores_section(doc) if doc.get("scores") else "",
         charts_section(charts, chart_note) if doc.get("scores") else "",
         pairwise_section(doc),
+        diagnostics_section(doc),
         provenance_section(prov),
         browser_section(entries, models),
         f"<script>{JS}</script></body></html>",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from job.report.tables import diagnostics
+
 
 def _f(x: Any, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
@@ -44,7 +46,8 @@ def _summary(doc: dict[str, Any]) -> list[str]:
     n_runs = doc["provenance"].get("num_choices", {})
     trunc = doc.get("truncation") or {}
     head = ["model", "N", "turn 1", "turn 2", "overall", "overall /10", "95% CI", "n_scored", "n_failed"]
-    head += [TRUNCATION_HEAD] + (["ja share"] if ja else [])
+    spread = doc.get("judge_spread") or {}
+    head += [TRUNCATION_HEAD] + (["ja share"] if ja else []) + (["judge std"] if spread else [])
     rows = []
     for m in models:
         t1, t2, a = (by.get((m, "all", t), {}) for t in ("1", "2", "all"))
@@ -56,6 +59,8 @@ def _summary(doc: dict[str, Any]) -> list[str]:
         row.append(truncation_cell(trunc.get(m))[0])
         if ja:
             row.append(_f((ja.get(m) or {}).get("all"), 3))
+        if spread:
+            row.append(_f((spread.get(m) or {}).get("std"), 3))
         rows.append(row)
     out = ["## Scores (mean ± std across choice runs; 1–10)", "", *_table(head, rows), ""]
     cats = sorted({s["category"] for s in scores if s["category"] != "all"})
@@ -101,6 +106,8 @@ def render_markdown(doc: dict[str, Any], stdout: bool = False) -> str:
             for r in doc["pairwise"]
         ]
         lines += ["## Pairwise (" + prov["mode"] + ")", "", *_table(head, rows), ""]
+    for t in diagnostics(doc):
+        lines += [f"## {t.title}", "", t.note, "", *_table(t.head, t.rows), ""]
     if not stdout:
         lines += ["## Provenance", ""]
         for k in (

@@ -35,6 +35,8 @@ class RunConfig:
     judge_name: str | None = None
     reference: str | None = None
     judge_backend_options: dict[str, Any] = field(default_factory=dict)
+    judge_settings: dict[str, Any] = field(default_factory=dict)
+    """JudgeConfig fields from --judge-samples, --judge-temperature, --parse-retries"""
     allow_failed: bool = False
     report_dir: str | None = None
     """Where report files go (default <output>/<bench>/reports/)."""
@@ -164,6 +166,7 @@ def run_model(cfg: RunConfig) -> RunResult:
         bench=gcfg.bench, judge_model=cfg.judge_model, judge_name=cfg.judge_name, model_list=[name],
         reference=cfg.reference, question_ids=list(gcfg.question_ids), first_n=gcfg.first_n,
         output=gcfg.output, bench_data=gcfg.bench_data, backend_options=judge_options(cfg),
+        **cfg.judge_settings,
     )  # fmt: skip
     judge_run.run(jcfg)
     log.info("[4/4] report")

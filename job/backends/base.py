@@ -112,6 +112,8 @@ class GenResult:
     finish_reason: str | None = None
     """stop | length | content_filter | None"""
     num_tokens: int = 0
+    usage: dict[str, int] | None = None
+    """{"prompt_tokens", "completion_tokens"} as the API reported them; None when it reports none."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

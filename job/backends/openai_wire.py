@@ -205,4 +205,11 @@ def _to_result(resp: Any) -> GenResult:
         refusal = getattr(choice.message, "refusal", None)
         reason = f"refusal: {refusal}" if refusal else f"null content (finish_reason {finish})"
         raise _Retryable(f"bad response: {reason}", bad_response=True)
-    return GenResult(content, finish_reason=finish, num_tokens=tokens)
+    return GenResult(content, finish_reason=finish, num_tokens=tokens, usage=_usage(usage))
+
+
+def _usage(usage: Any) -> dict[str, int] | None:
+    """The reply's token counts (what the API bills), or None when it sent none."""
+    if usage is None:
+        return None
+    return {k: int(getattr(usage, k, 0) or 0) for k in ("prompt_tokens", "completion_tokens")}

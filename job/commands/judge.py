@@ -1,9 +1,37 @@
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from click.core import ParameterSource
 
 from job.commands import common as opt
+
+JUDGE_SAMPLING_KEYS = ("judge_samples", "judge_temperature", "parse_retries")
+
+
+def judge_sampling_options(f: Any) -> Any:
+    """--judge-samples, --judge-temperature, --parse-retries (job judge and job run)."""
+    f = click.option(
+        "--parse-retries",
+        type=click.IntRange(min=0),
+        default=0,
+        help="Ask the judge again, up to N times, when its reply has no rating/verdict; every attempt is "
+        "recorded (0: FastChat's behaviour, the reply is stored as parse_error).",
+    )(f)
+    f = click.option(
+        "--judge-temperature",
+        type=float,
+        default=0.0,
+        help="Judge sampling temperature (FastChat: 0); part of what decides a stored judgment.",
+    )(f)
+    return click.option(
+        "--judge-samples",
+        type=click.IntRange(min=1),
+        default=1,
+        help="K judgments per game, stored as rows with a sample index 0..K-1 (resumed per sample); "
+        "1 writes FastChat's rows.",
+    )(f)
 
 
 @click.command(context_settings={"show_default": True})
@@ -51,7 +79,14 @@ from job.commands import common as opt
 @opt.api_options
 @opt.local_model_options
 @opt.openai_batch_options
+@judge_sampling_options
 @opt.dry_run_option
+@click.option(
+    "--price-per-mtok",
+    metavar="IN,OUT",
+    help="USD per million prompt and completion tokens: --dry-run estimates the cost, a run prints "
+    "the cost of the usage the API reported (no built-in prices).",
+)
 @click.option(
     "--dump", type=click.Path(dir_okay=False), help="With --dry-run: write every request as a JSON line here."
 )
@@ -59,12 +94,14 @@ def judge(**kw: object) -> None:
     """Judge answers with FastChat's prompts (single or pairwise) and store every judgment.
 
     Writes <output>/<bench>/model_judgment/<judge>_single.jsonl (or _pair.jsonl) in FastChat's
-    format plus choice, status, error and inputs_sha256. Every choice is judged. Re-running
+    format plus choice, status, error and inputs_sha256 (sample, usage, attempts when set).
+    Every choice is judged. Re-running
     skips judgments already stored for the same inputs (answers, filled prompt, reference,
     judge spec and sampling), so an interrupted run is completed without duplicates and
     changed inputs are judged again. Exits 2 when no judgment of the run came back ok.
     """
     from job.backends.endpoints import judge_endpoint, launcher_generator
+    from job.judge.estimate import parse_price
     from job.judge.runner import JudgeConfig, run
 
     backend_options = {k: kw.pop(k) for k in (*opt.API_OPTION_KEYS, *opt.LOCAL_OPTION_KEYS, *opt.BATCH_OPTION_KEYS)}
@@ -77,4 +114,5 @@ def judge(**kw: object) -> None:
     backend_options |= judge_endpoint(str(kw["judge_model"]), url, key_env, generator)  # type: ignore[arg-type]
     kw["model_list"] = list(kw.pop("model_list"))  # type: ignore[call-overload]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
+    kw["price_per_mtok"] = parse_price(kw["price_per_mtok"])  # type: ignore[arg-type]
     run(JudgeConfig(**kw, backend_options=backend_options))  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ import click
 
 from job.commands import common as opt
 from job.commands import models as many
+from job.commands.judge import JUDGE_SAMPLING_KEYS, judge_sampling_options
 
 
 @click.command("run", context_settings={"show_default": True})
@@ -35,6 +36,7 @@ from job.commands import models as many
 @click.option("--reference", help="Reference answer set (default per bench).")
 @opt.judge_endpoint_options
 @click.option("--judge-concurrency", type=int, default=32, help="Judge requests in flight.")
+@judge_sampling_options
 @click.option(
     "--allow-failed",
     is_flag=True,
@@ -100,6 +102,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
     run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml", "allow_mismatch")
     rkw = {k: kw.pop(k) for k in run_keys}
+    rkw["judge_settings"] = {k: kw.pop(k) for k in JUDGE_SAMPLING_KEYS}
     rkw |= many.pop_models(kw)
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     gcfg = GenerateConfig(**kw, backend_options=opts)  # type: ignore[arg-type]

@@ -39,6 +39,8 @@ class Match:
     """reference answer turns (choices[0]) for the bench's reference categories"""
     failed: str | None = None
     """why an answer cannot be judged (failed generation); no request is made"""
+    sample: int | None = None
+    """judge sample index with --judge-samples K > 1 (0..K-1); None: the one sample (0)"""
 
     @property
     def pairwise(self) -> bool:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from job.backends import parse_spec
-from job.backends.fingerprint import describe, fingerprint
+from job.backends.base import SamplingParams, check_sampling
+from job.backends.fingerprint import fingerprint
 from job.benches import Bench, resolve_bench, select_questions, sha256_bytes
 from job.errors import JobError
 from job.judge import (
+    JUDGE_MAX_TOKENS,
     JUDGE_PARAMS,
+    JUDGE_TEMPERATURE,
     MODES,
     GameKey,
     GameResult,
@@ -59,6 +62,13 @@ class JudgeConfig:
     dump: str | None = None
     batch_size: int = 64
     backend_options: dict[str, Any] = field(default_factory=dict)
+    judge_samples: int = 1
+    """K judgments per game (rows with a `sample` index when K > 1)"""
+    judge_temperature: float = JUDGE_TEMPERATURE
+    parse_retries: int = 0
+    """asks again up to N times for a reply with no rating/verdict (0: FastChat, none)"""
+    price_per_mtok: tuple[float, float] | None = None
+    """USD per million (prompt, completion) tokens, for the cost estimate and summary"""
 
 
 def judge_name_of(cfg: JudgeConfig) -> str:
@@ -128,6 +138,8 @@ class Plan:
     """stored final games whose inputs are this run's (content-addressed reuse)"""
     provenance: dict[str, Any]
     missing: dict[str, list[str]]
+    params: SamplingParams = JUDGE_PARAMS
+    """what every request of this run sends"""
     inputs: dict[Match, str] = field(default_factory=dict)
     """inputs_sha256 of every match"""
     stored: list[dict[str, Any]] = field(default_factory=list)
@@ -150,12 +162,13 @@ def current_rows_of(plan: Plan, judge: str, prev: dict[str, Any] | None) -> tupl
     models = list(plan.provenance["models"])
     if not prev or not isinstance(prev.get("rows"), list):
         return sorted(rows), models
-    planned = {row_key(judge, m) for m in plan.matches}
+    # keys without the sample: this run's --judge-samples decides how many of its rows count
+    planned = {row_key(judge, m)[:-1] for m in plan.matches}
     before = {h for h in prev["rows"] if isinstance(h, str)}
     others = {
         r["inputs_sha256"]
         for r in plan.stored
-        if r.get("inputs_sha256") in before and stored_row_key(r) not in planned
+        if r.get("inputs_sha256") in before and stored_row_key(r)[:-1] not in planned
     }
     if not others:
         return sorted(rows), models
@@ -194,6 +207,7 @@ def judge_fingerprint(spec: str) -> dict[str, Any] | None:
 def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan:
     if cfg.mode not in MODES:
         raise JobError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    params = judge_params(cfg)
     bench = resolve_bench(cfg.bench, cfg.bench_data)
     questions, data_sha = bench.load_questions()
     questions = select_questions(questions, cfg.question_ids, cfg.first_n)
@@ -224,8 +238,10 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
             raise JobError(f"bench {bench.name!r} has no default reference set; pass --reference NAME")
         refs, ref_sha = load_references(bench, ref_name, questions)
     matches = build_matches(questions, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
+    if cfg.judge_samples > 1:  # each sample its own row, resumed on its own
+        matches = [replace(m, sample=s) for m in matches for s in range(cfg.judge_samples)]
     judge_fp = judge_fingerprint(cfg.judge_model)
-    inputs = {m: inputs_sha256(cfg.judge_model, JUDGE_PARAMS, m, judge_fp) for m in matches}
+    inputs = {m: inputs_sha256(cfg.judge_model, params, m, judge_fp) for m in matches}
 
     # stored records are checked before resume keys are built from them (file:line on a bad one)
     def check(rec: dict[str, Any], where: str) -> None:
@@ -249,34 +265,20 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         "mode": cfg.mode, "baseline_model": cfg.baseline_model if cfg.mode == "pairwise-baseline" else None,
         "models": models, "judge_prompts": pset.path, "judge_prompts_sha256": pset.sha256,
         "reference": ref_name if refs else None, "reference_sha256": ref_sha,
-        "num_questions": len(questions), "temperature": JUDGE_PARAMS.temperature, "max_tokens": JUDGE_PARAMS.max_new_tokens,
-        "bench_behaviour": bb.as_dict(), "judge_fingerprint": judge_fp,
+        "num_questions": len(questions), "temperature": params.temperature, "max_tokens": params.max_new_tokens,
+        "bench_behaviour": bb.as_dict(), "judge_fingerprint": judge_fp, "judge_samples": cfg.judge_samples,
+        "parse_retries": cfg.parse_retries,
     }  # fmt: skip
-    return Plan(matches, requests, cached, prov, missing, inputs, stored, stale)
+    return Plan(matches, requests, cached, prov, missing, params, inputs, stored, stale)
 
 
-def _dump_line(judge: str, m: Match, game: int, user: str) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "question_id": m.question.question_id, "turn": m.turn, "choice": m.choice, "prompt_name": m.prompt.name,
-        "system_prompt": m.prompt.system_prompt, "user_prompt": user,
-    }  # fmt: skip
-    if m.pairwise:
-        d.update(model_1=m.models[0], model_2=m.models[1], game=game)
-    else:
-        d["model"] = m.models[0]
-    return d
-
-
-def dry_run(cfg: JudgeConfig, plan: Plan, judge: str) -> None:
-    chars = sum(len(m.prompt.system_prompt) + len(u) for m, _, u in plan.requests)
-    print(
-        f"judge {cfg.judge_model} ({cfg.mode}): {len(plan.matches)} matches, {len(plan.requests)} calls to send "
-        f"({len(plan.cached)} already stored), ~{chars // 4} prompt tokens (chars/4)"
+def judge_params(cfg: JudgeConfig) -> SamplingParams:
+    """FastChat's judge sampling at --judge-temperature (0 by default); the run's counts checked."""
+    if cfg.judge_samples < 1:
+        raise JobError(f"--judge-samples must be >= 1, got {cfg.judge_samples}")
+    if cfg.parse_retries < 0:
+        raise JobError(f"--parse-retries must be >= 0, got {cfg.parse_retries}")
+    check_sampling(
+        temperature=cfg.judge_temperature, max_new_tokens=JUDGE_MAX_TOKENS, where="--judge-temperature"
     )
-    if plan.provenance["judge_fingerprint"]:
-        print(f"judge model fingerprint: {describe(plan.provenance['judge_fingerprint'])}")
-    if cfg.dump:
-        with open(cfg.dump, "w", encoding="utf-8") as f:
-            for m, g, u in plan.requests:
-                f.write(json.dumps(_dump_line(judge, m, g, u), ensure_ascii=False) + "\n")
-        print(f"wrote {len(plan.requests)} requests to {cfg.dump}")
+    return SamplingParams(temperature=cfg.judge_temperature, max_new_tokens=JUDGE_MAX_TOKENS)

@@ -13,21 +13,30 @@ from typing import Any
 from job.backends.base import SamplingParams
 from job.judge.matches import DONE_STATUSES, FAILED_STATUSES, Match, build_judge_prompt
 from job.judge.parse import parse_rating, parse_verdict
-from job.records.judgments import PairJudgment, SingleJudgment, game_status, judgment_line, single_status
+from job.records.judgments import (
+    PairJudgment,
+    SingleJudgment,
+    game_status,
+    judgment_line,
+    row_sample,
+    single_status,
+)
 
-RowKey = tuple[str, str, str, int, tuple[str, ...], int]
-GameKey = tuple[str, str, str, int, tuple[str, ...], int, int]
+RowKey = tuple[str, str, str, int, tuple[str, ...], int, int]
+GameKey = tuple[str, str, str, int, tuple[str, ...], int, int, int]
+Usage = dict[str, int]
+"""{"prompt_tokens": int, "completion_tokens": int}"""
 
 
 def row_key(judge: str, m: Match) -> RowKey:
-    """(judge name, prompt name, question, turn, model(s), choice): one stored row."""
-    return (judge, m.prompt.name, str(m.question.question_id), m.turn, m.models, m.choice)
+    """(judge name, prompt name, question, turn, model(s), choice, sample): one stored row."""
+    return (judge, m.prompt.name, str(m.question.question_id), m.turn, m.models, m.choice, m.sample or 0)
 
 
 def stored_row_key(rec: dict[str, Any]) -> RowKey:
     models = (rec["model"],) if "model" in rec else (rec["model_1"], rec["model_2"])
     judge, qid = rec["judge"], str(rec["question_id"])
-    return (judge[0], judge[1], qid, int(rec["turn"]), models, int(rec.get("choice", 0)))
+    return (judge[0], judge[1], qid, int(rec["turn"]), models, int(rec.get("choice", 0)), row_sample(rec))
 
 
 def game_key(judge: str, m: Match, game: int) -> GameKey:
@@ -43,7 +52,7 @@ def inputs_sha256(
     checkpoint is another judge), the row's key, the prompt (system, filled user prompt of
     each game: question, answer turns of both sides, reference), the rating format, or the
     generation failure that replaces them. A stored row is reused only while this is unchanged."""
-    body = {
+    body: dict[str, Any] = {
         "judge_model": judge_model,
         # unset params (None) left out: a new optional param does not invalidate stored rows
         "sampling": {k: v for k, v in params.to_dict().items() if v is not None},
@@ -54,6 +63,8 @@ def inputs_sha256(
     }  # fmt: skip
     if judge_fingerprint is not None:  # API judges have none: their stored rows' hashes stay as they were
         body["judge_fingerprint"] = judge_fingerprint
+    if m.sample:  # sample 0 hashes as before: a larger --judge-samples reuses the stored rows
+        body["sample"] = m.sample
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -66,6 +77,10 @@ class GameResult:
     error: str | None = None
     verdict: Any = None
     """score (single; -1 when none) or A | B | tie | error (pairwise)"""
+    usage: Usage | None = None
+    """the API's token counts, summed over this game's attempts"""
+    attempts: list[dict[str, Any]] | None = None
+    """earlier attempts ({status, judgment, usage}) when --parse-retries asked again"""
 
 
 def game_result(m: Match, user_prompt: str, text: str, status: str, error: str | None) -> GameResult:
@@ -86,6 +101,27 @@ def game_result(m: Match, user_prompt: str, text: str, status: str, error: str |
     return GameResult(user_prompt, text, "ok", None, score)
 
 
+def sum_usage(usages: Iterable[Usage | None]) -> Usage | None:
+    """Token counts added up; None when none of them was reported."""
+    known = [u for u in usages if u is not None]
+    if not known:
+        return None
+    return {k: sum(int(u.get(k, 0)) for u in known) for k in ("prompt_tokens", "completion_tokens")}
+
+
+def retried(earlier: GameResult, latest: GameResult) -> GameResult:
+    """`latest` (the answer to asking again) carrying every earlier attempt and their usage."""
+    attempt = {"status": earlier.status, "judgment": earlier.judgment, "usage": earlier.usage}
+    latest.attempts = [*(earlier.attempts or []), attempt]
+    latest.usage = sum_usage([earlier.usage, latest.usage])
+    return latest
+
+
+def _attempts(results: dict[int, GameResult], pairwise: bool) -> list[dict[str, Any]] | None:
+    out = [{**a, "game": g} if pairwise else a for g, r in results.items() for a in r.attempts or []]
+    return out or None
+
+
 def _row_status(results: Sequence[GameResult]) -> tuple[str, str | None]:
     for s in FAILED_STATUSES:
         bad = [r for r in results if r.status == s]
@@ -102,12 +138,17 @@ def make_record(
     ts = time.time() if tstamp is None else tstamp
     status, error = _row_status(list(results.values()))
     judge_field = [judge, m.prompt.name]
+    extras: dict[str, Any] = {
+        "sample": m.sample,
+        "usage": sum_usage(r.usage for r in results.values()),
+        "attempts": _attempts(results, m.pairwise),
+    }
     if not m.pairwise:
         r = results[0]
         return judgment_line(SingleJudgment(
             question_id=m.question.question_id, model=m.models[0], judge=judge_field,
             user_prompt=r.user_prompt, judgment=r.judgment, score=r.verdict, turn=m.turn, tstamp=ts,
-            choice=m.choice, status=status, error=error, inputs_sha256=inputs,
+            choice=m.choice, status=status, error=error, inputs_sha256=inputs, **extras,
         ))  # fmt: skip
     g1, g2 = results[1], results[2]
     maps = {1: {"A": "model_1", "B": "model_2"}, 2: {"A": "model_2", "B": "model_1"}}
@@ -117,6 +158,7 @@ def make_record(
         judge=judge_field, g1_user_prompt=g1.user_prompt, g1_judgment=g1.judgment,
         g2_user_prompt=g2.user_prompt, g2_judgment=g2.judgment, turn=m.turn, tstamp=ts,
         choice=m.choice, status=status, error=error, inputs_sha256=inputs, g1_status=g1.status, g2_status=g2.status,
+        **extras,
     ))  # fmt: skip
 
 

@@ -19,7 +19,6 @@ from job.backends import load_backend
 from job.backends.base import Backend, GenRequest, GenResult
 from job.errors import JobError, Terminated
 from job.judge import (
-    JUDGE_PARAMS,
     GameResult,
     Match,
     game_key,
@@ -28,18 +27,20 @@ from job.judge import (
     make_record,
 )
 from job.judge.batch_state import batch_options
+from job.judge.estimate import dry_run
 from job.judge.plan import (
     JudgeConfig,
     Plan,
     _previous_manifest,
     current_rows_of,
-    dry_run,
     judge_fingerprint,
     judge_name_of,
     judgment_key,
     make_plan,
 )
+from job.judge.results import Usage, retried, sum_usage
 from job.judge.store import JudgmentStore
+from job.judge.totals import Totals, finish_manifest
 from job.layout import manifest_key
 from job.provenance import git_revision, package_version
 from job.signals import critical
@@ -80,15 +81,30 @@ class _Recorder:
         self.replies = 0
         self.stored = 0
         self.first_error: str | None = None
+        self.retrying: dict[tuple[int, int], GameResult] = {}
+        """games whose reply had no rating, asked again (--parse-retries): their last result"""
+        self.retries = 0
+        self.usage: Usage | None = None
+        """the API's token counts over this run's calls"""
 
-    def add(self, m: Match, game: int, user: str, r: GenResult) -> None:
+    def add(self, m: Match, game: int, user: str, r: GenResult) -> bool:
+        """Record one reply; True when the game is to be asked again (no rating, retries left)."""
         self.replies += 1
+        self.usage = sum_usage([self.usage, r.usage])
+        result = game_result(m, user, r.text, r.status, r.error)
+        result.usage = r.usage
+        earlier = self.retrying.pop((id(m), game), None)
+        result = retried(earlier, result) if earlier else result
+        if result.status == "parse_error" and len(result.attempts or []) < self.cfg.parse_retries:
+            self.retrying[(id(m), game)] = result
+            self.retries += 1
+            return True
         got = self.games.setdefault(id(m), {})
-        got[game] = game_result(m, user, r.text, r.status, r.error)
-        if got[game].status != "ok" and self.first_error is None:
-            self.first_error = got[game].error
+        got[game] = result
+        if result.status != "ok" and self.first_error is None:
+            self.first_error = result.error
         if len(got) + sum(game_key(self.judge, m, g) in self.plan.cached for g in m.games) < len(m.games):
-            return
+            return False
         del self.games[id(m)]
         games = {g: self.plan.cached.get(game_key(self.judge, m, g)) or got[g] for g in m.games}
         rec = make_record(self.judge, m, games, self.plan.inputs[m])
@@ -99,6 +115,7 @@ class _Recorder:
             or time.monotonic() - self.last_flush > self.FLUSH_SECONDS
         ):
             self.flush()
+        return False
 
     def none_worked(self) -> bool:
         """No call got a reply at all (a reply without a rating is still a reply)."""
@@ -158,12 +175,12 @@ def _record_answer_errors(plan: Plan, judge: str, store: JudgmentStore) -> int:
     return len(failed)
 
 
-def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> Counter[str]:
+def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> Totals:
     answer_errors = _record_answer_errors(plan, judge, store)
     if not plan.requests:
-        return Counter({"answer_error": answer_errors} if answer_errors else {})
+        return Totals(Counter({"answer_error": answer_errors} if answer_errors else {}))
     backend = load_backend(cfg.judge_model, **batch_options(cfg.backend_options, store))
-    params = JUDGE_PARAMS
+    params = plan.params
     rec = _Recorder(cfg, plan, judge, store, backend)
     bar = tqdm(
         total=len(plan.requests),
@@ -174,7 +191,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
     )
 
     def request(m: Match, g: int, u: str) -> GenRequest:
-        key = f"{m.question.question_id}/t{m.turn}/c{m.choice}/g{g}"
+        key = f"{m.question.question_id}/t{m.turn}/c{m.choice}/g{g}" + (f"/s{m.sample}" if m.sample else "")
         return GenRequest(judge_messages(m.prompt.system_prompt, u), params, key=key)
 
     stopped: BaseException | None = None
@@ -184,9 +201,11 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
             # each reply recorded as it arrives, so no batch waits on its slowest call
             reqs = plan.requests
 
-            def on_reply(i: int, r: GenResult) -> None:
-                rec.add(*reqs[i], r)
-                return None
+            def on_reply(i: int, r: GenResult) -> GenRequest | None:
+                if not rec.add(*reqs[i], r):
+                    return None
+                bar.total = (bar.total or 0) + 1  # asked again: the conversation's next request
+                return request(*reqs[i])
 
             backend.generate_conversations(
                 [request(*q) for q in reqs], on_reply, lambda n, _t: _advance(bar, n)
@@ -196,13 +215,14 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
             # --openai-batch: every call in one Batch API batch
             size = len(plan.requests) if cfg.backend_options.get("openai_batch") else cfg.batch_size
             for batch in _batches(plan, size):
-                results = backend.generate([request(*q) for q in batch], lambda n, _t: _advance(bar, n))
-                if len(results) != len(batch):
-                    raise JobError(
-                        f"judge backend {cfg.judge_model} returned {len(results)} results for {len(batch)} requests"
-                    )
-                for q, r in zip(batch, results, strict=True):
-                    rec.add(*q, r)
+                while batch:  # then the games asked again, until none is left
+                    results = backend.generate([request(*q) for q in batch], lambda n, _t: _advance(bar, n))
+                    if len(results) != len(batch):
+                        raise JobError(
+                            f"judge backend {cfg.judge_model} returned {len(results)} results for {len(batch)} requests"
+                        )
+                    batch = [q for q, r in zip(batch, results, strict=True) if rec.add(*q, r)]
+                    bar.total = (bar.total or 0) + len(batch)
         rec.flush()
         if not rec.counts["ok"]:
             raise rec.all_failed()  # a failure is never a success, and never exit 0
@@ -221,7 +241,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> C
                 )
     if answer_errors:
         rec.counts["answer_error"] += answer_errors
-    return rec.counts
+    return Totals(rec.counts, rec.replies, rec.retries, rec.usage)
 
 
 def _advance(bar: tqdm[Any], n: int) -> None:
@@ -240,7 +260,7 @@ def run(cfg: JudgeConfig) -> Counter[str]:
     for m, ids in plan.missing.items():
         log.warning("answers missing for %s: %s (skipped, --allow-missing)", m, ", ".join(ids))
     if cfg.dry_run:
-        dry_run(cfg, plan, judge)
+        dry_run(cfg, plan)
         return Counter()
     storage.check_writable()
     mkey = manifest_key(key)
@@ -265,7 +285,7 @@ def run(cfg: JudgeConfig) -> Counter[str]:
         store.uri,
     )
     try:
-        counts = execute(cfg, plan, judge, store)
+        totals = execute(cfg, plan, judge, store)
     except BaseException:
         # fold in what was stored if the storage still answers; the first error (often
         # the storage itself failing) is the one to report, not a second one from here
@@ -273,11 +293,13 @@ def run(cfg: JudgeConfig) -> Counter[str]:
             store.compact()
         raise
     store.compact()
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing new"
+    finish_manifest(storage, mkey, manifest, store, totals)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.counts.items())) or "nothing new"
     print(
         f"judged {cfg.bench} with {judge}: {summary}; {len(plan.cached)} games were already stored -> {store.uri}"
     )
-    return counts
+    print(totals.line(cfg.price_per_mtok))
+    return totals.counts
 
 
 def dump_path_ok(path: str | None) -> None:

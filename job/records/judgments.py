@@ -1,8 +1,8 @@
 """Judgment records: one line of model_judgment/<judge>_single.jsonl or _pair.jsonl.
 
 FastChat's fields plus ours (choice, status, error, inputs_sha256; g1/g2 status on pairwise
-rows). Fields are declared in the order they are written, so a dumped record is the line
-FastChat's tools read. FastChat's own rows have no status: the status rule (judged_status)
+rows; sample, usage and attempts only when set). Fields are declared in the order they are
+written, so a dumped record is the line FastChat's tools read. FastChat's own rows have no status: the status rule (judged_status)
 gives them one, here and nowhere else.
 """
 
@@ -34,9 +34,18 @@ def game_status(rec: Mapping[str, Any], game: int) -> str:
     return judged_status(rec.get(f"g{game}_status"), rec.get(f"g{game}_winner", "error") != "error")
 
 
-class SingleJudgment(_Record):
-    """A single-answer grading: the judge's [[rating]] of one model's turn (-1: none)."""
+class _Extras(_Record):
+    """Our optional fields, written last and only when set (judgment_line)."""
 
+    sample: int | None = None
+    """judge sample index 0..K-1 (--judge-samples K > 1); absent: sample 0 (FastChat, K = 1)"""
+    usage: dict[str, int] | None = None
+    """{prompt_tokens, completion_tokens} the API reported, summed over attempts (and games)"""
+    attempts: list[dict[str, Any]] | None = None
+    """with --parse-retries: every earlier attempt {status, judgment, usage} (pairwise: + game)"""
+
+
+class _Single(_Record):
     question_id: Qid
     model: str
     judge: list[str]
@@ -53,9 +62,7 @@ class SingleJudgment(_Record):
     inputs_sha256: str | None = None
 
 
-class PairJudgment(_Record):
-    """A pairwise comparison: game 1 (model_1 as A) and game 2 (the order swapped)."""
-
+class _Pair(_Record):
     question_id: Qid
     model_1: str
     model_2: str
@@ -78,9 +85,27 @@ class PairJudgment(_Record):
     g2_status: str | None = None
 
 
+class SingleJudgment(_Extras, _Single):  # fields: _Single's, then _Extras' (pydantic: reversed MRO)
+    """A single-answer grading: the judge's [[rating]] of one model's turn (-1: none)."""
+
+
+class PairJudgment(_Extras, _Pair):
+    """A pairwise comparison: game 1 (model_1 as A) and game 2 (the order swapped)."""
+
+
 def judgment_line(rec: SingleJudgment | PairJudgment) -> dict[str, Any]:
-    """The record as the dict written (python values, declared order)."""
-    return rec.model_dump()
+    """The record as the dict written (python values, declared order). The optional fields
+    are left out when unset, so a one-sample run without usage writes today's rows."""
+    return rec.model_dump(exclude={k for k in OPTIONAL_FIELDS if getattr(rec, k) is None})
+
+
+OPTIONAL_FIELDS = ("sample", "usage", "attempts")
+"""Written only when set."""
+
+
+def row_sample(rec: Mapping[str, Any]) -> int:
+    """A stored row's judge sample index: rows without one (FastChat's, K = 1) are sample 0."""
+    return int(rec.get("sample") or 0)
 
 
 # ---- reading (report, question browser, judge resume) --------------------------------------

@@ -192,7 +192,9 @@ def test_wait_limit_keeps_the_batch_and_a_stale_one_is_not_reused(
     assert state["batch_id"] == "batch_0001" and len(state["lines"]) == 2
     with pytest.raises(JobError, match="batch_0001 is still in_progress"):  # resumed, not resubmitted
         judge(tmp_path, answers, srv, wait=0, question_ids=["1"])
-    assert len(srv.batch_api.batches) == 1 and srv.batch_api.batches["batch_0001"].polls == 2
+    assert (
+        len(srv.batch_api.batches) == 1 and srv.batch_api.batches["batch_0001"].polls == 3
+    )  # poll, check, poll
     srv.batch_polls = 0
     judge(tmp_path, answers, srv)  # every question: batch_0001 does not hold them all
     api = srv.batch_api
@@ -278,3 +280,21 @@ def test_job_run_refuses_openai_batch_for_a_local_judge(run_job: Any, tmp_path: 
         "--openai-batch needs an openai/<model> judge, not 'mock/fixed:[[5]]'; drop it"
     )
     assert not (tmp_path / "runs").exists()  # refused before generation
+
+
+@pytest.mark.timeout(60)
+def test_a_stored_batch_the_server_does_not_know_is_submitted_again(
+    answers: Path, make_openai_server: MakeServer, tmp_path: Path
+) -> None:
+    srv = make_openai_server(reply=rating, batch_polls=10**6)
+    with pytest.raises(JobError, match="batch_0001 is still in_progress"):
+        judge(tmp_path, answers, srv, wait=0)
+    state = json.loads((tmp_path / STATE).read_text())
+    (tmp_path / STATE).write_text(json.dumps({**state, "batch_id": "batch_gone"}))  # deleted, another account
+    srv.batch_polls = 0
+    judge(tmp_path, answers, srv)
+    assert list(srv.batch_api.batches) == ["batch_0001", "batch_0002"]
+    assert (
+        srv.batch_api.batches["batch_0002"].lines_sent and not srv.batch_api.batches["batch_0001"].lines_sent
+    )
+    check_final(rows_of(tmp_path))

@@ -188,8 +188,25 @@ class OpenAIBatchBackend(OpenAIBackend):
             )
             self._discard(client, state)
             return None, []
+        if not self._exists(client, str(state["batch_id"])):
+            log.warning(
+                "stored batch %s is not known at %s: submitting a new one", state["batch_id"], self.endpoint
+            )
+            self.state.clear()
+            return None, []
         log.info("%s: resuming batch %s (submitted before; not sent again)", self.spec, state["batch_id"])
         return state, ids
+
+    def _exists(self, client: Any, batch_id: str) -> bool:
+        import openai
+
+        try:
+            client.batches.retrieve(batch_id)
+        except openai.NotFoundError:
+            return False
+        except openai.APIError:
+            pass  # anything else: polling will say what is wrong
+        return True
 
     def _discard(self, client: Any, state: dict[str, Any]) -> None:
         import openai

@@ -83,11 +83,11 @@ def batch_lines(srv: OpenAIServer, batch_id: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in api.files[api.batches[batch_id].obj["input_file_id"]][1].splitlines()]
 
 
-def check_final(stored: list[dict[str, Any]]) -> None:
+def check_final(stored: list[dict[str, Any]], n: int = N_CALLS) -> None:
     """Every game judged (a retried api_error row is replaced by its retry: the last row of a
     game counts): hand-computed scores, smoke q1 turn 1 without a rating."""
     rows = list(by_game(stored).values())
-    assert len(rows) == N_CALLS
+    assert len(rows) == n
     no_rating = [r for r in rows if r["question_id"] == 1 and r["turn"] == 1]
     assert [(r["status"], r["score"]) for r in no_rating] == [("parse_error", -1)]
     rest = [r for r in rows if r not in no_rating]
@@ -98,12 +98,17 @@ def check_final(stored: list[dict[str, Any]]) -> None:
 def test_batch_results_equal_the_streaming_path(
     answers: Path, make_openai_server: MakeServer, tmp_path: Path
 ) -> None:
-    direct, batched = make_openai_server(reply=rating), make_openai_server(reply=rating)
+    def refuse_q2(body: dict[str, Any], n: int) -> str | None:  # the same fault on either path
+        return "400" if "museum guide" in body["messages"][-1]["content"] else None
+
+    direct, batched = (make_openai_server(reply=rating, faults=refuse_q2) for _ in range(2))
     judge(tmp_path / "direct", answers, direct, batch=False)
     judge(tmp_path / "batch", answers, batched)
     a, b = by_game(rows_of(tmp_path / "direct")), by_game(rows_of(tmp_path / "batch"))
-    assert a == b  # scores, judgments, statuses, inputs_sha256, usage: the same rows
-    check_final(list(b.values()))
+    assert a == b  # scores, judgments, statuses, errors, inputs_sha256, usage: the same rows
+    refused = {k: (r["status"], r["error"], r["score"]) for k, r in b.items() if k[0] == 2}
+    assert refused == {(2, t, 0): ("api_error", "HTTP 400: injected fault 400", -1) for t in (1, 2)}
+    check_final([r for k, r in b.items() if k[0] != 2], N_CALLS - 2)
     # one upload, one batch, no direct call; each line the body the streaming path sent
     api = batched.batch_api
     assert len(api.uploads) == 1 and list(api.batches) == ["batch_0001"]

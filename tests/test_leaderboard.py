@@ -207,3 +207,34 @@ def test_s3_root(s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ]
     assert b"<svg" in s3.get("pub/index.html") and s3.get("pub/leaderboard.csv").count(b"\n") == n + 1
     assert took < 10, took  # generous: the machine may be loaded
+
+
+def test_slurm_one_array_per_model(tmp_path: Path) -> None:
+    """slurm/submit_models.sh --dry-run: a submit.sh chain per model, then one leaderboard job."""
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "models.txt").write_text(
+        "hf/./out/checkpoint-100\n\n# broken one\nhf/./out/checkpoint-200 run1-step-200\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JOB_BENCH": "mt_bench",
+        "JOB_PUBLISH": "s3://b/board",
+        "JOB_OUTPUT": "s3://b/exp",
+    }
+    p = subprocess.run([str(repo / "slurm" / "submit_models.sh"), "--dry-run", str(tmp_path / "models.txt")],
+                       capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.splitlines()
+    assert (
+        sum("generate.sbatch" in ln for ln in out) == 2
+        and sum("reduce_judge.sbatch" in ln for ln in out) == 2
+    )
+    assert out[-1] == (
+        "sbatch --parsable --job-name=mtb-leaderboard --dependency=afterany:<REDUCE_JOB_ID of checkpoint-100>"
+        ':<REDUCE_JOB_ID of run1-step-200>  --wrap=" job leaderboard s3://b/board"'
+    )
+    assert "checkpoint-100 (hf/./out/checkpoint-100) -> s3://b/exp/checkpoint-100" in p.stderr
+    (tmp_path / "bad.txt").write_text("hf/a name extra\n")
+    bad = subprocess.run([str(repo / "slurm" / "submit_models.sh"), "--dry-run", str(tmp_path / "bad.txt")],
+                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "bad.txt:1: expected SPEC [NAME]" in bad.stderr

@@ -52,6 +52,8 @@ class RunConfig:
     step: int | None = None
     """Checkpoint step for report provenance; None: from step_pattern on the model name."""
     step_pattern: str = DEFAULT_STEP_PATTERN
+    tracking: Any = None
+    """job.report.tracking.TrackingConfig from --log-to; None: no experiment tracking"""
 
 
 @dataclass
@@ -179,6 +181,10 @@ def run_model(cfg: RunConfig) -> RunResult:
     where = storage.uri(prefix + "report.json")
     if cfg.publish:
         where = publish(cfg.publish, storage, prefix, names, doc) + "report.json"
+    if cfg.tracking:  # after the report files: a tracking failure never loses them
+        from job.report.tracking import track
+
+        track(cfg.tracking, doc, rcfg, model_spec=gcfg.model)
     return replace(finish(cfg, doc, baseline), report=where)
 
 

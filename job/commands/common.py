@@ -263,3 +263,50 @@ def openai_batch_options(f: F) -> F:
             ),
         ],
     )
+
+
+# keys filled by tracking_options (job report, job run); tracking_config pops them
+TRACKING_OPTION_KEYS = ("log_to", "log_to_required", "tracking_project", "tracking_run_name")
+
+
+def tracking_options(f: F) -> F:
+    """--log-to mlflow|wandb and its settings (job.report.tracking)."""
+    return _stack(
+        f,
+        [
+            click.option(
+                "--log-to",
+                type=click.Choice(["mlflow", "wandb"]),
+                multiple=True,
+                help="Also log the report's metrics (at the --step), params and files to MLflow or W&B "
+                "(repeatable; pip install 'mtbench-job[mlflow]' / '[wandb]'; server and login from the "
+                "tools' env vars: MLFLOW_TRACKING_URI, WANDB_MODE, WANDB_API_KEY, ...). A failure warns.",
+            ),
+            click.option(
+                "--log-to-required",
+                is_flag=True,
+                help="Make a --log-to failure an error (exit 1); the report files are written either way.",
+            ),
+            click.option(
+                "--tracking-project",
+                help="MLflow experiment / W&B project (default: MLFLOW_EXPERIMENT_NAME or "
+                "MLFLOW_EXPERIMENT_ID / WANDB_PROJECT, else the tool's default).",
+            ),
+            click.option(
+                "--tracking-run-name",
+                help="Run name (default: the model name; W&B: WANDB_NAME first); several models: NAME-<model>.",
+            ),
+        ],
+    )
+
+
+def tracking_config(kw: dict[str, Any]) -> Any:
+    """Pop the tracking options from kw: a checked TrackingConfig, or None without --log-to."""
+    from job.report.tracking import TrackingConfig, check_available
+
+    log_to, required, project, name = (kw.pop(k) for k in TRACKING_OPTION_KEYS)
+    if not log_to:
+        return None
+    cfg = TrackingConfig(list(dict.fromkeys(log_to)), project, name, bool(required))
+    check_available(cfg)  # a missing extra fails now, before any work
+    return cfg

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import click
 
-from job.commands.common import BENCH_HELP, bench_data_option, output_option
+from job.commands.common import (
+    BENCH_HELP,
+    bench_data_option,
+    output_option,
+    tracking_config,
+    tracking_options,
+)
 from job.commands.models import step_option
 
 
@@ -60,6 +66,7 @@ from job.commands.models import step_option
     metavar="DIR|s3://...",
     help="Copy the report files to DIR/<bench>/<run-id>/ and write DIR/latest/<bench>/<model>.json.",
 )
+@tracking_options
 def report(**kw: object) -> None:
     """Aggregate judgments: FastChat show_result numbers, Swallow N-choice means and std,
     per category n_scored / n_failed and 95% bootstrap CIs."""
@@ -68,6 +75,7 @@ def report(**kw: object) -> None:
     for k in ("model_list", "judgments"):
         kw[k] = list(kw[k])  # type: ignore[call-overload]
     html, publish_to = kw.pop("html"), kw.pop("publish")
+    tracking = tracking_config(kw)
     cfg = ReportConfig(**kw)  # type: ignore[arg-type]
     doc = run(cfg)
     if html or publish_to:
@@ -76,3 +84,7 @@ def report(**kw: object) -> None:
         storage, prefix, names = write_html(cfg, doc)
         if publish_to:
             publish(str(publish_to), storage, prefix, names, doc)
+    if tracking:  # after every file is written: a tracking failure never loses the report
+        from job.report.tracking import track
+
+        track(tracking, doc, cfg)

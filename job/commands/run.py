@@ -72,6 +72,7 @@ from job.commands.judge import JUDGE_SAMPLING_KEYS, judge_sampling_options
     is_flag=True,
     help="Gate even against a baseline made with another bench, question file, judge, reference set or judge prompt file.",
 )
+@opt.tracking_options
 @opt.dry_run_option
 @click.pass_context
 def run_cmd(ctx: click.Context, **kw: object) -> None:
@@ -104,6 +105,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     rkw = {k: kw.pop(k) for k in run_keys}
     rkw["judge_settings"] = {k: kw.pop(k) for k in JUDGE_SAMPLING_KEYS}
     rkw |= many.pop_models(kw)
+    rkw["tracking"] = opt.tracking_config(kw)
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     gcfg = GenerateConfig(**kw, backend_options=opts)  # type: ignore[arg-type]
     res = run(RunConfig(generate=gcfg, judge_backend_options=judge_opts, **rkw))  # type: ignore[arg-type]

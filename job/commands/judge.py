@@ -10,28 +10,23 @@ from job.commands import common as opt
 JUDGE_SAMPLING_KEYS = ("judge_samples", "judge_temperature", "parse_retries")
 
 
+_SAMPLING_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--judge-samples", {"type": click.IntRange(min=1), "default": 1,
+        "help": "K judgments per game, stored as rows with a sample index 0..K-1 (resumed per sample); "
+        "1 writes FastChat's rows."}),
+    ("--judge-temperature", {"type": float, "default": 0.0,
+        "help": "Judge sampling temperature (FastChat: 0); part of what decides a stored judgment."}),
+    ("--parse-retries", {"type": click.IntRange(min=0), "default": 0,
+        "help": "Ask the judge again, up to N times, when its reply has no rating/verdict; every attempt "
+        "is recorded (0: FastChat's behaviour, the reply is stored as parse_error)."}),
+)  # fmt: skip
+
+
 def judge_sampling_options(f: Any) -> Any:
     """--judge-samples, --judge-temperature, --parse-retries (job judge and job run)."""
-    f = click.option(
-        "--parse-retries",
-        type=click.IntRange(min=0),
-        default=0,
-        help="Ask the judge again, up to N times, when its reply has no rating/verdict; every attempt is "
-        "recorded (0: FastChat's behaviour, the reply is stored as parse_error).",
-    )(f)
-    f = click.option(
-        "--judge-temperature",
-        type=float,
-        default=0.0,
-        help="Judge sampling temperature (FastChat: 0); part of what decides a stored judgment.",
-    )(f)
-    return click.option(
-        "--judge-samples",
-        type=click.IntRange(min=1),
-        default=1,
-        help="K judgments per game, stored as rows with a sample index 0..K-1 (resumed per sample); "
-        "1 writes FastChat's rows.",
-    )(f)
+    for name, kw in reversed(_SAMPLING_OPTIONS):
+        f = click.option(name, **kw)(f)
+    return f
 
 
 @click.command(context_settings={"show_default": True})

@@ -38,6 +38,8 @@ from job.storage import Storage, open_storage
 log = logging.getLogger(__name__)
 
 READ_THREADS = 16
+CHOICE_FIELDS = {"turns", "finish_reasons", "raw_turns", "reasoning", "reasoning_unterminated"}
+"""What a shard item hands its answer-file choice (besides index, status and error)."""
 
 
 @dataclass
@@ -86,19 +88,11 @@ def to_answers(
         items = sorted(by_q[qid], key=lambda i: i.choice)
         choices = []
         for it in items:
+            kept = it.model_dump(include=CHOICE_FIELDS)
             if it.status == "ok":
-                choices.append(Choice(index=it.choice, turns=it.turns, finish_reasons=it.finish_reasons))
-            else:
-                # kept visible with its status; never judged as an answer
-                choices.append(
-                    Choice(
-                        index=it.choice,
-                        turns=it.turns,
-                        status=it.status,
-                        error=it.error,
-                        finish_reasons=it.finish_reasons,
-                    )
-                )
+                choices.append(Choice(index=it.choice, **kept))
+            else:  # kept visible with its status; never judged as an answer
+                choices.append(Choice(index=it.choice, status=it.status, error=it.error, **kept))
         out.append(
             Answer(
                 question_id=qid,

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import real_vllm
+from test_reasoning import THINK_TEMPLATE
 from test_vllm_backend import (
     FAKES,
     MODEL_DEFAULTS,
@@ -211,14 +212,17 @@ CONVERSATIONS = [
 ]  # fmt: skip
 
 
-def _template_cases(tiny: Path, tmp: Path) -> list[tuple[str, Path, str | None]]:
-    """(name, model, --chat-template file): the tokenizer's template, named templates, a file."""
+def _template_cases(tiny: Path, tmp: Path) -> list[tuple[str, Path, str | None, dict[str, Any] | None]]:
+    """(name, model, --chat-template file, --chat-template-kwargs): the tokenizer's template,
+    named templates, a file, a file reading a kwarg (tests/test_reasoning.py)."""
     tpl = tmp / "t.jinja"
     tpl.write_text(
         "{{ bos_token }}" + CHAT_TEMPLATE.replace("{{ bos_token }}", "").replace("<|im_start|>", "[[")
     )
-    return [("own", tiny, None), ("named", _with_named_templates(tiny, tmp / "named"), None),
-            ("file", tiny, str(tpl))]  # fmt: skip
+    think = tmp / "think.jinja"
+    think.write_text(THINK_TEMPLATE)
+    return [("own", tiny, None, None), ("named", _with_named_templates(tiny, tmp / "named"), None, None),
+            ("file", tiny, str(tpl), None), ("kwargs", tiny, str(think), {"enable_thinking": False})]  # fmt: skip
 
 
 def test_prompt_ids_equal_vllms_own_chat_path(
@@ -227,12 +231,13 @@ def test_prompt_ids_equal_vllms_own_chat_path(
     """Our ids (template rendered once, encoded without a second BOS) are exactly what
     LLM.chat would render for the same messages with the same template."""
     ours, tasks = [], []
-    for name, model, tpl in _template_cases(tiny_model, tmp_path):
-        backend = load_backend(f"vllm/{model}", chat_template=tpl)
+    for name, model, tpl, kwargs in _template_cases(tiny_model, tmp_path):
+        backend = load_backend(f"vllm/{model}", chat_template=tpl, chat_template_kwargs=kwargs)
         template = Path(tpl).read_text() if tpl else None
         for conv in CONVERSATIONS:
             ours.append((name, backend.encode(GenRequest(conv, SamplingParams(0.0, 8)))))
-            tasks.append({"render": str(model), "messages": conv, "chat_template": template})
+            tasks.append({"render": str(model), "messages": conv, "chat_template": template,
+                          "chat_template_kwargs": kwargs})  # fmt: skip
     results = real_vllm.probe(real, tasks)
     bos = backend.tokenizer.bos_token_id
     for (name, ids), theirs in zip(ours, results, strict=True):

@@ -63,8 +63,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return provider, model
 
 
-ONLY_FOR: dict[str, tuple[str, ...]] = {"chat_template": ("hf", "vllm"), "tokenizer_mode": ("vllm",)}
+ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "chat_template": ("hf", "vllm"), "tokenizer_mode": ("vllm",),
+    "chat_template_kwargs": ("hf", "vllm"), "extra_body": ("openai",),
+}  # fmt: skip
 """Options that change the prompt itself: set for another provider they are an error, not ignored."""
+ONLY_FOR_HINT = {
+    "chat_template_kwargs": "for an OpenAI-compatible server pass --extra-body "
+    """'{"chat_template_kwargs": {...}}' (vLLM, SGLang take it in the request)""",
+    "extra_body": "it is merged into API requests; a local model takes --chat-template-kwargs",
+}
 
 
 def load_backend(spec: str, **options: Any) -> Backend:
@@ -74,9 +82,10 @@ def load_backend(spec: str, **options: Any) -> Backend:
     for name, providers in ONLY_FOR.items():
         if options.get(name) and provider not in providers:
             flag = "--" + name.replace("_", "-")
+            hint = ONLY_FOR_HINT.get(name, f"a server applies its own, e.g. `vllm serve {flag}`")
             raise JobError(
                 f"{flag} applies to {' and '.join(p + '/' for p in providers)} models only, not {spec!r}; "
-                f"drop it (a server applies its own, e.g. `vllm serve {flag}`)"
+                f"drop it ({hint})"
             )
     entry = PROVIDERS[provider]
     if options.pop("openai_batch", False):  # --openai-batch: the same model through the Batch API

@@ -114,6 +114,8 @@ class GenResult:
     num_tokens: int = 0
     usage: dict[str, int] | None = None
     """{"prompt_tokens", "completion_tokens"} as the API reported them; None when it reports none."""
+    reasoning: str | None = None
+    """The API's separate reasoning text (`reasoning_content` / `reasoning`); `text` is then the answer."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

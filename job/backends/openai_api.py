@@ -69,6 +69,7 @@ class OpenAIBackend:
         retry_after_max: float = 300.0,
         base_url_env: str | None = "OPENAI_BASE_URL",
         api_key_env: str | None = "OPENAI_API_KEY",
+        extra_body: dict[str, Any] | None = None,
         **_: Any,
     ):
         if concurrency < 1:
@@ -95,6 +96,8 @@ class OpenAIBackend:
         self.request_timeout = float(request_timeout)
         self.max_retries = max_retries
         self.system_prompt = system_prompt
+        self.extra_body = _check_extra_body(extra_body)
+        """--extra-body: merged into every request body last (e.g. reasoning_effort)."""
         self.reasoning = is_reasoning_model(model)
         """Send max_completion_tokens and no temperature (set by name, or on the server's 400)."""
         # JOB_API_BACKOFF_BASE: tests and impatient users shrink the first backoff step
@@ -291,6 +294,7 @@ class OpenAIBackend:
         body.update(self._limits(req))
         if req.params.seed is not None:
             body["seed"] = req.params.seed
+        body.update(self.extra_body)
         return body
 
     async def _attempt(self, client: Any, req: GenRequest) -> GenResult:
@@ -324,3 +328,11 @@ class OpenAIBackend:
         except (openai.APIResponseValidationError, ValueError) as e:
             raise _Retryable(f"malformed response: {type(e).__name__}: {e}", bad_response=True) from None
         return _to_result(resp)
+
+
+def _check_extra_body(extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The request's own fields stay ours: a model or messages in --extra-body is an error."""
+    own = sorted({"model", "messages", "n"} & (extra or {}).keys())
+    if own:
+        raise JobError(f"--extra-body: {', '.join(own)} is set by the backend; drop it from the object")
+    return dict(extra or {})

@@ -201,11 +201,26 @@ def _to_result(resp: Any) -> GenResult:
             else ""
         )
         raise _Failed(f"empty completion (finish_reason {finish}, {tokens} tokens){hint}")
+    reasoning = _reasoning(choice.message)
+    if content is None and reasoning:  # the limit ran out inside the reasoning: no answer came
+        raise _Failed(f"no answer, only reasoning (finish_reason {finish}, {tokens} tokens)")
     if content is None:
         refusal = getattr(choice.message, "refusal", None)
         reason = f"refusal: {refusal}" if refusal else f"null content (finish_reason {finish})"
         raise _Retryable(f"bad response: {reason}", bad_response=True)
-    return GenResult(content, finish_reason=finish, num_tokens=tokens, usage=_usage(usage))
+    return GenResult(
+        content, finish_reason=finish, num_tokens=tokens, usage=_usage(usage), reasoning=reasoning
+    )
+
+
+def _reasoning(message: Any) -> str | None:
+    """The message's separate reasoning text: `reasoning_content` (vLLM, DeepSeek, SGLang) or
+    `reasoning` (OpenRouter, newer vLLM), fields the openai client keeps as extras."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(message, name, None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
 
 
 def _usage(usage: Any) -> dict[str, int] | None:

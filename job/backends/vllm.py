@@ -38,6 +38,7 @@ from job.backends.base import (
     SamplingParams,
     check_sampling,
 )
+from job.backends.template_kwargs import warn_unused
 from job.errors import BackendDead, JobError
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,21 @@ def resolve_template(tokenizer: Any, model: str, template: str | None) -> str:
     return resolved
 
 
-def render_ids(tokenizer: Any, messages: list[Message], chat_template: str | None) -> list[int]:
+def render_ids(
+    tokenizer: Any, messages: list[Message], chat_template: str | None, kwargs: dict[str, Any] | None = None
+) -> list[int]:
     """The prompt's token ids, as vLLM's chat path renders them: the template once, encoded
     without adding special tokens (the template writes its BOS). A Mistral tokenizer renders
-    to ids itself: its control tokens are not text, so its rendered text must not be encoded."""
+    to ids itself: its control tokens are not text, so its rendered text must not be encoded.
+    `kwargs` (--chat-template-kwargs) reach the template as LLM.chat's chat_template_kwargs do
+    (vLLM keeps those the template or apply_chat_template reads; the rest change nothing)."""
+    extra = kwargs or {}
     if _is_mistral_tokenizer(tokenizer):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return list(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
+        )
     text = tokenizer.apply_chat_template(
-        messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+        messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False, **extra
     )
     return list(tokenizer.encode(text, add_special_tokens=False))
 
@@ -141,11 +149,13 @@ class VLLMBackend(BatchBackend):
         revision: str | None = None,
         min_new_tokens: int | None = None,
         tokenizer_mode: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
         **_: Any,
     ):
         import vllm
 
         self.spec = spec
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.system_prompt = system_prompt
         self.min_new_tokens = min_new_tokens
         """Benchmarks only: force at least this many tokens (masks EOS)."""
@@ -196,6 +206,7 @@ class VLLMBackend(BatchBackend):
         except JobError:
             self.close()
             raise
+        warn_unused(spec, self.chat_template, self.chat_template_kwargs)
         self.max_model_len = self._context_length()
         self.model_defaults = self._model_defaults()
 
@@ -242,7 +253,7 @@ class VLLMBackend(BatchBackend):
         return req.messages
 
     def encode(self, req: GenRequest) -> list[int]:
-        return render_ids(self.tokenizer, self._messages(req), self.chat_template)
+        return render_ids(self.tokenizer, self._messages(req), self.chat_template, self.chat_template_kwargs)
 
     def sampling_params(self, params: SamplingParams) -> Any:
         # the model's defaults as vllm serve merges them (greedy too: vLLM itself then drops

@@ -240,6 +240,40 @@ def judge_endpoint_options(f: F) -> F:
     )
 
 
+def reasoning_options(f: F) -> F:
+    """Reasoning models (generate and run): template kwargs, API body, the reasoning split."""
+    return _stack(
+        f,
+        [
+            click.option(
+                "--chat-template-kwargs",
+                metavar="JSON",
+                help="""JSON object passed to the chat template (hf/vllm), e.g. '{"enable_thinking": false}'.""",
+            ),
+            click.option(
+                "--extra-body",
+                metavar="JSON",
+                help="""JSON object merged into every API request (openai/), e.g. '{"reasoning_effort": "low"}'.""",
+            ),
+            click.option(
+                "--reasoning-pattern",
+                metavar="REGEX",
+                help="What is removed from each turn before it is judged and goes into turn 2's history "
+                "(default: a leading <think>...</think> block; group `reasoning` = the reasoning, group "
+                "`unterminated` = a block that never closed; 'none': nothing). The raw text is kept.",
+            ),
+        ],
+    )
+
+
+def pop_json_options(kw: dict[str, object]) -> dict[str, object]:
+    """--chat-template-kwargs and --extra-body parsed (one-line error on bad JSON), for backend_options."""
+    from job.generate.plan import parse_json_option
+
+    names = ("chat_template_kwargs", "extra_body")
+    return {k: parse_json_option("--" + k.replace("_", "-"), kw.pop(k)) for k in names}  # type: ignore[arg-type]
+
+
 BATCH_OPTION_KEYS = ("openai_batch", "openai_batch_wait")
 
 

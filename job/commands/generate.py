@@ -38,6 +38,7 @@ from job.commands import common as opt
     help="Jinja chat template file (hf/vllm) for models without one.",
 )
 @opt.local_model_options
+@opt.reasoning_options
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @click.option(
     "--token-budget",
@@ -76,7 +77,7 @@ def generate(**kw: object) -> None:
     from job.generate import GenerateConfig, parse_category_temperatures, run
 
     keys = (*opt.LOCAL_OPTION_KEYS, "batch_size", "token_budget", *opt.API_OPTION_KEYS)
-    backend_options = {k: kw.pop(k) for k in keys}
+    backend_options = {k: kw.pop(k) for k in keys} | opt.pop_json_options(kw)
     kw["category_temperature"] = parse_category_temperatures(kw.pop("category_temperature"))  # type: ignore[arg-type]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     executor, replicas, cpus = kw.pop("executor"), kw.pop("num_replicas"), kw.pop("cpus_per_replica")

@@ -64,6 +64,12 @@ def judge_sampling_options(f: Any) -> Any:
     help="Skip the questions a model has no answer for, for that model only (listed), instead of failing.",
 )
 @click.option(
+    "--keep-reasoning",
+    is_flag=True,
+    help="Judge the raw text of reasoning models' turns (with their <think> block) instead of the "
+    "final answer; switching re-judges the answers it changes.",
+)
+@click.option(
     "--batch-size",
     type=int,
     default=64,

@@ -22,6 +22,7 @@ from job.commands.judge import JUDGE_SAMPLING_KEYS, judge_sampling_options
     "--chat-template", type=click.Path(exists=True, dir_okay=False), help="Jinja chat template (hf/vllm)."
 )
 @opt.local_model_options
+@opt.reasoning_options
 @click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
 @opt.api_options
 @opt.openai_batch_options
@@ -92,6 +93,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     from job.pipeline import RunConfig, run
 
     opts = {k: kw.pop(k) for k in (*opt.LOCAL_OPTION_KEYS, "batch_size", *opt.API_OPTION_KEYS)}
+    opts |= opt.pop_json_options(kw)
     judge_opts = {
         "base_url": kw.pop("judge_base_url"), "api_key_env": kw.pop("judge_api_key_env"),
         "concurrency": kw.pop("judge_concurrency"),

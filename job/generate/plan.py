@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from job.layout import shard_key
 from job.names import check_model_name, default_model_name
 from job.provenance import stable_hash
 from job.records import Question, id_sort_key
+from job.records.reasoning import compile_pattern
 from job.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,12 @@ class GenerateConfig:
     """Greedy requests with identical messages are generated once and copied. None: on where
     greedy decoding is deterministic (local models, mocks), off for API models, whose
     temperature-0 replies vary (copying would shrink the Swallow std across choices)."""
+    reasoning_pattern: str | None = None
+    """--reasoning-pattern (job.records.reasoning): None the <think> default, "none" off."""
     force: bool = False
     dry_run: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
+    """Includes chat_template_kwargs (hf/vllm) and extra_body (openai) when set."""
 
 
 def temperature_of(q: Question, cfg: GenerateConfig, bench: Bench) -> float:
@@ -94,7 +99,18 @@ def run_config(cfg: GenerateConfig, bench: Bench, data_sha: str, questions: list
         "dtype": cfg.backend_options.get("dtype"),
         "dedupe_greedy": cfg.dedupe_greedy,
         "question_ids": [q.question_id for q in sorted(questions, key=lambda q: id_sort_key(q.question_id))],
+        **_reasoning_config(cfg),
     }
+
+
+def _reasoning_config(cfg: GenerateConfig) -> dict[str, Any]:
+    """Template kwargs, extra body and reasoning pattern, each only when set: they change the
+    answers (and turn 2's history), while runs from before they existed keep their hash."""
+    opts = cfg.backend_options
+    out = {k: opts[k] for k in ("chat_template_kwargs", "extra_body") if opts.get(k)}
+    if cfg.reasoning_pattern is not None:
+        out["reasoning_pattern"] = cfg.reasoning_pattern
+    return out
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,7 @@ def plan(cfg: GenerateConfig) -> ShardPlan:
     for q in questions:  # a value the engine would reject fails here, before any model is loaded
         check_sampling(temperature=temperature_of(q, cfg, bench), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                        where=f"question {q.question_id} ({q.category})", hint=SAMPLING_HINT)  # fmt: skip
+    compile_pattern(cfg.reasoning_pattern)  # a bad regex fails before any model is loaded
     items = work_items(questions, cfg.num_choices)
     indices, num_shards = resolve_shard(cfg.shard_index, cfg.num_shards)
     rc = run_config(cfg, bench, data_sha, questions)
@@ -177,3 +194,26 @@ def parse_category_temperatures(pairs: tuple[str, ...] | list[str]) -> dict[str,
                 f"--category-temperature {pair!r}: expected CATEGORY=FLOAT, e.g. writing=0.5"
             ) from None
     return out
+
+
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"chat_template", "tokenize", "add_generation_prompt", "conversation", "messages", "return_dict",
+     "continue_final_message", "tools", "documents"}
+)  # fmt: skip
+"""Set by the renderer itself (vLLM refuses chat_template/tokenize from a request too)."""
+
+
+def parse_json_option(option: str, text: str | None) -> dict[str, Any] | None:
+    """--chat-template-kwargs / --extra-body: a JSON object, else a one-line error naming the option."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise JobError(f"{option}: not valid JSON ({e}); e.g. {option} '{{\"key\": false}}'") from None
+    if not isinstance(value, dict):
+        raise JobError(f"{option}: expected a JSON object {{...}}, got {type(value).__name__}")
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & value.keys()) if option == "--chat-template-kwargs" else []
+    if reserved:
+        raise JobError(f"{option}: {', '.join(reserved)} is set by the renderer; drop it from the object")
+    return value

@@ -20,6 +20,7 @@ from job.layout import manifest_key, shard_key, shards_prefix
 from job.provenance import git_revision, host, package_version, stable_hash
 from job.records import ShardItem, ShardManifest, id_sort_key
 from job.records.jsonl import dumps_lines
+from job.records.reasoning import compile_pattern, record_fields
 from job.signals import critical
 from job.storage import Storage, open_storage
 
@@ -47,10 +48,14 @@ def generate_shard(
     key = shard_key(bench.name, cfg.model_name, index, n)
     part = shard(p.items, n, index)
     started = time.time()
+    pattern = compile_pattern(cfg.reasoning_pattern)
     convs = [
-        Conversation(q, c, SamplingParams(temperature_of(q, cfg, bench), cfg.max_new_tokens, cfg.seed + c))
+        Conversation(
+            q, c, SamplingParams(temperature_of(q, cfg, bench), cfg.max_new_tokens, cfg.seed + c),
+            reasoning_pattern=pattern,
+        )
         for q, c in part
-    ]
+    ]  # fmt: skip
     log.info("shard %d/%d: %d conversations -> %s", index + 1, n, len(convs), storage.uri(key))
     bar = Progress(sum(len(c.question.turns) for c in convs), f"shard {index + 1}/{n}")
     try:
@@ -71,7 +76,7 @@ def generate_shard(
         ShardItem(
             question_id=c.question.question_id,
             choice=c.choice,
-            turns=c.answers,
+            **record_fields(c.splits),
             status=c.status,
             error=c.error,
             finish_reasons=c.finish_reasons,

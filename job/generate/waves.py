@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from job.backends.base import Backend, GenRequest, GenResult, Message, SamplingParams
 from job.errors import JobError
 from job.records import Question
+from job.records.reasoning import DEFAULT_RE, Turn, split_turn
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,16 @@ class Conversation:
     num_tokens: int = 0
     status: str = "ok"
     error: str | None = None
+    reasoning_pattern: re.Pattern[str] | None = DEFAULT_RE
+    """--reasoning-pattern: what split_turn removes from a turn (None: nothing)."""
+    splits: list[Turn] = field(default_factory=list)
+    """Each answered turn's raw text, answer and reasoning (job.records.reasoning)."""
+
+    def add_answer(self, res: GenResult) -> None:
+        """Turn 2's history (and the judge) get the answer without its reasoning."""
+        turn = split_turn(res.text, self.reasoning_pattern, res.reasoning)
+        self.splits.append(turn)
+        self.answers.append(turn.answer)
 
     def messages_for_turn(self, turn: int) -> list[Message]:
         msgs: list[Message] = []
@@ -128,7 +140,7 @@ def run_waves(
             if not res.ok:
                 c.status, c.error = res.status, f"turn {turn + 1}: {res.error}"
                 continue
-            c.answers.append(res.text)
+            c.add_answer(res)
             # a copied greedy answer costs nothing extra; count tokens once per request
             if slot not in counted:
                 counted.add(slot)
@@ -171,7 +183,7 @@ def run_conversations(
             if not res.ok:
                 c.status, c.error = res.status, f"turn {turn + 1}: {res.error}"
                 continue
-            c.answers.append(res.text)
+            c.add_answer(res)
             if k == 0:  # a copied greedy answer costs nothing extra
                 c.num_tokens += res.num_tokens
         if len(group) > 1:

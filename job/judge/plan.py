@@ -36,6 +36,7 @@ from job.layout import judgment_dir
 from job.names import check_model_name, check_name, default_model_name
 from job.records import Answer, Question, QuestionId, parse_records
 from job.records.judgments import read_judgment
+from job.records.reasoning import judged_view
 from job.storage import Storage
 from job.storage.answers import load_answers
 
@@ -62,6 +63,8 @@ class JudgeConfig:
     dump: str | None = None
     batch_size: int = 64
     backend_options: dict[str, Any] = field(default_factory=dict)
+    keep_reasoning: bool = False
+    """--keep-reasoning: judge each answer's raw text (raw_turns) instead of its final answer"""
     judge_samples: int = 1
     """K judgments per game (rows with a `sample` index when K > 1)"""
     judge_temperature: float = JUDGE_TEMPERATURE
@@ -212,6 +215,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     questions, data_sha = bench.load_questions()
     questions = select_questions(questions, cfg.question_ids, cfg.first_n)
     loaded, where = load_answers(cfg.output, cfg.bench, cfg.answers_dir)
+    loaded = {m: [judged_view(a, cfg.keep_reasoning) for a in v] for m, v in loaded.items()}
     models = [check_model_name("model name", m) for m in cfg.model_list] or sorted(loaded)
     if not models:
         raise JobError(

@@ -61,6 +61,13 @@ class Choice(_Record):
     error: str | None = None
     finish_reasons: list[str | None] | None = None
     """Ours, per generated turn: stop | length (hit --max-new-tokens) | None; FastChat has none."""
+    raw_turns: list[str] | None = None
+    """Ours (reasoning models), only when some turn's raw text differs from its answer in
+    `turns` (reasoning removed, job.records.reasoning); `job judge --keep-reasoning` judges it."""
+    reasoning: list[str | None] | None = None
+    """Ours: each turn's reasoning text (a <think> block or the API's reasoning field)."""
+    reasoning_unterminated: list[bool] | None = None
+    """Ours: per turn, a reasoning block that never closed (the turn is judged as it stands)."""
 
 
 class Answer(_Record):
@@ -85,6 +92,10 @@ class ShardItem(_Record):
     finish_reasons: list[str | None] = Field(default_factory=list)
     num_tokens: int = 0
     tstamp: float = 0.0
+    raw_turns: list[str] | None = None
+    """As Choice.raw_turns, reasoning and reasoning_unterminated (reasoning models)."""
+    reasoning: list[str | None] | None = None
+    reasoning_unterminated: list[bool] | None = None
 
 
 class ShardManifest(_Record):

@@ -76,9 +76,15 @@ def _model_config(model: str) -> Any:
     )  # fmt: skip
 
 
-def render(model: str, messages: list[dict[str, str]], chat_template: str | None) -> dict[str, Any]:
+def render(
+    model: str,
+    messages: list[dict[str, str]],
+    chat_template: str | None,
+    kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """vLLM's chat path (HfRenderer / MistralRenderer.render_messages) and ours (job's
-    resolve_template + render_ids), both with the tokenizer vLLM's loader returns."""
+    resolve_template + render_ids), both with the tokenizer vLLM's loader returns; `kwargs`:
+    chat_template_kwargs, as LLM.chat passes them to safe_apply_chat_template."""
     from vllm.tokenizers import get_tokenizer
 
     from job.backends.vllm import render_ids, resolve_template
@@ -98,9 +104,9 @@ def render(model: str, messages: list[dict[str, str]], chat_template: str | None
 
             theirs = safe_apply_chat_template(
                 _model_config(model), tokenizer, messages, chat_template=chat_template,
-                add_generation_prompt=True, return_dict=False,
+                add_generation_prompt=True, return_dict=False, **(kwargs or {}),
             )  # fmt: skip
-            ours = render_ids(tokenizer, messages, resolve_template(tokenizer, model, chat_template))
+            ours = render_ids(tokenizer, messages, resolve_template(tokenizer, model, chat_template), kwargs)
     except Exception as e:  # the template rejects the conversation: report it, as vLLM would
         return {"error": f"{type(e).__name__}: {e}"}
     return {"ids": list(theirs), "ours": ours, "tokenizer": kind}
@@ -132,7 +138,9 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     if "prompt" in task:
         return prompt(task["prompt"])
     if "render" in task:
-        return render(task["render"], task["messages"], task.get("chat_template"))
+        return render(
+            task["render"], task["messages"], task.get("chat_template"), task.get("chat_template_kwargs")
+        )
     if "diff_sampling" in task:
         return diff_sampling(task["diff_sampling"])
     if "tokenizer_mode" in task:

@@ -35,8 +35,6 @@ class RunConfig:
     judge_name: str | None = None
     reference: str | None = None
     judge_backend_options: dict[str, Any] = field(default_factory=dict)
-    judge_settings: dict[str, Any] = field(default_factory=dict)
-    """JudgeConfig fields from --judge-samples, --judge-temperature, --parse-retries"""
     allow_failed: bool = False
     report_dir: str | None = None
     """Where report files go (default <output>/<bench>/reports/)."""
@@ -52,8 +50,6 @@ class RunConfig:
     step: int | None = None
     """Checkpoint step for report provenance; None: from step_pattern on the model name."""
     step_pattern: str = DEFAULT_STEP_PATTERN
-    tracking: Any = None
-    """job.report.tracking.TrackingConfig from --log-to; None: no experiment tracking"""
 
 
 @dataclass
@@ -124,9 +120,7 @@ def run(cfg: RunConfig) -> RunResult:
         cfg = replace(
             cfg, generate=replace(cfg.generate, model=spec, model_name=name or cfg.generate.model_name)
         )
-    res = run_model(cfg)
-    refresh_leaderboard(cfg)
-    return res
+    return run_model(cfg)
 
 
 def refresh_leaderboard(cfg: RunConfig) -> None:
@@ -141,7 +135,8 @@ def refresh_leaderboard(cfg: RunConfig) -> None:
         log.warning("leaderboard of %s not refreshed: %s", cfg.publish, e)
 
 
-def run_model(cfg: RunConfig) -> RunResult:
+def run_model(cfg: RunConfig, leaderboard: bool = True) -> RunResult:
+    """generate -> ... -> gate for one model; `leaderboard`: refresh the publish root's after it."""
     from job import generate, reduce
     from job.judge import runner as judge_run
     from job.report import runner as report_run
@@ -168,7 +163,6 @@ def run_model(cfg: RunConfig) -> RunResult:
         bench=gcfg.bench, judge_model=cfg.judge_model, judge_name=cfg.judge_name, model_list=[name],
         reference=cfg.reference, question_ids=list(gcfg.question_ids), first_n=gcfg.first_n,
         output=gcfg.output, bench_data=gcfg.bench_data, backend_options=judge_options(cfg),
-        **cfg.judge_settings,
     )  # fmt: skip
     judge_run.run(jcfg)
     log.info("[4/4] report")
@@ -181,10 +175,8 @@ def run_model(cfg: RunConfig) -> RunResult:
     where = storage.uri(prefix + "report.json")
     if cfg.publish:
         where = publish(cfg.publish, storage, prefix, names, doc) + "report.json"
-    if cfg.tracking:  # after the report files: a tracking failure never loses them
-        from job.report.tracking import track
-
-        track(cfg.tracking, doc, rcfg, model_spec=gcfg.model)
+    if leaderboard:
+        refresh_leaderboard(cfg)  # before finish(): its summary stays the last stdout line
     return replace(finish(cfg, doc, baseline), report=where)
 
 
@@ -299,7 +291,7 @@ def run_finished(cfg: RunConfig) -> RunResult | None:
 def run_one(cfg: RunConfig) -> Outcome:
     name = str(cfg.generate.model_name)
     try:
-        res = run_finished(cfg) or run_model(cfg)
+        res = run_finished(cfg) or run_model(cfg, leaderboard=False)
     except Terminated:
         raise  # preemption stops the whole run; what is done stays done
     except JobError as e:

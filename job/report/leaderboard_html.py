@@ -113,6 +113,9 @@ def chart(bench: str, cat: str, series: dict[str, list[dict[str, Any]]]) -> str:
         line = " ".join(f"{x(p['step']):.1f},{y(p['mean']):.1f}" for p in ps)
         out.append(f'<polyline class="trend" points="{line}" fill="none" stroke="{color}" stroke-width="2"/>')
         for p in ps:
+            if p["ci_low"] is not None and p["ci_high"] is not None:  # the CI of a lone point too
+                out.append(f'<line class="ci" x1="{x(p["step"]):.1f}" x2="{x(p["step"]):.1f}" y1="{y(p["ci_low"]):.1f}" '
+                           f'y2="{y(p["ci_high"]):.1f}" stroke="{color}" stroke-opacity="0.6"/>')  # fmt: skip
             tip = f"{p['model']} step {p['step']}: {_num(p['mean'])} [{_num(p['ci_low'])}, {_num(p['ci_high'])}]"
             out.append(
                 f'<circle cx="{x(p["step"]):.1f}" cy="{y(p["mean"]):.1f}" r="3.5" fill="{color}"><title>{_e(tip)}</title></circle>'

@@ -97,6 +97,9 @@ def test_run_step_recorded(tmp_path: Path, run_job) -> None:  # type: ignore[no-
     p = run_job("run", "--bench", "smoke", "--model", "mock/echo", "--judge-model", "mock/judge",
                 "--step", "7", "--publish", "pub")  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
+    assert (
+        p.stdout.strip().splitlines()[-1].startswith("RESULT (no baseline): echo ")
+    )  # after the leaderboard
     reports = tmp_path / "runs" / "smoke" / "reports"
     assert json.loads((reports / "report.json").read_text())["provenance"]["step"] == 7
     rows = json.loads((tmp_path / "pub" / "leaderboard.json").read_text())["benches"]["smoke"]["rows"]

@@ -35,6 +35,8 @@ class RunConfig:
     judge_name: str | None = None
     reference: str | None = None
     judge_backend_options: dict[str, Any] = field(default_factory=dict)
+    judge_settings: dict[str, Any] = field(default_factory=dict)
+    """JudgeConfig fields from --judge-samples, --judge-temperature, --parse-retries"""
     allow_failed: bool = False
     report_dir: str | None = None
     """Where report files go (default <output>/<bench>/reports/)."""
@@ -50,6 +52,8 @@ class RunConfig:
     step: int | None = None
     """Checkpoint step for report provenance; None: from step_pattern on the model name."""
     step_pattern: str = DEFAULT_STEP_PATTERN
+    tracking: Any = None
+    """job.report.tracking.TrackingConfig from --log-to; None: no experiment tracking"""
 
 
 @dataclass
@@ -163,6 +167,7 @@ def run_model(cfg: RunConfig, leaderboard: bool = True) -> RunResult:
         bench=gcfg.bench, judge_model=cfg.judge_model, judge_name=cfg.judge_name, model_list=[name],
         reference=cfg.reference, question_ids=list(gcfg.question_ids), first_n=gcfg.first_n,
         output=gcfg.output, bench_data=gcfg.bench_data, backend_options=judge_options(cfg),
+        **cfg.judge_settings,
     )  # fmt: skip
     judge_run.run(jcfg)
     log.info("[4/4] report")
@@ -175,6 +180,10 @@ def run_model(cfg: RunConfig, leaderboard: bool = True) -> RunResult:
     where = storage.uri(prefix + "report.json")
     if cfg.publish:
         where = publish(cfg.publish, storage, prefix, names, doc) + "report.json"
+    if cfg.tracking:  # after the report files: a tracking failure never loses them
+        from job.report.tracking import track
+
+        track(cfg.tracking, doc, rcfg, model_spec=gcfg.model)
     if leaderboard:
         refresh_leaderboard(cfg)  # before finish(): its summary stays the last stdout line
     return replace(finish(cfg, doc, baseline), report=where)

@@ -28,6 +28,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from servers.replies import _error as _api_error
+from servers.replies import _json
+
 if TYPE_CHECKING:
     from servers.openai_server import OpenAIServer
 
@@ -37,13 +40,8 @@ EXPIRED_MESSAGE = "This request could not be executed before the completion wind
 ENDPOINTS = ("/v1/chat/completions",)
 
 
-def _json(status: int, obj: Any) -> Response:
-    return status, {"content-type": "application/json"}, json.dumps(obj).encode()
-
-
-def _error(status: int, message: str, code: str | None = None) -> Response:
-    err = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    return _json(status, {"error": err})
+def _error(status: int, message: str) -> Response:
+    return _api_error(status, message, "invalid_request_error")
 
 
 def parse_multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:

@@ -35,62 +35,51 @@ tests/servers/batch_api.py: its lines go through the same replies and faults.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import random
-import re
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from servers.batch_api import BatchAPI
+if __name__ == "__main__" and not __package__:  # run as a script (benchmarks/): tests/ on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FAULTS = {
-    "429": "rate limited (429), with Retry-After when Fault.retry_after is set",
-    "quota": "429 with code insufficient_quota (out of credit: waiting never helps)",
-    "500": "internal server error (500)",
-    "502": "bad gateway (502)",
-    "503": "service unavailable (503), with Retry-After when set",
-    "400": "bad request (400)",
-    "401": "invalid API key (401); the message echoes the key as OpenAI's does",
-    "403": "permission denied (403)",
-    "404": "model not found (404)",
-    "422": "unprocessable entity (422)",
-    "timeout": "sleep `hang_seconds` before answering (past any sane client timeout)",
-    "truncated": "200 with a cut-off JSON body",
-    "html": "200 with a text/html body (a proxy's error page)",
-    "empty_choices": "200 with choices: []",
-    "null_content": "200 with message.content null",
-    "content_filter": "200, finish_reason content_filter, the reply text kept",
-    "content_filter_empty": "200, finish_reason content_filter, empty content",
-}
+from servers.batch_api import BatchAPI  # noqa: E402
+from servers.replies import (  # noqa: E402
+    FAULTS,
+    Fault,
+    FaultFn,
+    Reply,
+    ReplyFn,
+    _error,
+    _json,
+    _reasoning_refusal,
+    echo_reply,
+    last_user,
+    rules_reply,
+    scripted_reply,
+)
 
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str
-    retry_after: str | None = None
-    """Retry-After header value ("0", "2", or an HTTP date) for 429/503."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULTS:
-            raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULTS)}")
-
-
-@dataclass
-class Reply:
-    text: str
-    finish_reason: str = "stop"
-    completion_tokens: int | None = None
-    reasoning_content: str | None = None
-    """Sent as message.reasoning_content (vLLM's reasoning parser, DeepSeek) when set."""
+__all__ = [
+    "FAULTS",
+    "Fault",
+    "OpenAIServer",
+    "Recorded",
+    "Reply",
+    "echo_reply",
+    "last_user",
+    "rules_reply",
+    "scripted_reply",
+]
 
 
 @dataclass
@@ -115,73 +104,6 @@ class Recorded:
     @property
     def last_user(self) -> str:
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
-
-
-ReplyFn = Callable[[dict[str, Any]], "str | Reply"]
-FaultFn = Callable[[dict[str, Any], int], "str | Fault | None"]
-
-
-def last_user(body: dict[str, Any]) -> str:
-    msgs = body.get("messages") or []
-    return next((str(m.get("content")) for m in reversed(msgs) if m.get("role") == "user"), "")
-
-
-def echo_reply(body: dict[str, Any]) -> str:
-    """'echo: <last user message>'."""
-    return f"echo: {last_user(body)}"
-
-
-def rules_reply(rules: dict[str, str], default: str = "no rule matched") -> ReplyFn:
-    """The value of the first regex (searched in the last user message) that matches."""
-    compiled = [(re.compile(k), v) for k, v in rules.items()]
-
-    def reply(body: dict[str, Any]) -> str:
-        text = last_user(body)
-        return next((v for k, v in compiled if k.search(text)), default)
-
-    return reply
-
-
-def scripted_reply(replies: Sequence[str | Reply]) -> ReplyFn:
-    """Replies in arrival order, cycling."""
-    lock = threading.Lock()
-    count = [0]
-
-    def reply(body: dict[str, Any]) -> str | Reply:
-        with lock:
-            i = count[0]
-            count[0] += 1
-        return replies[i % len(replies)]
-
-    return reply
-
-
-def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    return status, {"content-type": "application/json", **(headers or {})}, json.dumps(obj).encode()
-
-
-def _error(
-    status: int, message: str, etype: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    return _json(status, {"error": {"message": message, "type": etype, "param": None, "code": None}}, headers)
-
-
-def _reasoning_refusal(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes] | None:
-    """api.openai.com's 400 for a reasoning model (o1/o3/o4/gpt-5) sent chat-model parameters."""
-    bad: tuple[str, str, str] | None = None
-    if "max_tokens" in body:
-        msg = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
-        bad = ("max_tokens", "unsupported_parameter", msg)
-    elif body.get("temperature") not in (None, 1):
-        t = body["temperature"]
-        msg = f"Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) value is supported."
-        bad = ("temperature", "unsupported_value", msg)
-    if bad is None:
-        return None
-    param, code, msg = bad
-    return _json(
-        400, {"error": {"message": msg, "type": "invalid_request_error", "param": param, "code": code}}
-    )
 
 
 class OpenAIServer:
@@ -340,7 +262,9 @@ class OpenAIServer:
 
     async def batch_line(self, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, Any]:
         """One Batch API line through the chat machinery: (status code, JSON body)."""
-        rec = Recorded(n=len(self.requests), headers=headers, body=body, start=time.monotonic(), batch_id=batch_id)
+        rec = Recorded(
+            n=len(self.requests), headers=headers, body=body, start=time.monotonic(), batch_id=batch_id
+        )
         self.requests.append(rec)
         status, _, payload = await self._chat_reply(rec)
         rec.end = time.monotonic()
@@ -465,30 +389,7 @@ class OpenAIServer:
         await send({"type": "http.response.body", "body": payload})
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Standalone server (benchmarks, manual tests); faults by rate only."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--latency", type=float, default=0.0, help="seconds per chat request")
-    ap.add_argument("--jitter", type=float, default=0.0, help="+- seconds, uniform")
-    ap.add_argument("--fault-rate", action="append", default=[], metavar="KIND=P", help="e.g. 429=0.05")
-    ap.add_argument("--model", action="append", default=[], help="served model ids (default test-model)")
-    ap.add_argument("--reply", default=None, help="fixed reply text (default: echo)")
-    args = ap.parse_args(argv)
-    rates = {k: float(v) for k, _, v in (s.partition("=") for s in args.fault_rate)}
-    reply: ReplyFn = echo_reply if args.reply is None else (lambda body: args.reply)
-    srv = OpenAIServer(
-        reply, latency=args.latency, jitter=args.jitter, fault_rates=rates,
-        models=args.model or ["test-model"],
-    )  # fmt: skip
-    srv.start(args.port)
-    print(f"serving {srv.url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        srv.stop()
-
-
 if __name__ == "__main__":
+    from servers.standalone import main
+
     main()

@@ -253,7 +253,11 @@ class OpenAIBatchBackend(OpenAIBackend):
                 continue
             text = self._call("download results", client.files.content, fid).text
             for line in text.splitlines():
-                row = json.loads(line) if line.strip() else None
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except ValueError:  # its request then counts as not run (api_error, asked again)
+                    log.warning("batch %s: a line of file %s is not JSON: skipped", batch.id, fid)
+                    continue
                 if isinstance(row, dict) and isinstance(row.get("custom_id"), str):
                     out[row["custom_id"]] = self._line_result(row)
         return out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,9 @@ THINK_TEMPLATE = (
 REQ = GenRequest([{"role": "user", "content": "2+2?"}], SamplingParams(0.0, 4))
 
 
-def test_hf_chat_template_kwargs_reach_the_template(tiny_model: Path, tmp_path: Path) -> None:
+def test_hf_chat_template_kwargs_reach_the_template(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     tpl = tmp_path / "think.jinja"
     tpl.write_text(THINK_TEMPLATE)
     on = load_backend(f"hf/{tiny_model}", chat_template=str(tpl), device="cpu")
@@ -206,6 +209,11 @@ def test_hf_chat_template_kwargs_reach_the_template(tiny_model: Path, tmp_path: 
                        chat_template_kwargs={"enable_thinking": False})  # fmt: skip
     assert "NO-THINK" not in on.render(REQ)  # type: ignore[attr-defined]
     assert off.render(REQ).endswith("assistant:<think></think>NO-THINK")  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, "job.backends.template_kwargs"):
+        typo = load_backend(f"hf/{tiny_model}", chat_template=str(tpl), device="cpu",
+                            chat_template_kwargs={"enable_thinkin": False})  # fmt: skip
+    assert "NO-THINK" not in typo.render(REQ)  # type: ignore[attr-defined]
+    assert "the chat template never reads enable_thinkin" in caplog.text
 
 
 @pytest.fixture

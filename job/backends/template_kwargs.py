@@ -32,6 +32,5 @@ def warn_unused(spec: str, template: Any, kwargs: dict[str, Any]) -> None:
     unused = sorted(k for k in kwargs if k not in used)
     if used and unused:
         log.warning(
-            "%s: --chat-template-kwargs %s: the chat template never reads %s; they change nothing",
-            spec, ", ".join(unused), "it" if len(unused) == 1 else "them",
-        )  # fmt: skip
+            "%s: --chat-template-kwargs: the chat template never reads %s; ignored", spec, ", ".join(unused)
+        )

@@ -234,3 +234,19 @@ def test_vllm_chat_template_kwargs_reach_the_template(
     )
     text = off.tokenizer.decode(off.encode(REQ))  # type: ignore[attr-defined]
     assert text.endswith("NO-THINK") and "NO-THINK" not in on.tokenizer.decode(on.encode(REQ))  # type: ignore[attr-defined]
+
+
+def test_job_run_passes_extra_body_to_the_generator_only(
+    make_openai_server: Any, run_job: Any, tmp_path: Path
+) -> None:
+    srv: OpenAIServer = make_openai_server(reply=_gen_reply, models=["gen", "judge"])
+    res = run_job(
+        "run", "--bench", "smoke", "--model", "openai/gen", "--base-url", srv.url, "--question-ids", "1",
+        "--extra-body", '{"reasoning_effort": "low"}', "--judge-model", "openai/judge",
+        "--judge-base-url", srv.url, "--output", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    efforts = {r.body["model"]: r.body.get("reasoning_effort") for r in srv.requests}
+    assert efforts == {"gen": "low", "judge": None}
+    judged = [r.last_user for r in srv.requests if r.body["model"] == "judge"]
+    assert judged and not any("secret plan" in p for p in judged)

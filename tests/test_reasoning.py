@@ -250,3 +250,14 @@ def test_job_run_passes_extra_body_to_the_generator_only(
     assert efforts == {"gen": "low", "judge": None}
     judged = [r.last_user for r in srv.requests if r.body["model"] == "judge"]
     assert judged and not any("secret plan" in p for p in judged)
+
+
+def test_dry_run_prints_the_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = GenerateConfig(bench="smoke", model="openai/gen", output=str(tmp_path), dry_run=True,
+                         reasoning_pattern="none", backend_options={"extra_body": {"reasoning_effort": "low"}})  # fmt: skip
+    generate(cfg)
+    out = capsys.readouterr().out
+    assert (
+        'reasoning and template settings: {"extra_body": {"reasoning_effort": "low"}, "reasoning_pattern": "none"}'
+        in out
+    )

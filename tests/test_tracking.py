@@ -30,10 +30,12 @@ BIN = Path(sys.executable).parent
 # smoke bench: q1 writing, q2 roleplay, q4 math; -1 is FastChat's "no score parsed" (failed)
 ROWS = [
     ("ckpt-a", 1, 1, 8), ("ckpt-a", 1, 2, 6), ("ckpt-a", 4, 1, 4), ("ckpt-a", 4, 2, 2), ("ckpt-a", 2, 1, -1),
-    ("ckpt-b", 1, 1, 10), ("ckpt-b", 1, 2, 9),
+    ("ckpt-b", 1, 1, 10, 0), ("ckpt-b", 1, 1, 8, 1), ("ckpt-b", 1, 2, 9, 0), ("ckpt-b", 1, 2, 9, 1),
 ]  # fmt: skip
 # ckpt-a by hand: average (8+6+4+2)/4 = 5 over 4 scored, 1 failed; turn 1 (8+4)/2 = 6; turn 2 (6+2)/2 = 4;
-# writing (8+6)/2 = 7; math (4+2)/2 = 3; roleplay: nothing scored, 1 failed
+# writing (8+6)/2 = 7; math (4+2)/2 = 3; roleplay: nothing scored, 1 failed. ckpt-b has 2 judge
+# samples (`sample`): items (10+8)/2 and (9+9)/2, average 9; sample means 9.5 and 8.5, their std
+# (ddof 1) sqrt(0.5)
 EXPECTED_A = {
     "average": 5.0, "average/n_scored": 4.0, "average/n_failed": 1.0, "turn1": 6.0, "turn2": 4.0,
     "turn1/n_failed": 1.0, "category/writing": 7.0, "category/math": 3.0, "category/roleplay/n_failed": 1.0,
@@ -50,8 +52,9 @@ def _free_port() -> int:
 def judgments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("judgments") / "gpt-4_single.jsonl"
     rows = [
-        {"question_id": q, "model": m, "judge": ["gpt-4", "single-v1"], "score": s, "turn": t}
-        for m, q, t, s in ROWS
+        {"question_id": q, "model": m, "judge": ["gpt-4", "single-v1"], "score": s, "turn": t, **extra}
+        for m, q, t, s, *k in ROWS
+        for extra in [{"sample": k[0]} if k else {}]
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -94,6 +97,7 @@ def _report(run_job: Any, judgments: Path, out: Path, *extra: str, env: dict[str
     return run_job(*args, env={"OPENAI_API_KEY": SECRET, "JOB_JUDGE_API_KEY": SECRET, **env}, timeout=240)
 
 
+@pytest.mark.slow  # a real mlflow server: ~20-40 s to start on a loaded 2-core machine
 def test_mlflow_server_gets_metrics_at_the_step_params_and_artifacts(
     run_job: Any, judgments: Path, mlflow_server: str, tmp_path: Path
 ) -> None:
@@ -129,7 +133,9 @@ def test_mlflow_server_gets_metrics_at_the_step_params_and_artifacts(
         <= avg["ci_high"]
         == run.data.metrics["average/ci_high"]
     )
-    assert runs["nightly-ckpt-b"].data.metrics["average"] == 9.5  # (10+9)/2
+    b = runs["nightly-ckpt-b"].data.metrics
+    assert (b["average"], b["judge_samples"]) == (9.0, 2) and b["judge_spread"] == pytest.approx(0.5**0.5)
+    assert "judge_spread" not in run.data.metrics  # one sample: no spread
     question_file = packaged_data_dir() / "smoke" / "question.jsonl"
     expected = {
         "bench": "smoke", "mode": "single", "model": "ckpt-a", "judge": "gpt-4", "num_choices": "1",
@@ -254,3 +260,35 @@ def test_metric_and_param_mapping_of_a_hand_written_report() -> None:
     assert tracking.step_of(doc) == 3 and tracking.models_of(doc) == ["m", "other"]
     err = ValueError("POST https://bob:pw@mlflow.example/api failed\n  retry")
     assert tracking.one_line(err) == "POST https://***@mlflow.example/api failed retry"
+
+
+@pytest.mark.slow  # a real mlflow server: ~20-40 s to start on a loaded 2-core machine
+def test_job_run_logs_to_both_tools_with_the_model_spec(
+    run_job: Any, mlflow_server: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    env = {**wandb_env(tmp_path / "wb"), "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "ci"}
+    args = ["run", "--bench", "smoke", "--model", "mock/echo", "--model-name", "echo-step-40"]
+    args += ["--judge-model", "mock/judge", "--log-to", "mlflow", "--log-to", "wandb", "--log-to-required"]
+    p = run_job(*args, env={"OPENAI_API_KEY": SECRET, **env}, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "runs" / "smoke" / "reports" / "report.json").read_text())
+    (avg,) = [s for s in doc["scores"] if (s["category"], s["turn"]) == ("all", "all")]
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("ci").experiment_id])
+    assert run.info.run_name == "echo-step-40"
+    # the step from the model name (job run's --step-pattern default), the spec from the command line
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "average")] == [
+        (40, avg["mean"])
+    ]
+    assert {k: run.data.params[k] for k in ("model_spec", "judge_model", "step")} == {
+        "model_spec": "mock/echo", "judge_model": "mock/judge", "step": "40",
+    }  # fmt: skip
+    summary = json.loads(_inspect("--summary", "--json", str(tmp_path / "wb" / "wandb")))
+    assert (summary["step"], summary["summary"]["average"], summary["config"]["model_spec"]) == (
+        40,
+        avg["mean"],
+        "mock/echo",
+    )
+    assert SECRET not in json.dumps([run.data.params, run.data.tags, summary])

@@ -14,13 +14,14 @@ import importlib.util
 import logging
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from job.errors import JobError
 from job.layout import reports_dir
 from job.report.runner import ReportConfig, bench_of
+from job.report.tracking_sinks import SINKS, TrackedRun
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -44,19 +45,6 @@ class TrackingConfig:
     run_name: str | None = None
     """None: the model name (W&B: WANDB_NAME first)"""
     required: bool = False
-
-
-@dataclass
-class TrackedRun:
-    """What one tracking run gets, independent of the tool."""
-
-    model: str
-    name: str | None
-    project: str | None
-    step: int
-    metrics: dict[str, float]
-    params: dict[str, str]
-    artifacts: list[Path] = field(default_factory=list)
 
 
 def check_available(cfg: TrackingConfig) -> None:
@@ -97,7 +85,8 @@ def metrics_of(doc: dict[str, Any], model: str) -> dict[str, float]:
     for row in doc.get("pairwise", []):
         if row.get("model") == model:
             out.update({f: v for f in PAIR_FIELDS if (v := _number(row.get(f))) is not None})
-    spread = (doc.get("judge_spread") or {}).get(model) or {}
+    spread = (doc.get("judge_spread") or {}).get(model)
+    spread = spread if isinstance(spread, dict) else {}
     if (v := _number(spread.get("std"))) is not None:
         out["judge_spread"] = v
     if (v := _number(spread.get("k"))) is not None:
@@ -169,8 +158,6 @@ def tracked_runs(
 def _log(tool: str, runs: list[TrackedRun]) -> tuple[list[str], str | None]:
     """Where each run went; on the first failure, the models left unlogged (a down server is
     not asked again for each model)."""
-    from job.report.tracking_sinks import SINKS
-
     logged: list[str] = []
     for i, run in enumerate(runs):
         try:

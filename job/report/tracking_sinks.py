@@ -8,10 +8,22 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from job.report.tracking import TrackedRun
+
+@dataclass
+class TrackedRun:
+    """What one tracking run gets, independent of the tool."""
+
+    model: str
+    name: str | None
+    project: str | None
+    step: int
+    metrics: dict[str, float]
+    params: dict[str, str]
+    artifacts: list[Path] = field(default_factory=list)
+
 
 # MLflow retries a down server for minutes by default (7 retries, backoff factor 2); a report
 # job should warn within seconds. The user's own settings win.

@@ -261,3 +261,17 @@ def test_dry_run_prints_the_settings(tmp_path: Path, capsys: pytest.CaptureFixtu
         'reasoning and template settings: {"extra_body": {"reasoning_effort": "low"}, "reasoning_pattern": "none"}'
         in out
     )
+
+
+def test_api_reply_with_only_reasoning_is_a_failed_turn(make_openai_server: Any) -> None:
+    # vLLM's reasoning parser when the limit runs out inside the reasoning: content null
+    reply = Reply("", finish_reason="length", reasoning_content="still thinking")
+    srv: OpenAIServer = make_openai_server(reply=lambda body: reply, faults=["null_content"])
+    backend = load_backend("openai/test-model", base_url=srv.url, max_retries=2)
+    try:
+        (res,) = backend.generate([REQ])
+    finally:
+        backend.close()
+    assert (res.status, res.text) == ("api_error", "")
+    assert res.error is not None and res.error.startswith("no answer, only reasoning (finish_reason length")
+    assert len(srv.requests) == 1  # asking again would pay for the same reasoning

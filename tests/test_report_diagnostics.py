@@ -227,3 +227,20 @@ def test_report_cli_pairwise_bias(run_job, shared_bench_data: Path, tmp_path: Pa
     ] == pytest.approx(5 / 6)
     md = (tmp_path / "rep" / "report.md").read_text("utf-8")
     assert "| position consistency | 80.0% (4/5) |" in md and "| longer-answer win rate | 83.3% (5/6) |" in md
+
+
+def test_reader_takes_what_the_dict_checks_took() -> None:
+    """null choice / judge and a pairwise row without turn read as before (choice 0, no judge,
+    turn 1); judge resume still needs judge and turn."""
+    (p,) = read_judgment(
+        {**pair("x", "y", "tie", "tie"), "turn": None, "choice": None, "judge": None}, "t", True
+    )
+    assert (p.turn, p.choice, p.judge_name) == (1, 0, "")
+    (s,) = read_judgment({**single("a", 81, 3), "choice": None, "judge": None}, "t", False)
+    assert (s.choice, s.sample_index, s.judge_name, s.status_of) == (0, 0, "", "ok")
+    with pytest.raises(
+        JobError, match=r"^f:2: invalid single judgment \(lacks judge; judge resume needs it\)$"
+    ):
+        read_judgment({**single("a", 81, 3), "judge": None}, "f:2", False, resume=True)
+    with pytest.raises(JobError, match=r"^f:3: invalid pairwise judgment \(lacks turn"):
+        read_judgment({**pair("x", "y", "tie", "tie"), "turn": None}, "f:3", True, resume=True)

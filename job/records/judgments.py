@@ -149,19 +149,23 @@ class _Reading(_Record):
     @field_validator("turn", mode="before", check_fields=False)
     @classmethod
     def _turn(cls, v: Any) -> int:
+        if v is None and "g1_winner" in cls.model_fields:  # FastChat's older pairwise rows: turn 1
+            return 1
         return _not_bool_int(v, "turn", 1)
 
     @field_validator("choice", "sample", mode="before", check_fields=False)
     @classmethod
     def _index(cls, v: Any, info: ValidationInfo) -> int | None:
-        return None if v is None else _not_bool_int(v, str(info.field_name), 0)
+        if v is None:  # null: choice 0, sample 0
+            return 0 if info.field_name == "choice" else None
+        return _not_bool_int(v, str(info.field_name), 0)
 
     @field_validator("judge", mode="before", check_fields=False)
     @classmethod
     def _judge(cls, v: Any) -> Any:
-        if v is not None and not (
-            isinstance(v, list) and len(v) >= 2 and all(isinstance(j, str) for j in v[:2])
-        ):
+        if v is None:  # a hand-made row (judge resume refuses it before)
+            return ["", ""]
+        if not (isinstance(v, list) and len(v) >= 2 and all(isinstance(j, str) for j in v[:2])):
             raise ValueError("judge must be [judge name, prompt name]")
         return v
 

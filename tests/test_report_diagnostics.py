@@ -244,3 +244,23 @@ def test_reader_takes_what_the_dict_checks_took() -> None:
         read_judgment({**single("a", 81, 3), "judge": None}, "f:2", False, resume=True)
     with pytest.raises(JobError, match=r"^f:3: invalid pairwise judgment \(lacks turn"):
         read_judgment({**pair("x", "y", "tie", "tie"), "turn": None}, "f:3", True, resume=True)
+
+
+def test_real_judge_samples_keep_the_one_sample_numbers(run_job, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """generate -> reduce -> judge (K = 1) -> report, then judge --judge-samples 2 -> report:
+    a deterministic judge's second sample changes no score, and its judge std is 0."""
+    common = ["--bench", "smoke", "--output", str(tmp_path / "runs")]
+    for args in (["generate", *common, "--model", "mock/echo"], ["reduce", *common]):
+        assert run_job(*args).returncode == 0
+    docs = []
+    for k in ("1", "2"):
+        p = run_job("judge", *common, "--judge-model", "mock/judge", "--judge-samples", k)
+        assert p.returncode == 0, p.stderr[-2000:]
+        p = run_job("report", *common, "--no-html", "--output-dir", str(tmp_path / f"rep{k}"))
+        assert p.returncode == 0, p.stderr[-2000:]
+        docs.append(json.loads((tmp_path / f"rep{k}" / "report.json").read_text("utf-8")))
+    one, two = docs
+    assert two["scores"] == one["scores"] and two["fastchat"] == one["fastchat"]
+    assert one["judge_spread"] == {} and two["judge_spread"]["echo"]["std"] == 0.0
+    mean = {(s["category"], s["turn"]): s["mean"] for s in one["scores"]}[("all", "all")]
+    assert two["judge_spread"]["echo"]["means"] == pytest.approx([mean, mean])

@@ -246,12 +246,17 @@ def test_reader_takes_what_the_dict_checks_took() -> None:
         read_judgment({**pair("x", "y", "tie", "tie"), "turn": None}, "f:3", True, resume=True)
 
 
-def test_real_judge_samples_keep_the_one_sample_numbers(run_job, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """generate -> reduce -> judge (K = 1) -> report, then judge --judge-samples 2 -> report:
-    a deterministic judge's second sample changes no score, and its judge std is 0."""
+def test_real_pipeline_reasoning_and_judge_samples(run_job, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """generate (a model that thinks, one whose thinking never closes) -> reduce -> judge
+    (K = 1) -> report, then judge --judge-samples 2 -> report: the reasoning table from the
+    answer files, and a deterministic judge's second sample changes no score (judge std 0)."""
     common = ["--bench", "smoke", "--output", str(tmp_path / "runs")]
-    for args in (["generate", *common, "--model", "mock/echo"], ["reduce", *common]):
-        assert run_job(*args).returncode == 0
+    for name, reply in (("think", "<think>abcdef</think>Answer"), ("open", "<think>abc")):
+        assert (
+            run_job("generate", *common, "--model", f"mock/fixed:{reply}", "--model-name", name).returncode
+            == 0
+        )
+    assert run_job("reduce", *common).returncode == 0
     docs = []
     for k in ("1", "2"):
         p = run_job("judge", *common, "--judge-model", "mock/judge", "--judge-samples", k)
@@ -261,6 +266,14 @@ def test_real_judge_samples_keep_the_one_sample_numbers(run_job, tmp_path: Path)
         docs.append(json.loads((tmp_path / f"rep{k}" / "report.json").read_text("utf-8")))
     one, two = docs
     assert two["scores"] == one["scores"] and two["fastchat"] == one["fastchat"]
-    assert one["judge_spread"] == {} and two["judge_spread"]["echo"]["std"] == 0.0
-    mean = {(s["category"], s["turn"]): s["mean"] for s in one["scores"]}[("all", "all")]
-    assert two["judge_spread"]["echo"]["means"] == pytest.approx([mean, mean])
+    assert one["judge_spread"] == {}
+    for m in ("think", "open"):
+        mean = {(s["model"], s["category"], s["turn"]): s["mean"] for s in one["scores"]}[(m, "all", "all")]
+        assert two["judge_spread"][m]["std"] == 0.0 and two["judge_spread"][m]["means"] == pytest.approx(
+            [mean] * 2
+        )
+    # smoke: 9 questions x 2 turns; "Answer" judged (6 chars) after "abcdef"; "<think>abc" as it stands
+    assert two["reasoning"]["think"] == {"turns": 18, "share_reasoning": 1.0, "mean_reasoning_chars": 6.0,
+                                         "mean_answer_chars": 6.0, "share_unterminated": 0.0, "share_truncated": 0.0}  # fmt: skip
+    assert two["reasoning"]["open"] == {"turns": 18, "share_reasoning": 1.0, "mean_reasoning_chars": 3.0,
+                                        "mean_answer_chars": 10.0, "share_unterminated": 1.0, "share_truncated": 0.0}  # fmt: skip

@@ -198,6 +198,7 @@ def test_wandb_offline_run_read_back_with_wandbs_own_reader(
     assert SECRET not in (run_dir / f"run-{summary['run_id']}.wandb").read_bytes().decode("utf-8", "replace")
 
 
+@pytest.mark.slow  # three `job report` processes, MLflow's bounded retries
 def test_down_server_warns_or_fails_and_keeps_the_report(
     run_job: Any, judgments: Path, tmp_path: Path
 ) -> None:
@@ -218,6 +219,13 @@ def test_down_server_warns_or_fails_and_keeps_the_report(
         line.startswith("error: --log-to mlflow: ckpt-a, ckpt-b not logged") and "--log-to-required" in line
     )
     assert (tmp_path / "req" / "report.json").is_file() and (tmp_path / "req" / "scores.csv").is_file()
+    # W&B online without a login refuses: the same one warning line
+    env = {**wandb_env(tmp_path / "wb"), "WANDB_MODE": "online", "WANDB_BASE_URL": env["MLFLOW_TRACKING_URI"]}
+    p = _report(run_job, judgments, tmp_path / "wandb", "--log-to", "wandb", "--no-html", env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (line,) = [ln for ln in p.stderr.splitlines() if "--log-to wandb" in ln]
+    assert "WARNING" in line and "ckpt-a, ckpt-b not logged" in line and "API key" in line
+    assert (tmp_path / "wandb" / "report.json").is_file()
 
 
 def test_missing_library_is_a_one_line_error_naming_the_extra(

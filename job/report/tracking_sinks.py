@@ -28,6 +28,8 @@ class TrackedRun:
 # MLflow retries a down server for minutes by default (7 retries, backoff factor 2); a report
 # job should warn within seconds. The user's own settings win.
 MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# W&B waits 90 s for a server that does not answer; 30 s is still generous for a live one
+WANDB_INIT_TIMEOUT_DEFAULT = "30"
 
 
 def _mlflow_experiment(client: object, name: str | None) -> str:
@@ -79,6 +81,7 @@ def _wandb_name(text: str) -> str:
 
 def log_wandb(run: TrackedRun) -> str:
     """WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR, WANDB_API_KEY ... as for any W&B client."""
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_DEFAULT)
     import wandb
 
     name = run.name or os.environ.get("WANDB_NAME") or run.model

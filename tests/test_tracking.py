@@ -8,6 +8,7 @@ The judgment file is written by hand; every expected number below is computed by
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ci_gate import unavailable
 
 from job.benches import packaged_data_dir
 from job.report import tracking
@@ -40,6 +42,13 @@ EXPECTED_A = {
     "average": 5.0, "average/n_scored": 4.0, "average/n_failed": 1.0, "turn1": 6.0, "turn2": 4.0,
     "turn1/n_failed": 1.0, "category/writing": 7.0, "category/math": 3.0, "category/roleplay/n_failed": 1.0,
 }  # fmt: skip
+
+
+def need(*tools: str) -> None:
+    """The tracking extras: a skip on a developer machine without them, a failure in CI."""
+    for tool in tools:
+        if importlib.util.find_spec(tool) is None:
+            unavailable(f"{tool} is not installed", f"pip install -e '.[{tool}]' (.ci/run does)")
 
 
 def _free_port() -> int:
@@ -63,6 +72,7 @@ def judgments(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 with a sqlite store; artifacts uploaded through the server."""
+    need("mlflow", "wandb")
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
@@ -172,6 +182,7 @@ def wandb_env(root: Path) -> dict[str, str]:
 def test_wandb_offline_run_read_back_with_wandbs_own_reader(
     run_job: Any, judgments: Path, tmp_path: Path
 ) -> None:
+    need("wandb")
     out, root = tmp_path / "rep", tmp_path / "wb"
     env = {**wandb_env(root), "WANDB_PROJECT": "proj-from-env"}
     p = _report(run_job, judgments, out, "--model-list", "ckpt-a", "--log-to", "wandb", env=env)
@@ -202,6 +213,7 @@ def test_wandb_offline_run_read_back_with_wandbs_own_reader(
 def test_down_server_warns_or_fails_and_keeps_the_report(
     run_job: Any, judgments: Path, tmp_path: Path
 ) -> None:
+    need("mlflow", "wandb")
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}  # nothing listens there
     p = _report(run_job, judgments, tmp_path / "warn", "--log-to", "mlflow", "--no-html", env=env)
     assert p.returncode == 0, p.stderr[-3000:]

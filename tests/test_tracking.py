@@ -180,12 +180,14 @@ def wandb_env(root: Path) -> dict[str, str]:
 
 
 def test_wandb_offline_run_read_back_with_wandbs_own_reader(
-    run_job: Any, judgments: Path, tmp_path: Path
+    run_job: Any, judgments: Path, tmp_path: Path, s3: Any
 ) -> None:
+    """The report on S3 (moto): the artifacts are read back from where `job report` wrote them."""
     need("wandb")
-    out, root = tmp_path / "rep", tmp_path / "wb"
-    env = {**wandb_env(root), "WANDB_PROJECT": "proj-from-env"}
-    p = _report(run_job, judgments, out, "--model-list", "ckpt-a", "--log-to", "wandb", env=env)
+    root = tmp_path / "wb"
+    env = {**wandb_env(root), **s3.env, "WANDB_PROJECT": "proj-from-env", "OPENAI_API_KEY": SECRET}
+    args = ["report", "--bench", "smoke", "--judgments", str(judgments), "--output", s3.uri("runs")]
+    p = run_job(*args, "--model-list", "ckpt-a", "--log-to", "wandb", env=env, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "no checkpoint step (--step): tracking metrics are logged at step 0" in p.stderr
     (run_dir,) = (root / "wandb").glob("offline-run-*")
@@ -205,8 +207,9 @@ def test_wandb_offline_run_read_back_with_wandbs_own_reader(
     assert art["type"] == "mtbench-report" and art["name"] == "mtbench-report-ckpt-a"
     assert {c["path"] for c in art["manifest"]["contents"]} == {"report.html", "report.json", "scores.csv"}
     sizes = {c["path"]: int(c["size"]) for c in art["manifest"]["contents"]}
-    assert sizes["report.json"] == (out / "report.json").stat().st_size
-    assert SECRET not in (run_dir / f"run-{summary['run_id']}.wandb").read_bytes().decode("utf-8", "replace")
+    assert sizes["report.json"] == len(s3.get("runs/smoke/reports/report.json"))
+    log = (run_dir / f"run-{summary['run_id']}.wandb").read_bytes().decode("utf-8", "replace")
+    assert SECRET not in log and s3.env["AWS_SECRET_ACCESS_KEY"] not in log
 
 
 @pytest.mark.slow  # three `job report` processes, MLflow's bounded retries

@@ -30,8 +30,8 @@ from job.judge.prompts import expected_placeholders, load_prompt_set, select
 from job.judge.store import JudgmentStore
 from job.names import check_name
 from job.records import Answer, Question, ShardItem, parse_records, record_dict
-from job.records.judgments import read_judgment
 from job.records.jsonl import dumps_lines, iter_jsonl
+from job.records.judgments import read_judgment
 from job.report import aggregate as agg
 from job.storage import LocalStorage
 

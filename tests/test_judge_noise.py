@@ -288,12 +288,16 @@ def test_dry_run_counts_a_local_judges_prompt_with_its_tokenizer(
     r = _judge(run_job, answers, out, "--judge-model", f"hf/{tiny_model}", "--dry-run", "--dump", str(dump))
     assert r.returncode == 0, r.stderr
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    msgs = [
-        [{"role": "system", "content": x["system_prompt"]}] * bool(x["system_prompt"])
-        + [{"role": "user", "content": x["user_prompt"]}]
-        for x in _jsonl(dump)
+    reqs = _jsonl(dump)
+    # the tiny model's template (smoke_model.CHAT_TEMPLATE), written out by hand
+    texts = [
+        "<s>"
+        + (f"<|im_start|>system\n{x['system_prompt']}<|im_end|>\n" if x["system_prompt"] else "")
+        + f"<|im_start|>user\n{x['user_prompt']}<|im_end|>\n<|im_start|>assistant\n"
+        for x in reqs
     ]
-    n = sum(len(tok.apply_chat_template(m, tokenize=True, add_generation_prompt=True)) for m in msgs)
+    n = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert n > sum(len(x["user_prompt"]) for x in reqs) / 10  # tokens, not a count of fields
     assert f"~{n} prompt tokens (the judge's tokenizer and chat template)" in r.stdout
 
 

@@ -2,9 +2,11 @@
 
 Owns: the judge prompt files (prompts.py), matches in FastChat's order (matches.py, pure),
 rating/verdict parsing (parse.py, pure), resume keys and the records written (results.py,
-pure), planning (plan.py: config, answers and references, what is still to send, --dry-run),
-the runner that sends, appends and resumes (runner.py) and the judgment store (store.py).
-Only plan, runner and store do I/O.
+pure), planning (plan.py: config, answers and references, what is still to send), --dry-run's
+token and cost estimate (estimate.py), the runner that sends and resumes (runner.py), the
+recorder that turns replies into stored records and asks unparseable ones again
+(recorder.py), the run's totals in the manifest (totals.py) and the judgment store
+(store.py). Only plan, estimate, runner, recorder, totals and store do I/O.
 
 Imports core, job.benches, job.backends and job.storage only: never generate, reduce,
 report, gate, pipeline or commands (import-linter, pyproject.toml).

@@ -69,18 +69,18 @@ def prompt_tokens(spec: str, requests: Sequence[Request]) -> tuple[int, str]:
     if tok is None:
         chars = sum(len(m.prompt.system_prompt) + len(u) for m, _, u in requests)
         return -(-chars // CHARS_PER_TOKEN), f"chars/{CHARS_PER_TOKEN}"
-    if not tok.chat_template:  # a base model: the two texts as they stand
-        n = sum(len(tok(m.prompt.system_prompt + u)["input_ids"]) for m, _, u in requests)
-        return n, "the judge's tokenizer"
-    n = sum(
-        len(
-            tok.apply_chat_template(
-                judge_messages(m.prompt.system_prompt, u), tokenize=True, add_generation_prompt=True
-            )
+    # rendered and counted as the hf backend does: the template's text, no special tokens added
+    templated = bool(tok.chat_template)
+    n = 0
+    for m, _, u in requests:
+        msgs = judge_messages(m.prompt.system_prompt, u)
+        text = (
+            tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            if templated
+            else "\n".join(x["content"] for x in msgs)  # a base model: the texts as they stand
         )
-        for m, _, u in requests
-    )
-    return n, "the judge's tokenizer and chat template"
+        n += len(tok(text, add_special_tokens=False)["input_ids"])
+    return n, "the judge's tokenizer" + " and chat template" * templated
 
 
 def completion_per_call(stored: Sequence[dict[str, Any]], pairwise: bool) -> tuple[float, str]:

@@ -245,6 +245,8 @@ def per_model(cfg: RunConfig) -> list[RunConfig]:
             )
         seen[n] = spec
         sub.generate.model_name = n
+        if cfg.tracking and cfg.tracking.run_name:  # one tracking run per model: NAME-<model>
+            sub.tracking = replace(cfg.tracking, run_name=f"{cfg.tracking.run_name}-{n}")
         if local_reports:
             sub.report_dir = os.path.join(local_reports, path_name(n))
         check(sub)

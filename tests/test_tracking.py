@@ -286,32 +286,43 @@ def test_metric_and_param_mapping_of_a_hand_written_report() -> None:
 
 
 @pytest.mark.slow  # a real mlflow server: ~20-40 s to start on a loaded 2-core machine
-def test_job_run_logs_to_both_tools_with_the_model_spec(
+def test_job_run_logs_each_model_to_both_tools_with_its_spec_and_step(
     run_job: Any, mlflow_server: str, tmp_path: Path
 ) -> None:
     from mlflow import MlflowClient
 
+    (tmp_path / "models.txt").write_text("mock/echo echo-step-40\nmock/echo echo-step-80\n")
     env = {**wandb_env(tmp_path / "wb"), "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "ci"}
-    args = ["run", "--bench", "smoke", "--model", "mock/echo", "--model-name", "echo-step-40"]
-    args += ["--judge-model", "mock/judge", "--log-to", "mlflow", "--log-to", "wandb", "--log-to-required"]
-    p = run_job(*args, env={"OPENAI_API_KEY": SECRET, **env}, timeout=240)
+    args = ["run", "--bench", "smoke", "--models-file", "models.txt", "--judge-model", "mock/judge"]
+    args += ["--log-to", "mlflow", "--log-to", "wandb", "--log-to-required", "--tracking-run-name", "nightly"]
+    p = run_job(*args, env={"OPENAI_API_KEY": SECRET, **env}, timeout=280)
     assert p.returncode == 0, p.stderr[-3000:]
-    doc = json.loads((tmp_path / "runs" / "smoke" / "reports" / "report.json").read_text())
-    (avg,) = [s for s in doc["scores"] if (s["category"], s["turn"]) == ("all", "all")]
     client = MlflowClient(mlflow_server)
-    (run,) = client.search_runs([client.get_experiment_by_name("ci").experiment_id])
-    assert run.info.run_name == "echo-step-40"
-    # the step from the model name (job run's --step-pattern default), the spec from the command line
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "average")] == [
-        (40, avg["mean"])
+    runs = {
+        r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("ci").experiment_id])
+    }
+    assert set(runs) == {"nightly-echo-step-40", "nightly-echo-step-80"}
+    wandb_runs = [
+        json.loads(_inspect("--summary", "--json", str(d)))
+        for d in (tmp_path / "wb" / "wandb").glob("offline-run-*")
     ]
-    assert {k: run.data.params[k] for k in ("model_spec", "judge_model", "step")} == {
-        "model_spec": "mock/echo", "judge_model": "mock/judge", "step": "40",
-    }  # fmt: skip
-    summary = json.loads(_inspect("--summary", "--json", str(tmp_path / "wb" / "wandb")))
-    assert (summary["step"], summary["summary"]["average"], summary["config"]["model_spec"]) == (
-        40,
-        avg["mean"],
-        "mock/echo",
-    )
-    assert SECRET not in json.dumps([run.data.params, run.data.tags, summary])
+    assert sorted(w["name"] for w in wandb_runs) == sorted(runs)
+    for step in (40, 80):
+        doc = json.loads(
+            (tmp_path / "runs" / "smoke" / "reports" / f"echo-step-{step}" / "report.json").read_text()
+        )
+        (avg,) = [s for s in doc["scores"] if (s["category"], s["turn"]) == ("all", "all")]
+        run = runs[f"nightly-echo-step-{step}"]
+        # the step from the model name (job run's --step-pattern default), the spec from the command line
+        history = client.get_metric_history(run.info.run_id, "average")
+        assert [(m.step, m.value) for m in history] == [(step, avg["mean"])]
+        assert {k: run.data.params[k] for k in ("model_spec", "judge_model", "step")} == {
+            "model_spec": "mock/echo", "judge_model": "mock/judge", "step": str(step),
+        }  # fmt: skip
+        (w,) = [w for w in wandb_runs if w["name"] == f"nightly-echo-step-{step}"]
+        assert (w["step"], w["summary"]["average"], w["config"]["model_spec"]) == (
+            step,
+            avg["mean"],
+            "mock/echo",
+        )
+        assert SECRET not in json.dumps([run.data.params, run.data.tags, w])

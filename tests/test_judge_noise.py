@@ -195,6 +195,8 @@ def test_no_parse_retries_is_fastchats_behaviour(
     answers, out = _answer_dir(tmp_path), tmp_path / "runs"
     r = _judge(run_job, answers, out, *_api(srv), env=API_ENV)
     assert r.returncode != 0 and "all 18 judgments of this run failed (18 parse_error)" in r.stderr
+    assert "requested 18 = 0 ok + 18 parse_error + 0 api_error; 18 calls (0 parse retries)" in r.stdout
+    assert _manifest(out)["totals"]["parse_error"] == 18  # a failed run's totals are kept too
     rows = _rows(out)
     assert len(srv.chat_requests) == ROWS and all("attempts" not in x for x in rows)
     assert all(x["status"] == "parse_error" and x["score"] == -1 for x in rows)

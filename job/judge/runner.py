@@ -80,10 +80,14 @@ def _record_answer_errors(plan: Plan, judge: str, store: JudgmentStore) -> int:
     return len(failed)
 
 
-def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> Totals:
+def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, totals: Totals) -> None:
+    """Send the plan's requests and store the judgments; `totals` gets the run's counts, calls
+    and usage, also when it fails."""
     answer_errors = _record_answer_errors(plan, judge, store)
+    if answer_errors:
+        totals.counts["answer_error"] += answer_errors
     if not plan.requests:
-        return Totals(Counter({"answer_error": answer_errors} if answer_errors else {}))
+        return
     backend = load_backend(cfg.judge_model, **batch_options(cfg.backend_options, store))
     params = plan.params
     rec = Recorder(cfg, plan, judge, store, backend)
@@ -137,6 +141,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> T
     finally:
         bar.close()
         backend.close()  # API judges: joins the event-loop thread, so no reply is recorded after it
+        totals.add(rec.counts, rec.replies, rec.retries, rec.usage)
         if stopped is not None:
             rec.save_pending()
             if isinstance(stopped, Terminated):
@@ -144,9 +149,6 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore) -> T
                     f"{rec.stored} judgments stored by this run ({len(plan.cached)} games before) in {store.uri}; "
                     "a re-run asks only the rest"
                 )
-    if answer_errors:
-        rec.counts["answer_error"] += answer_errors
-    return Totals(rec.counts, rec.replies, rec.retries, rec.usage)
 
 
 def _advance(bar: tqdm[Any], n: int) -> None:
@@ -189,13 +191,17 @@ def run(cfg: JudgeConfig) -> Counter[str]:
         len(plan.cached),
         store.uri,
     )
+    totals = Totals()
     try:
-        totals = execute(cfg, plan, judge, store)
-    except BaseException:
+        execute(cfg, plan, judge, store, totals)
+    except BaseException as e:
         # fold in what was stored if the storage still answers; the first error (often
         # the storage itself failing) is the one to report, not a second one from here
         with suppress(JobError):
             store.compact()
+            if isinstance(e, JobError) and totals.counts:  # a failed run's totals too
+                finish_manifest(storage, mkey, manifest, store, totals)
+                print(totals.line(cfg.price_per_mtok))
         raise
     store.compact()
     finish_manifest(storage, mkey, manifest, store, totals)

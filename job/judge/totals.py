@@ -29,6 +29,12 @@ class Totals:
     usage: Usage | None = None
     """the API's token counts over this run's calls; None when it reported none"""
 
+    def add(self, counts: Counter[str], calls: int, parse_retries: int, usage: Usage | None) -> None:
+        self.counts.update(counts)
+        self.calls += calls
+        self.parse_retries += parse_retries
+        self.usage = sum_usage([self.usage, usage])
+
     def as_dict(self) -> dict[str, int]:
         c = self.counts
         return {

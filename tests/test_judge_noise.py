@@ -218,14 +218,20 @@ def test_parse_retries_on_a_batching_judge(run_job: Any, tmp_path: Path) -> None
     assert "usage_total" in _manifest(out) and _manifest(out)["usage_total"] is None  # mock reports none
 
 
-@pytest.mark.timeout(120)
-def test_pairwise_retries_name_the_game(run_job: Any, tmp_path: Path, make_openai_server: MakeServer) -> None:
-    srv = _server(make_openai_server, Judge(never="no such text", fail="no such text"))
-    answers, out = _answer_dir(tmp_path), tmp_path / "runs"
+def _two_models(tmp_path: Path) -> Path:
+    """_answer_dir's model m (turns "a", "b") and model n (turns "c", "d")."""
+    answers = _answer_dir(tmp_path)
     rows = [json.loads(x) for x in (answers / "m.jsonl").read_text().splitlines()]
     (answers / "n.jsonl").write_text(
         "".join(json.dumps({**x, "choices": [{"index": 0, "turns": ["c", "d"]}]}) + "\n" for x in rows)
     )
+    return answers
+
+
+@pytest.mark.timeout(120)
+def test_pairwise_retries_name_the_game(run_job: Any, tmp_path: Path, make_openai_server: MakeServer) -> None:
+    srv = _server(make_openai_server, Judge(never="no such text", fail="no such text"))
+    answers, out = _two_models(tmp_path), tmp_path / "runs"
     r = _judge(
         run_job, answers, out, *_api(srv), "--mode", "pairwise-all", "--parse-retries", "1", env=API_ENV
     )
@@ -326,3 +332,29 @@ def test_job_run_passes_the_judge_samples(run_job: Any, tmp_path: Path) -> None:
                 "--judge-model", "mock/judge", "--judge-name", "j", "--judge-samples", "2")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert Counter(x.get("sample", 0) for x in _rows(out)) == {0: ROWS, 1: ROWS}
+
+
+@pytest.mark.timeout(120)
+def test_a_pairwise_row_asked_again_for_one_game_keeps_the_other_games_usage(
+    run_job: Any, tmp_path: Path, make_openai_server: MakeServer
+) -> None:
+    """Run 1: game 2 of every turn-1 pair gets a 400 (row api_error, usage = game 1's). Run 2
+    asks only those 9 games; the rows written again hold both games' usage."""
+    failing = [True]
+    game2_turn1 = "[The Start of Assistant A's Answer]\nc\n"  # model n's turn-1 answer shown first
+
+    def fault(body: dict[str, Any], n: int) -> str | None:
+        return "400" if failing[0] and game2_turn1 in last_user(body) else None
+
+    srv = make_openai_server(reply=lambda body: "Verdict: [[A]]", faults=fault)
+    answers, out = _two_models(tmp_path), tmp_path / "runs"
+    pair = ["--mode", "pairwise-all"]
+    assert _judge(run_job, answers, out, *_api(srv), *pair, env=API_ENV).returncode == 0
+    failing[0] = False
+    r = _judge(run_job, answers, out, *_api(srv), *pair, env=API_ENV)
+    assert r.returncode == 0 and "requested 9 = 9 ok" in r.stdout, r.stdout
+    rows = _jsonl(out / "smoke" / "model_judgment" / "j_pair.jsonl")[-9:]
+    assert {x["turn"] for x in rows} == {1} and {x["status"] for x in rows} == {"ok"}
+    for x in rows:
+        g1, g2 = _usage_of(srv, x["g1_user_prompt"]), _usage_of(srv, x["g2_user_prompt"])
+        assert x["usage"] == {k: g1[k] + g2[k] for k in g1} and g1["prompt_tokens"] > 0

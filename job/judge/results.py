@@ -174,12 +174,23 @@ def stored_games(rec: dict[str, Any]) -> Iterable[tuple[GameKey, GameResult]]:
             yield (*key, 0), r
         return
     unmap = {1: {"model_1": "A", "model_2": "B"}, 2: {"model_2": "A", "model_1": "B"}}
-    for g in (1, 2):
+    final = [g for g in (1, 2) if game_status(rec, g) in DONE_STATUSES]
+    for g in final:
         winner = rec.get(f"g{g}_winner", "error")
-        status = game_status(rec, g)
-        if status in DONE_STATUSES:
-            verdict = unmap[g].get(winner, winner)
-            r = GameResult(
-                rec.get(f"g{g}_user_prompt", ""), rec.get(f"g{g}_judgment", ""), status, None, verdict
-            )
-            yield (*key, g), r
+        verdict = unmap[g].get(winner, winner)
+        r = GameResult(
+            rec.get(f"g{g}_user_prompt", ""),
+            rec.get(f"g{g}_judgment", ""),
+            game_status(rec, g),
+            None,
+            verdict,
+        )
+        if len(final) == 1:  # its row is written again with the other game: keep what this one cost
+            r.usage = rec.get("usage")  # a failed call reports no usage: the row's is this game's
+            kept = [
+                {k: v for k, v in a.items() if k != "game"}
+                for a in rec.get("attempts") or []
+                if a.get("game") == g
+            ]
+            r.attempts = kept or None
+        yield (*key, g), r

@@ -47,7 +47,9 @@ class LocalStorage(Storage):
                 try:
                     os.link(tmp, dest)
                 except FileExistsError:
-                    return False
+                    # on NFS a retransmitted link() answers EEXIST for our own landed link:
+                    # ours if dest is our temp file's inode
+                    return os.path.samefile(tmp, dest)
                 finally:
                     os.unlink(tmp)
             else:

@@ -10,7 +10,8 @@
 - Credentials come from the standard AWS chain and are never logged, written or
   put in an error message: errors name the s3:// URI, the endpoint host and the fix.
 - Retries: botocore's "standard" mode (bounded, with backoff) on throttling, 5xx
-  and connection errors.
+  and connection errors; a conditional write answered 409 ConditionalRequestConflict
+  (another conditional PUT to the key in flight) is asked again, as bounded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -44,7 +47,16 @@ _AUTH_CODES = {
     "AllAccessDisabled",
     "403",
 }
-_RETRIED_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
+_CONFLICT_CODES = ("ConditionalRequestConflict", "409")
+_CONFLICT_BACKOFF_S = 0.1  # doubled per attempt (jittered): 5 attempts wait at most 1.5 s
+_RETRIED_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestLimitExceeded",
+    *_CONFLICT_CODES,
+}
 
 # botocore/urllib3 DEBUG logs carry request headers (Authorization names the access
 # key id); keep them quiet even under `job --log-level DEBUG`.
@@ -171,28 +183,37 @@ class S3Storage(Storage):
             return data
 
     def write_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        with self._errors(key, "write"):
+            if if_absent:
+                return self._put_if_absent(key, data)
+            if len(data) < self.multipart_threshold:
+                self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+            else:
+                self._managed_upload(self._k(key), data)
+        return True
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
-        with self._errors(key, "write"):
+        for attempt in range(self.max_attempts):
             try:
                 if len(data) < self.multipart_threshold:
-                    kw = {"IfNoneMatch": "*"} if if_absent else {}
-                    self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **kw)
-                elif if_absent:
-                    self._multipart_if_absent(self._k(key), data)
+                    self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, IfNoneMatch="*")
                 else:
-                    self._managed_upload(self._k(key), data)
+                    self._multipart_if_absent(self._k(key), data)
+                return True
             except ClientError as e:
-                if if_absent and e.response.get("Error", {}).get("Code") in (
-                    "PreconditionFailed",
-                    "412",
-                    "ConditionalRequestConflict",
-                ):
+                code = e.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412"):
                     # botocore retries a PUT whose reply was lost: the 412 may answer our
                     # own earlier attempt, which landed. Ours only if the bytes are ours.
                     return self._holds(key, data)
-                raise
-        return True
+                # 409: another conditional PUT to this key is in flight; its outcome is
+                # unknown yet (nothing to read), so ask again once it has settled
+                if code not in _CONFLICT_CODES or attempt + 1 == self.max_attempts:
+                    raise
+            time.sleep(_CONFLICT_BACKOFF_S * 2**attempt * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
 
     def _holds(self, key: str, data: bytes) -> bool:
         # a read error propagates: better a failed run than a wrong guess about the commit

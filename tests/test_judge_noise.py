@@ -358,3 +358,17 @@ def test_a_pairwise_row_asked_again_for_one_game_keeps_the_other_games_usage(
     for x in rows:
         g1, g2 = _usage_of(srv, x["g1_user_prompt"]), _usage_of(srv, x["g2_user_prompt"])
         assert x["usage"] == {k: g1[k] + g2[k] for k in g1} and g1["prompt_tokens"] > 0
+
+
+def test_bad_judge_temperature_is_a_one_line_error(run_job: Any, tmp_path: Path) -> None:
+    r = _judge(
+        run_job,
+        _answer_dir(tmp_path),
+        tmp_path / "runs",
+        "--judge-model",
+        "mock/judge",
+        "--judge-temperature",
+        "3",
+    )
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: --judge-temperature: temperature must be"), r.stderr

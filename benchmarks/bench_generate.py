@@ -1,5 +1,5 @@
-"""Answer generation: our hf path (job.generate's turn waves + HFBackend) vs FastChat's loop
-vs plain transformers batched `generate`.
+"""Answer generation: our hf path (job.generate + HFBackend's continuous batching) vs FastChat's
+loop vs plain transformers batched `generate`, and our previous turn-wave scheduler.
 
 FastChat's `gen_model_answer.get_model_answers` runs one question at a time: for each
 choice i it calls torch.manual_seed(i), then one `model.generate` per turn at batch
@@ -18,8 +18,10 @@ at varied lengths) lets EOS stop each answer, and tokens/s (EOS not counted) com
     job smoke-model --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf /tmp/smollm2   # a real 135M model
     python benchmarks/bench_generate.py --model /tmp/smollm2 --first-n 16 --num-choices 1 --max-new-tokens 128
 
-Prints markdown tables: tokens/s, wall time and the ratios for --num-choices 1 and 5,
-then the speedup of splitting the work into shards run by separate processes.
+Prints markdown tables: tokens/s, wall time and the ratios for --num-choices 1 and 5, the
+fraction of the CPU compute bound (matmul FLOP/s measured here / 2 x parameters FLOP per
+token; on a GPU the column is left out), then the speedup of splitting the work into shards
+run by separate processes.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--token-budget", type=int)
     ap.add_argument("--skip-fastchat", action="store_true", help="only time our path")
+    ap.add_argument(
+        "--turn-waves", action="store_true", help="also time our previous scheduler (one generate per turn)"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="report the best of this many runs")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     # internal: one shard worker of the sharding comparison
@@ -114,9 +119,10 @@ def forced(args: argparse.Namespace) -> bool:
 
 
 def ours(
-    backend: Any, questions: list[Any], num_choices: int, n: int, dedupe: bool
+    backend: Any, questions: list[Any], num_choices: int, n: int, dedupe: bool, refill: bool = True
 ) -> tuple[int, float, float]:
-    """What `job generate` does for one shard: Conversations, then one backend call per turn."""
+    """What `job generate` does for one shard: Conversations through run_waves, on the continuous
+    batch (refill) or, refill False, with one backend `generate` call per turn (turn waves)."""
     from job.backends.base import SamplingParams
     from job.generate import Conversation, GenerateConfig, run_waves, temperature_of, work_items
 
@@ -126,8 +132,13 @@ def ours(
         Conversation(q, c, SamplingParams(temperature_of(q, cfg, fastchat), n, cfg.seed + c))
         for q, c in work_items(questions, num_choices)
     ]
+    streams = backend.streams_conversations
+    backend.streams_conversations = streams and refill
     t0, c0 = time.perf_counter(), time.process_time()
-    run_waves(backend, convs, dedupe, lambda done, tokens: None)
+    try:
+        run_waves(backend, convs, dedupe, lambda done, tokens: None)
+    finally:
+        backend.streams_conversations = streams
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert all(c.status == "ok" for c in convs), [c.error for c in convs if c.status != "ok"][:3]
     return sum(c.num_tokens for c in convs), dt, cpu
@@ -240,11 +251,14 @@ def variants(
 ) -> dict[str, Measure]:
     """The variants to time for one --num-choices value: name -> run() giving (tokens, wall s, cpu s)."""
     n, eos = args.max_new_tokens, forced(args)
+    dedupe = True  # job generate's default for hf: greedy choices are one answer, generated once
     out: dict[str, Measure] = {
-        "ours (job generate waves, hf)": lambda: ours(backend, questions, choices, n, False)
+        "ours (job generate, continuous batching)": lambda: ours(backend, questions, choices, n, dedupe),
     }
-    if choices > 1:
-        out["ours + greedy dedupe (default)"] = lambda: ours(backend, questions, choices, n, True)
+    if args.turn_waves:
+        out["ours, turn waves (previous scheduler)"] = lambda: ours(
+            backend, questions, choices, n, dedupe, refill=False
+        )
     if args.plain_wave:
         out[f"plain transformers batched generate ({args.plain_wave} per wave)"] = lambda: plain_generate(
             backend, questions, choices, n, args.plain_wave, eos
@@ -252,6 +266,25 @@ def variants(
     if not args.skip_fastchat:
         out[FASTCHAT_VARIANT] = lambda: fastchat_loop(backend, questions, choices, n, eos)
     return out
+
+
+def compute_bound(backend: Any, size: int = 1024, repeats: int = 5) -> tuple[float, float] | None:
+    """(matmul GFLOP/s measured here, new tokens/s at that rate): decoding one token costs about
+    2 x parameters FLOP. None on a GPU, where memory bandwidth, not FLOP/s, bounds decoding."""
+    import torch
+
+    if backend.device != "cpu":
+        return None
+    a = torch.randn(size, size, dtype=backend.dtype)
+    a @ a  # warm up the BLAS threads
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    flops = 2 * size**3 / best
+    params = sum(p.numel() for p in backend.model.parameters())
+    return flops / 1e9, flops / (2 * params)
 
 
 def warm_up(backend: Any) -> None:
@@ -372,6 +405,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         + f"torch threads {args.threads}, token budget {backend.token_budget}, best of {args.repeats}\n"
     )
+    bound = compute_bound(backend)
+    if bound:
+        print(
+            f"compute bound: {bound[1]:.0f} new tokens/s (a {1024}^3 matmul runs at {bound[0]:.1f} GFLOP/s here, "
+            f"2 x {sum(p.numel() for p in backend.model.parameters()) / 1e6:.0f}M FLOP per token)\n"
+        )
     rows: list[list[Any]] = []
     records: list[dict[str, Any]] = []
     for choices in args.num_choices:
@@ -387,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
             # time ratios: equal to tok/s ratios where the token counts are equal (forced EOS, no dedupe)
             vs = [f"{ref[1] / dt:.1f}x", f"{ref[2] / cpu:.1f}x"] if ref else ["-", "-"]
             vs.append(f"{(tokens / dt) / (ref[0] / ref[1]):.1f}x" if ref else "-")
+            if bound:
+                vs.append(f"{tokens / dt / bound[1]:.0%}")
             rows.append([choices, name, tokens, f"{dt:.2f}", f"{cpu:.2f}", f"{tokens / dt:.0f}", *vs])
             records.append(
                 {"num_choices": choices, "variant": name, "tokens": tokens, "wall_s": dt, "cpu_s": cpu}
@@ -402,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         "speedup (wall)",
         "speedup (cpu)",
         "tok/s vs FastChat",
-    ]
+    ] + (["of compute bound"] if bound else [])
     print(table(headers, rows))
     backend.close()
     if args.shards and args.shards > 1:

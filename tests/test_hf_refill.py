@@ -118,6 +118,43 @@ def test_two_turns_equal_the_turn_waves_and_turn_2_does_not_wait(tiny_model: Pat
     assert order.index((0, 2)) < order.index((2, 1)) < order.index((1, 1))
 
 
+def test_prefill_reuses_the_same_prompt_and_the_previous_turn(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Choices of one question prefill their turn 1 once; turn 2 prefills only what follows
+    the turn-1 prompt and answer; the answers stay those of the turn waves."""
+    b = _hf(tiny_model)
+    prefills: list[int] = []
+    real = b.model.forward
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[0] == 1 and kwargs["input_ids"].shape[1] > 1:
+            prefills.append(int(kwargs["input_ids"].shape[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(b.model, "forward", spy)
+    qs = _questions()[:2]
+    convs = [Conversation(q, c, SamplingParams(0.7, 12, c)) for q in qs for c in range(3)]
+    run_waves(b, convs, False, lambda d, t: None)
+    waves = [Conversation(q, c, SamplingParams(0.7, 12, c)) for q in qs for c in range(3)]
+    run_waves(_hf(tiny_model, refill=False), waves, False, lambda d, t: None)
+    assert [c.answers for c in convs] == [c.answers for c in waves]
+    first = [
+        len(b.tokenizer(b.render(_req(q.turns[0], 0.0, 1)), add_special_tokens=False)["input_ids"]) - 1
+        for q in qs
+    ]
+    assert prefills[:2] == first, "one turn-1 prefill per question, not per choice"
+    # a turn-2 prompt starts with its turn-1 prompt (the answer's tokens may re-encode differently)
+    second = [
+        len(b.tokenizer(b.render(GenRequest(c.messages_for_turn(1))), add_special_tokens=False)["input_ids"])
+        - 1
+        - (first[k // 3] + 1)
+        for k, c in enumerate(convs)
+    ]
+    assert len(prefills) == 2 + 6
+    assert all(0 < p <= s for p, s in zip(prefills[2:], second, strict=True)), "turn 2 reuses turn 1's cache"
+
+
 def test_an_oom_halves_the_rows_for_the_rest_of_the_run(
     tiny_model: Path, alone: list[GenResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -103,9 +103,14 @@ class RefillLoop:
         self.cache = SlotCache(model.config, *kv_shape(model.config), model.dtype, backend.device)
         self.slots: list[_Live | None] = []
         self.queue: deque[tuple[int, GenRequest]] = deque()
+        self.ahead = 0
+        """Queued follow-ups (next turns, restarts): at the front, in the order they came."""
         self.top_k, self.top_p, self.warpers = sampler_settings(model.generation_config)
         self.eos = torch.tensor(backend.eos_ids, device=backend.device)
         self.eos_set = set(backend.eos_ids)
+        self.last: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self.turns: dict[int, tuple[list[int], int, int]] = {}
+        """conversation -> (tokens, slot, end column) of its turn that just ended, until the next admission."""
 
     def run(
         self, first: list[GenRequest], follow_up: FollowUp, progress: ProgressFn | None
@@ -129,7 +134,15 @@ class RefillLoop:
             self.progress(1, res.num_tokens)
         nxt = self.follow_up(conv, res)
         if nxt is not None:  # the conversation's next turn goes first: it starts now
-            self.queue.appendleft((conv, nxt))
+            self._push((conv, nxt))
+
+    def _push(self, item: tuple[int, GenRequest]) -> None:
+        self.queue.insert(self.ahead, item)
+        self.ahead += 1
+
+    def _pop(self) -> None:
+        self.queue.popleft()
+        self.ahead = max(0, self.ahead - 1)
 
     def _fits(self, rows: list[_Live]) -> bool:
         """Whether these rows may share the steps: --batch-size rows, else the token budget
@@ -147,7 +160,7 @@ class RefillLoop:
             conv, req = self.queue[0]
             enc = self.b._encode(req)
             if isinstance(enc, GenResult):
-                self.queue.popleft()
+                self._pop()
                 self._deliver(conv, enc)
                 continue
             limit = self.b._room(enc, req.params.max_new_tokens)
@@ -160,16 +173,17 @@ class RefillLoop:
         new: list[tuple[_Live, list[tuple[torch.Tensor, torch.Tensor]]]] = []
         while (row := self._take()) is not None and self._fits([*self.live, *(n for n, _ in new), row]):
             try:
-                kv = self._prefill(row.row.ids[:-1])
+                kv = self._prefill(row)
             except RuntimeError as e:
                 if self.live or new:  # room for fewer rows than now: wait for some to end
                     self._limit(e, len(self.live) + len(new))
                     break
-                self.queue.popleft()
+                self._pop()
                 self._fail(row, e)
                 continue
-            self.queue.popleft()
+            self._pop()
             new.append((row, kv))
+        self.turns.clear()  # _place may overwrite or move those slots
         self._place(new)
 
     def _place(self, new: list[tuple[_Live, list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
@@ -198,13 +212,33 @@ class RefillLoop:
             self.cache.put(k, kv, row.cached)
 
     @torch.inference_mode()
-    def _prefill(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _prefill(self, row: _Live) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The row's prompt but its last token, alone (no padding) into a fresh cache. What an
+        earlier prefill or the conversation's previous turn already holds is not computed again:
+        the same prompt (the choices of one question) is reused whole, a turn-2 prompt from
+        the turn-1 row's cache up to where their tokens part."""
+        ids = row.row.ids[:-1]
+        if self.last is not None and self.last[0] == ids:
+            return self.last[1]
         part = DynamicCache(config=self.b.model.config)
-        if ids:
-            x = torch.tensor([ids], device=self.b.device)
-            self.b.model(input_ids=x, use_cache=True, logits_to_keep=1, **{self.b._cache_kw: part})
-            return [(layer.keys, layer.values) for layer in part.layers]
-        return []
+        done = 0
+        if row.conv in self.turns:  # the previous turn's tokens are still in its slot
+            toks, slot, end = self.turns.pop(row.conv)
+            done = next(
+                (k for k, (a, b) in enumerate(zip(toks, ids, strict=False)) if a != b),
+                min(len(toks), len(ids)),
+            )
+            for i, layer in enumerate(self.cache.cache.layers if done else []):
+                cols = slice(end - len(toks), end - len(toks) + done)
+                part.update(layer.k[slot : slot + 1, :, cols], layer.v[slot : slot + 1, :, cols], i)
+        if len(ids) > done:
+            x = torch.tensor([ids[done:]], device=self.b.device)
+            pos = torch.arange(done, len(ids), device=self.b.device)[None, :]
+            kw = {self.b._cache_kw: part}
+            self.b.model(input_ids=x, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+        kv = [(layer.keys, layer.values) for layer in part.layers] if ids else []
+        self.last = (ids, kv)
+        return kv
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -262,6 +296,9 @@ class RefillLoop:
             if len(r.out) < r.limit:
                 return
         self.slots[k] = None
+        # the tokens its slot holds: a follow-up turn admitted next reuses them (_prefill)
+        fed = r.row.ids + (r.out if stop else r.out[:-1])
+        self.turns[r.conv] = (fed, k, self.cache.window.end)
         text = self.b._clean(self.b.tokenizer.decode(r.out, skip_special_tokens=True))
         self._deliver(
             r.conv, GenResult(text, finish_reason="stop" if stop else "length", num_tokens=len(r.out))
@@ -292,4 +329,4 @@ class RefillLoop:
         for k, r in enumerate(self.slots):
             if r is not None and sum(x is not None for x in self.slots[: k + 1]) > rows:
                 self.slots[k] = None
-                self.queue.appendleft((r.conv, r.request))
+                self._push((r.conv, r.request))

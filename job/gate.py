@@ -10,6 +10,9 @@ either side (an older report, a FastChat file) is not compared.
 
 Delta CIs are paired: both reports' per-question scores are resampled together over the
 questions they share (the same bootstrap as the report's own CIs, of B's mean minus A's).
+When the reports scored different questions (--first-n, a partial run), the delta itself is
+taken over the shared questions too, so that the CI is one of the delta that is gated; the
+output says how many were shared and left out, and by how much the reported means differ.
 Reports without per-question scores (older versions) fall back to combining the two CIs as
 independent normal errors, delta ± sqrt(h_a² + h_b²), labelled as an approximation.
 """
@@ -121,23 +124,37 @@ def _questions(doc: dict[str, Any], model: str, category: str) -> dict[str, dict
     return {q: v for q, v in per.items() if category == "all" or v.get("category") == category}
 
 
-def paired_ci(
-    a: dict[str, Any], b: dict[str, Any], model_a: str, model_b: str, category: str
-) -> tuple[tuple[float, float] | None, int | None]:
-    """(95% CI of B's mean minus A's, resampling the shared questions together; their count,
-    None when a report has no per-question scores)."""
+@dataclass
+class Paired:
+    """The paired comparison over the questions both reports scored."""
+
+    ci: tuple[float, float] | None
+    shared: int
+    delta: float | None
+    """B's mean minus A's over the shared questions (None when they share none)."""
+    left_out: tuple[int, int] = (0, 0)
+    """How many of A's and of B's questions the other report lacks."""
+
+
+def paired(a: dict[str, Any], b: dict[str, Any], model_a: str, model_b: str, category: str) -> Paired | None:
+    """The 95% CI of B's mean minus A's, resampling the shared questions together, and the
+    delta on them; None when a report has no per-question scores."""
     qa, qb = _questions(a, model_a, category), _questions(b, model_b, category)
     if qa is None or qb is None:
-        return None, None
+        return None
     shared = sorted(set(qa) & set(qb))
+    left_out = (len(qa) - len(shared), len(qb) - len(shared))
     if not shared:
-        return None, 0
+        return Paired(None, 0, None, left_out)
     (sa, na), (sb, nb) = (
         tuple(np.array([q[s][k] for s in shared], float) for k in ("sum", "n")) for q in (qa, qb)
     )
     rng = rng_for(BOOTSTRAP_SEED, "paired", model_a, model_b, category)
     idx = rng.integers(0, len(shared), size=(BOOTSTRAP_SAMPLES, len(shared)))
-    return percentile_ci(resampled_means(sb, nb, idx) - resampled_means(sa, na, idx)), len(shared)
+    ci = percentile_ci(resampled_means(sb, nb, idx) - resampled_means(sa, na, idx))
+    every = np.arange(len(shared))[None, :]  # the point estimate: all shared questions once
+    delta = float(resampled_means(sb, nb, every)[0] - resampled_means(sa, na, every)[0])
+    return Paired(ci, len(shared), delta, left_out)
 
 
 @dataclass
@@ -145,9 +162,13 @@ class Delta:
     category: str
     a: dict[str, Any] | None
     b: dict[str, Any] | None
-    paired_ci: tuple[float, float] | None = None
-    paired: int | None = None
-    """How many shared questions the paired CI resampled (None: no per-question scores)."""
+    pair: Paired | None = None
+    """None: no per-question scores (the unpaired approximation)."""
+
+    @property
+    def paired(self) -> int | None:
+        """How many shared questions the paired CI resampled (None: no per-question scores)."""
+        return None if self.pair is None else self.pair.shared
 
     @property
     def mean_a(self) -> float | None:
@@ -158,24 +179,44 @@ class Delta:
         return None if not self.b or self.b.get("mean") is None else float(self.b["mean"])
 
     @property
-    def delta(self) -> float | None:
+    def means_delta(self) -> float | None:
+        """The difference of the reported means (each over its own questions)."""
         return None if self.mean_a is None or self.mean_b is None else self.mean_b - self.mean_a
+
+    @property
+    def partial(self) -> bool:
+        """The reports scored different questions: the delta is on the shared ones."""
+        return self.pair is not None and self.pair.delta is not None and any(self.pair.left_out)
+
+    @property
+    def delta(self) -> float | None:
+        # like with like, so that the paired CI is a CI of this number
+        if self.partial and self.means_delta is not None:
+            return self.pair.delta  # type: ignore[union-attr]
+        return self.means_delta
 
     @property
     def ci(self) -> tuple[float, float] | None:
         if self.delta is None:
             return None
-        if self.paired is not None:
-            return self.paired_ci  # None when the reports share no question
+        if self.pair is not None:
+            return self.pair.ci  # None when the reports share no question
         h = math.hypot(_half(self.a), _half(self.b))
         return None if math.isnan(h) else (self.delta - h, self.delta + h)
+
+    def shared_note(self) -> str:
+        if not self.partial:
+            return ""
+        la, lb = self.pair.left_out  # type: ignore[union-attr]
+        return (f"on {self.paired} shared questions ({la} of A's, {lb} of B's left out; "
+                f"the means differ by {_f(self.means_delta, True)})")  # fmt: skip
 
 
 def deltas(a: dict[str, Any], b: dict[str, Any], model_a: str, model_b: str) -> list[Delta]:
     ca, cb = _cells(a), _cells(b)
     cats = sorted(({c for m, c in ca if m == model_a} | {c for m, c in cb if m == model_b}) - {"all"})
     return [
-        Delta(c, ca.get((model_a, c)), cb.get((model_b, c)), *paired_ci(a, b, model_a, model_b, c))
+        Delta(c, ca.get((model_a, c)), cb.get((model_b, c)), paired(a, b, model_a, model_b, c))
         for c in ["all", *cats]
     ]
 
@@ -189,6 +230,8 @@ def _ci(s: dict[str, Any] | None) -> str:
 
 
 def _ci_note(d: Delta) -> str:
+    if d.partial:
+        return f"delta B-A and its CI: {d.shared_note()}, paired bootstrap (A and B resampled together)."
     if d.paired is not None:
         return f"delta CI: paired bootstrap over {d.paired} shared questions (A and B resampled together)."
     return "delta CI: the two bootstrap CIs combined as independent errors (approximate: no per-question scores)."
@@ -237,8 +280,9 @@ class GateResult:
         if d.mean_a is None:
             return f"{self.model} {_f(d.mean_b)} (no baseline score)"
         ci_s = "" if ci is None else f", CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        on = f" {d.shared_note()}" if d.partial else ""
         return (f"{self.model} {_f(d.mean_b)} vs baseline {self.baseline_model} {_f(d.mean_a)} "
-                f"(delta {_f(d.delta, True)}{ci_s}; max drop {self.max_drop:g})")  # fmt: skip
+                f"(delta {_f(d.delta, True)}{on}{ci_s}; max drop {self.max_drop:g})")  # fmt: skip
 
 
 def gate(

@@ -317,3 +317,34 @@ def test_no_shared_question_gives_no_ci() -> None:
     (d,) = g.deltas(doc(range(1, 5)), doc(range(5, 9)), "m", "m")
     assert d.delta == 0 and d.ci is None and d.paired == 0  # not the unpaired approximation
     assert "[" not in g.format_compare(doc(range(1, 5)), doc(range(5, 9))).splitlines()[1].split("+0.00")[1]
+
+
+def test_delta_is_taken_on_the_shared_questions_when_the_sets_differ() -> None:
+    # A scored questions 1-4 (2, 4, 6, 8: mean 5), B only 1-2 (3, 5: mean 4, e.g. --first-n 2).
+    # On the shared questions B is A + 1 on each: the delta is +1 (A 3, B 4), not 4 - 5 = -1,
+    # and the paired CI is [+1, +1]: it holds the delta that is gated.
+    def doc(model: str, scores: dict[int, float]) -> dict[str, Any]:
+        mean = sum(scores.values()) / len(scores)
+        d = make_doc({model: {"all": (mean, mean - 1, mean + 1)}})
+        d["per_question"] = {
+            model: {str(q): {"category": "writing", "sum": [s], "n": [1]} for q, s in scores.items()}
+        }
+        return d
+
+    a, b = doc("m", {1: 2, 2: 4, 3: 6, 4: 8}), doc("m", {1: 3, 2: 5})
+    (d,) = g.deltas(a, b, "m", "m")
+    assert d.means_delta == pytest.approx(-1.0) and d.delta == pytest.approx(1.0)
+    assert d.ci == pytest.approx((1.0, 1.0)) and d.paired == 2 and d.pair.left_out == (2, 0)  # type: ignore[union-attr]
+    (r,) = g.gate(a, b, max_drop=0.5)
+    assert not r.regressed
+    assert (
+        "delta +1.00 on 2 shared questions (2 of A's, 0 of B's left out; the means differ by -1.00)"
+        in g.summary([r])
+    )
+    out = g.format_compare(a, b)
+    (overall,) = [ln for ln in out.splitlines() if ln.startswith("all ")]
+    assert "+1.00" in overall and "[+1.00, +1.00]" in overall and overall.endswith("better")
+    assert "delta B-A and its CI: on 2 shared questions (2 of A's, 0 of B's left out" in out
+    # the same questions on both sides: the delta is the difference of the reported means
+    (same,) = g.deltas(a, doc("m", {1: 3, 2: 5, 3: 7, 4: 9}), "m", "m")
+    assert same.delta == pytest.approx(1.0) and not same.partial and same.paired == 4

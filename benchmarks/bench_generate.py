@@ -75,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--token-budget", type=int)
     ap.add_argument("--skip-fastchat", action="store_true", help="only time our path")
     ap.add_argument(
+        "--fastchat-sample",
+        type=int,
+        metavar="N",
+        help="time FastChat's loop on the first N questions x 1 choice only and compare tokens/s "
+        "(its rate does not depend on the run's size: batch 1 throughout); the time columns stay empty",
+    )
+    ap.add_argument(
         "--turn-waves", action="store_true", help="also time our previous scheduler (one generate per turn)"
     )
     ap.add_argument("--repeats", type=int, default=1, help="report the best of this many runs")
@@ -243,6 +250,8 @@ def _plain_wave(
 
 
 FASTCHAT_VARIANT = "FastChat gen_model_answer loop"
+_SAMPLED: dict[int, tuple[int, float, float]] = {}
+"""--fastchat-sample: the loop's one measurement (first N questions, 1 choice) per max new tokens."""
 Measure = Callable[[], tuple[int, float, float]]
 
 
@@ -263,7 +272,11 @@ def variants(
         out[f"plain transformers batched generate ({args.plain_wave} per wave)"] = lambda: plain_generate(
             backend, questions, choices, n, args.plain_wave, eos
         )
-    if not args.skip_fastchat:
+    if args.fastchat_sample:
+        # batch 1 at every step: its rate does not depend on the number of choices; run once
+        sample = questions[: args.fastchat_sample]
+        out[FASTCHAT_VARIANT] = lambda: _SAMPLED.setdefault(n, fastchat_loop(backend, sample, 1, n, eos))
+    elif not args.skip_fastchat:
         out[FASTCHAT_VARIANT] = lambda: fastchat_loop(backend, questions, choices, n, eos)
     return out
 
@@ -424,10 +437,13 @@ def main(argv: list[str] | None = None) -> None:
         ref = measured.get(FASTCHAT_VARIANT)
         for name, (tokens, dt, cpu) in measured.items():
             # time ratios: equal to tok/s ratios where the token counts are equal (forced EOS, no dedupe)
-            vs = [f"{ref[1] / dt:.1f}x", f"{ref[2] / cpu:.1f}x"] if ref else ["-", "-"]
+            same_work = ref and not args.fastchat_sample
+            vs = [f"{ref[1] / dt:.1f}x", f"{ref[2] / cpu:.1f}x"] if ref and same_work else ["-", "-"]
             vs.append(f"{(tokens / dt) / (ref[0] / ref[1]):.1f}x" if ref else "-")
             if bound:
                 vs.append(f"{tokens / dt / bound[1]:.0%}")
+            if name == FASTCHAT_VARIANT and args.fastchat_sample:
+                name = f"{name} (first {args.fastchat_sample} questions x 1 choice; rate only)"
             rows.append([choices, name, tokens, f"{dt:.2f}", f"{cpu:.2f}", f"{tokens / dt:.0f}", *vs])
             records.append(
                 {"num_choices": choices, "variant": name, "tokens": tokens, "wall_s": dt, "cpu_s": cpu}

@@ -108,6 +108,8 @@ class RefillLoop:
         self.top_k, self.top_p, self.warpers = sampler_settings(model.generation_config)
         self.eos = torch.tensor(backend.eos_ids, device=backend.device)
         self.eos_set = set(backend.eos_ids)
+        self.peek: _Live | None = None
+        """The queue's head as a row, encoded once however many steps it waits."""
         self.last: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.turns: dict[int, tuple[list[int], int, int]] = {}
         """conversation -> (tokens, slot, end column) of its turn that just ended, until the next admission."""
@@ -142,6 +144,7 @@ class RefillLoop:
 
     def _pop(self) -> None:
         self.queue.popleft()
+        self.peek = None
         self.ahead = max(0, self.ahead - 1)
 
     def _fits(self, rows: list[_Live]) -> bool:
@@ -158,6 +161,8 @@ class RefillLoop:
         fail here."""
         while self.queue:
             conv, req = self.queue[0]
+            if self.peek is not None and self.peek.request is req:  # still waiting for room
+                return self.peek
             enc = self.b._encode(req)
             if isinstance(enc, GenResult):
                 self._pop()
@@ -165,7 +170,8 @@ class RefillLoop:
                 continue
             limit = self.b._room(enc, req.params.max_new_tokens)
             draws = row_draws([enc.seed], limit, "cpu")[0].tolist() if enc.temperature > 0 else None
-            return _Live(conv, req, enc, limit, draws)
+            self.peek = _Live(conv, req, enc, limit, draws)
+            return self.peek
         return None
 
     def _admit(self) -> None:

@@ -45,6 +45,19 @@ class _Extras(_Record):
     """with --parse-retries: every earlier attempt {status, judgment, usage} (pairwise: + game)"""
 
 
+class _Tail(_Record):
+    """The fields after each kind's own ones, in FastChat's order then ours."""
+
+    turn: int
+    tstamp: int | float
+    choice: int = 0
+    status: str | None = None
+    """ok | parse_error | answer_error | api_error | judge_error (pairwise: the first failure of its
+    games, judge.results, else ok); FastChat rows: none"""
+    error: str | None = None
+    inputs_sha256: str | None = None
+
+
 class _Single(_Record):
     question_id: Qid
     model: str
@@ -53,13 +66,6 @@ class _Single(_Record):
     user_prompt: str
     judgment: str
     score: int | float
-    turn: int
-    tstamp: int | float
-    choice: int = 0
-    status: str | None = None
-    """ok | parse_error | answer_error | api_error | judge_error; FastChat rows: none"""
-    error: str | None = None
-    inputs_sha256: str | None = None
 
 
 class _Pair(_Record):
@@ -74,22 +80,20 @@ class _Pair(_Record):
     g1_judgment: str
     g2_user_prompt: str
     g2_judgment: str
-    turn: int
-    tstamp: int | float
-    choice: int = 0
-    status: str | None = None
-    """the first failure of its games (judge.results), else ok; FastChat rows: none"""
-    error: str | None = None
-    inputs_sha256: str | None = None
+
+
+class _GameStatus(_Record):
     g1_status: str | None = None
     g2_status: str | None = None
 
 
-class SingleJudgment(_Extras, _Single):  # fields: _Single's, then _Extras' (pydantic: reversed MRO)
+# pydantic orders fields by reversed MRO: the last base's first, so each class lists its parts
+# from the last written to the first (tests/test_cleanup.py holds the written order)
+class SingleJudgment(_Extras, _Tail, _Single):
     """A single-answer grading: the judge's [[rating]] of one model's turn (-1: none)."""
 
 
-class PairJudgment(_Extras, _Pair):
+class PairJudgment(_Extras, _GameStatus, _Tail, _Pair):
     """A pairwise comparison: game 1 (model_1 as A) and game 2 (the order swapped)."""
 
 

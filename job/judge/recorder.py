@@ -83,8 +83,11 @@ class Recorder:
             f"first error: {self.first_error}; stored with their status in {self.store.uri}{hint}"
         )
 
-    def flush(self) -> None:
-        stop = bool(self.pending) and self.none_worked()
+    def flush(self, final: bool = False) -> None:
+        # "all failed" is decided at the end or on a batch worth of rows: one early failure
+        # (a 400, retries exhausted) must not stop a run whose slow successes are on the way
+        decided = final or self.counts.total() >= self.cfg.batch_size
+        stop = bool(self.pending) and self.none_worked() and decided
         with critical():  # a SIGTERM waits: stored and no longer pending, together
             self.store.append(self.pending)
             self.stored += len(self.pending)

@@ -132,7 +132,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, tota
                         )
                     batch = [q for q, r in zip(batch, results, strict=True) if rec.add(*q, r)]
                     bar.total = (bar.total or 0) + len(batch)
-        rec.flush()
+        rec.flush(final=True)
         if not rec.counts["ok"]:
             raise rec.all_failed()  # a failure is never a success, and never exit 0
     except (Terminated, KeyboardInterrupt) as e:

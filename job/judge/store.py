@@ -18,14 +18,17 @@ file (FastChat's tools still read it) but is not current.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import random
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from job.errors import JobError
 from job.records.jsonl import dumps_lines, iter_jsonl
 from job.storage import LocalStorage, Storage, write_error
 
@@ -81,13 +84,24 @@ class JudgmentStore:
         """Every stored record. A torn final line is dropped (and cut from a local file if
         `repair`); any other malformed line is an error naming file and line. `check(record,
         "file:line")` may reject a well-formed line whose fields are wrong."""
+        for _ in range(_ATTEMPTS):
+            try:
+                return self._read(repair, check)
+            except _PartGone:
+                # another run compacted it into the main object after we had read that
+                continue
+        raise JobError(f"{self.uri}: its part objects kept changing while read; try again")
+
+    def _read(
+        self, repair: bool, check: Callable[[dict[str, Any], str], None] | None
+    ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         sources = [self.key] if self.storage.exists(self.key) else []
         if self.use_parts:
             sources += self.storage.list(parts_prefix(self.key))
         seen: set[bytes] = set()
         for src in sources:
-            data = self.storage.read_bytes(src)
+            data = self._read_source(src)
             if data and not data.endswith(b"\n"):
                 cut = data.rfind(b"\n") + 1
                 log.warning(
@@ -95,9 +109,9 @@ class JudgmentStore:
                     self.storage.uri(src),
                     len(data) - cut,
                 )
-                data = data[:cut]
                 if repair and src == self.key and not self.use_parts:
-                    os.truncate(self._local_path(), cut)
+                    self._cut_torn(len(data), cut)
+                data = data[:cut]
             if self.use_parts:
                 data = _blank_seen(data, seen)
             for lineno, obj in iter_jsonl(data, self.storage.uri(src)):
@@ -105,6 +119,35 @@ class JudgmentStore:
                     check(obj, f"{self.storage.uri(src)}:{lineno}")
                 out.append(obj)
         return out
+
+    def _read_source(self, src: str) -> bytes:
+        try:
+            return self.storage.read_bytes(src)
+        except JobError:
+            if src != self.key and not self.storage.exists(src):
+                raise _PartGone from None
+            raise
+
+    def _cut_torn(self, size: int, cut: int) -> None:
+        """Cut a torn last line, under the appenders' lock and only if the file is still the
+        size that was read: a line another run appended since is kept."""
+        with self._locked_fd(os.O_WRONLY) as fd:
+            if os.fstat(fd).st_size == size:
+                os.ftruncate(fd, cut)
+
+    @contextmanager
+    def _locked_fd(self, flags: int) -> Iterator[int]:
+        path = self._local_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise write_error(path, e, "the records stored before are kept") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # local appenders of this file take turns
+            yield fd
+        finally:
+            os.close(fd)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         if not records:
@@ -116,44 +159,71 @@ class JudgmentStore:
             self.storage.write_bytes(part, blob)
             return
         path = self._local_path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise write_error(path, e, "the records stored before are kept") from None
-        try:
-            size = os.fstat(fd).st_size
+        with self._locked_fd(os.O_WRONLY | os.O_APPEND) as fd:
             try:
-                view = memoryview(blob)
-                while view:  # a full disk first shortens a write, then fails the next one
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError:
-                # cut what part of this batch got in: the file holds whole records, as before
-                with suppress(OSError):
-                    os.ftruncate(fd, size)
-                raise
-        except OSError as e:
-            raise write_error(path, e, "the records stored before are kept") from None
-        finally:
-            os.close(fd)
+                size = os.fstat(fd).st_size  # under the lock: no other appender moves it
+                try:
+                    view = memoryview(blob)
+                    while view:  # a full disk first shortens a write, then fails the next one
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                except OSError:
+                    # cut what part of this batch got in: the file holds whole records, as before
+                    with suppress(OSError):
+                        os.ftruncate(fd, size)
+                    raise
+            except OSError as e:
+                raise write_error(path, e, "the records stored before are kept") from None
 
     def compact(self) -> None:
-        """Fold part objects into the main object (object storage only)."""
+        """Fold part objects into the main object (object storage only): a conditional PUT
+        (another run's compaction in between: merge again), then delete only the parts it
+        merged. Parts another run adds meanwhile stay for its own compaction."""
         if not self.use_parts:
             return
-        parts = self.storage.list(parts_prefix(self.key))
-        if not parts:
-            return
-        main = self.storage.read_bytes(self.key) if self.storage.exists(self.key) else b""
-        if main and not main.endswith(b"\n"):
-            main = main[: main.rfind(b"\n") + 1]
-        have = set(main.split(b"\n"))
-        new = bytearray(main)
-        for p in parts:
-            for line in _blank_seen(self.storage.read_bytes(p), have).split(b"\n"):
-                if line.strip():
-                    new += line + b"\n"
-        self.storage.write_bytes(self.key, bytes(new))
-        for p in parts:
+        merged: list[str] = []
+
+        def fold(main: bytes | None) -> bytes | None:
+            merged.clear()
+            parts = self.storage.list(parts_prefix(self.key))
+            if not parts:
+                return None
+            main = main or b""
+            if main and not main.endswith(b"\n"):
+                main = main[: main.rfind(b"\n") + 1]
+            have = set(main.split(b"\n"))
+            new = bytearray(main)
+            for p in parts:
+                try:
+                    data = self._read_source(p)
+                except _PartGone:
+                    continue  # compacted by another run into the main object we will re-read
+                for line in _blank_seen(data, have).split(b"\n"):
+                    if line.strip():
+                        new += line + b"\n"
+                merged.append(p)
+            return bytes(new)
+
+        cas_update(self.storage, self.key, fold)
+        for p in merged:
             self.storage.delete(p)
+
+
+class _PartGone(Exception):
+    """A listed part object vanished before it was read (another run compacted it)."""
+
+
+_ATTEMPTS = 50
+
+
+def cas_update(storage: Storage, key: str, fn: Callable[[bytes | None], bytes | None]) -> bytes | None:
+    """Read-modify-write of `key` that never loses a concurrent writer's update: `fn(current
+    content or None)` gives the new content (None: nothing to write), written only if `key`
+    is unchanged since read, else read and merged again."""
+    for attempt in range(_ATTEMPTS):
+        data, version = storage.read_versioned(key)
+        new = fn(data)
+        if new is None or storage.write_if_version(key, new, version):
+            return new
+        time.sleep(min(0.01 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))
+    raise JobError(f"{storage.uri(key)}: other runs kept changing it; try again")

@@ -50,3 +50,13 @@ class Storage(ABC):
 
     def check_writable(self) -> None:
         """Fail early, before a model is loaded, if outputs cannot be written."""
+
+    # compare-and-swap, for files several runs update (read, merge, write back)
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """(content, version) of `key`; (None, None) if it is absent."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditional writes")
+
+    def write_if_version(self, key: str, data: bytes, version: str | None) -> bool:
+        """Write atomically only if `key` is still at `version` (None: still absent);
+        False (nothing written) if another writer changed it since it was read."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditional writes")

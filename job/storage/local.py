@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from job.errors import JobError
@@ -92,3 +95,42 @@ class LocalStorage(Storage):
             raise JobError(
                 f"output dir {self.path} is not writable ({e.strerror}, {name}); pass a writable --output"
             ) from None
+
+    # --- compare-and-swap: every write replaces the inode, so (inode, mtime, size) is a version
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            with open(self._p(key), "rb") as f:
+                return f.read(), _version(os.fstat(f.fileno()))
+        except FileNotFoundError:
+            return None, None
+
+    def write_if_version(self, key: str, data: bytes, version: str | None) -> bool:
+        with self.locked(key):
+            try:
+                now = _version(os.stat(self._p(key)))
+            except FileNotFoundError:
+                now = None
+            if now != version:
+                return False
+            return self.write_bytes(key, data)
+
+    @contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """An exclusive lock for `key` (a `.<name>.lock` file beside it; flock, which NFSv4
+        also honours) shared by every process of this code that updates it."""
+        dest = self._p(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(dest.parent / f".{dest.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise write_error(dest, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _version(st: os.stat_result) -> str:
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"

@@ -293,3 +293,36 @@ class S3Storage(Storage):
         with self._errors(None, "write to"):
             self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=b"")
             self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+
+    # --- compare-and-swap on the ETag (If-Match; If-None-Match: * for an absent key)
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        with self._errors(key, "read"):
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None, None
+                raise
+            data: bytes = resp["Body"].read()
+            return data, str(resp["ETag"])
+
+    def write_if_version(self, key: str, data: bytes, version: str | None) -> bool:
+        from botocore.exceptions import ClientError
+
+        cond = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        with self._errors(key, "write"):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond)
+            except ClientError as e:
+                # 412: changed since read; 404: deleted since; 409: another conditional PUT in
+                # flight. The caller reads again and merges (a lost reply whose PUT landed
+                # merges into itself: the same content)
+                if e.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "412", "NoSuchKey", "404", *_CONFLICT_CODES
+                ):  # fmt: skip
+                    return False
+                raise
+        return True

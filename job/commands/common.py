@@ -13,7 +13,7 @@ from job.backends.hf_memory import DEVICE_MAPS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _stack(f: F, options: list[Callable[[F], F]]) -> F:
+def stack(f: F, options: list[Callable[[F], F]]) -> F:
     """Apply click options so --help lists them in the order given."""
     for deco in reversed(options):
         f = deco(f)
@@ -74,7 +74,7 @@ def output_option(f: F) -> F:
 def model_options(f: F, many: bool = False) -> F:
     """--model, --model-name, --num-choices, --max-new-tokens (generate; run with many=True)."""
     again = " Repeat it to run several models one after another (or use --models-file)." if many else ""
-    return _stack(
+    return stack(
         f,
         [
             click.option(
@@ -120,7 +120,7 @@ LOCAL_OPTION_KEYS = (
 
 def local_model_options(f: F) -> F:
     """Options of models loaded in this process (hf/, vllm/): generation or judging."""
-    return _stack(
+    return stack(
         f,
         [
             click.option("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (hf/vllm)."),
@@ -183,7 +183,7 @@ API_OPTION_KEYS = ("base_url", "concurrency", "request_timeout", "max_retries")
 
 def api_options(f: F) -> F:
     """Options of OpenAI-compatible backends (generation and judging)."""
-    return _stack(
+    return stack(
         f,
         [
             click.option(
@@ -218,31 +218,9 @@ def api_options(f: F) -> F:
     )
 
 
-def judge_endpoint_options(f: F) -> F:
-    """The judge's own endpoint and key (job run, job judge): never the generator's by default."""
-    return _stack(
-        f,
-        [
-            click.option(
-                "--judge-base-url",
-                envvar="JOB_JUDGE_BASE_URL",
-                show_envvar=True,
-                help="OpenAI-compatible endpoint of an openai/ judge (default api.openai.com; where no "
-                "generator uses an API, as in `job judge`: --base-url / OPENAI_BASE_URL).",
-            ),
-            click.option(
-                "--judge-api-key-env",
-                metavar="VAR",
-                help="Environment variable holding the judge's API key (default JOB_JUDGE_API_KEY; "
-                "else OPENAI_API_KEY, unless an openai/ generator on another endpoint owns it).",
-            ),
-        ],
-    )
-
-
 def reasoning_options(f: F) -> F:
     """Reasoning models (generate and run): template kwargs, API body, the reasoning split."""
-    return _stack(
+    return stack(
         f,
         [
             click.option(
@@ -274,38 +252,13 @@ def pop_json_options(kw: dict[str, object]) -> dict[str, object]:
     return {k: parse_json_option("--" + k.replace("_", "-"), kw.pop(k)) for k in names}  # type: ignore[arg-type]
 
 
-BATCH_OPTION_KEYS = ("openai_batch", "openai_batch_wait")
-
-
-def openai_batch_options(f: F) -> F:
-    """--openai-batch (job judge, job run): the judge's calls as one OpenAI Batch API batch."""
-    return _stack(
-        f,
-        [
-            click.option(
-                "--openai-batch",
-                is_flag=True,
-                help="Send the judge's calls (openai/ judges) as one Batch API batch (files + batches "
-                "endpoints: half the price, results within 24 h); a re-run resumes polling the same batch.",
-            ),
-            click.option(
-                "--openai-batch-wait",
-                type=click.FloatRange(min=0),
-                metavar="SECONDS",
-                help="With --openai-batch: stop waiting after this long (exit 2, the batch id kept: the same "
-                "command later collects it); default: until the batch ends.",
-            ),
-        ],
-    )
-
-
 # keys filled by tracking_options (job report, job run); tracking_config pops them
 TRACKING_OPTION_KEYS = ("log_to", "log_to_required", "tracking_project", "tracking_run_name")
 
 
 def tracking_options(f: F) -> F:
     """--log-to mlflow|wandb and its settings (job.report.tracking)."""
-    return _stack(
+    return stack(
         f,
         [
             click.option(

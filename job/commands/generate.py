@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from job.commands import common as opt
+from job.commands import stage_options as stage
 
 
 @click.command(context_settings={"show_default": True})
@@ -23,23 +24,13 @@ from job.commands import common as opt
     show_envvar=True,
     help="Shard count (default: SLURM_ARRAY_TASK_COUNT, else 1).",
 )
-@click.option("--temperature", type=float, help="Force one temperature for all questions.")
 @click.option(
     "--category-temperature",
     multiple=True,
     metavar="CAT=T",
     help="Override the FastChat category table, e.g. writing=0.5. Repeatable.",
 )
-@click.option("--seed", type=int, default=0, help="Choice i samples with seed SEED+i.")
-@click.option("--system-prompt", help="System message prepended to every conversation.")
-@click.option(
-    "--chat-template",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Jinja chat template file (hf/vllm) for models without one.",
-)
-@opt.local_model_options
-@opt.reasoning_options
-@click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
+@stage.generation_options
 @click.option(
     "--token-budget",
     type=int,
@@ -76,8 +67,7 @@ def generate(**kw: object) -> None:
     """
     from job.generate import GenerateConfig, parse_category_temperatures, run
 
-    keys = (*opt.LOCAL_OPTION_KEYS, "batch_size", "token_budget", *opt.API_OPTION_KEYS)
-    backend_options = {k: kw.pop(k) for k in keys} | opt.pop_json_options(kw)
+    backend_options = stage.pop_generation_backend_options(kw, "token_budget")
     kw["category_temperature"] = parse_category_temperatures(kw.pop("category_temperature"))  # type: ignore[arg-type]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     executor, replicas, cpus = kw.pop("executor"), kw.pop("num_replicas"), kw.pop("cpus_per_replica")

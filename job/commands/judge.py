@@ -1,52 +1,19 @@
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from click.core import ParameterSource
 
 from job.commands import common as opt
-
-JUDGE_SAMPLING_KEYS = ("judge_samples", "judge_temperature", "parse_retries")
-
-
-_SAMPLING_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("--judge-samples", {"type": click.IntRange(min=1), "default": 1,
-        "help": "K judgments per game, stored as rows with a sample index 0..K-1 (resumed per sample); "
-        "1 writes FastChat's rows."}),
-    ("--judge-temperature", {"type": float, "default": 0.0,
-        "help": "Judge sampling temperature (FastChat: 0); part of what decides a stored judgment."}),
-    ("--parse-retries", {"type": click.IntRange(min=0), "default": 0,
-        "help": "Ask the judge again, up to N times, when its reply has no rating/verdict; every attempt "
-        "is recorded (0: FastChat's behaviour, the reply is stored as parse_error)."}),
-)  # fmt: skip
-
-
-def judge_sampling_options(f: Any) -> Any:
-    """--judge-samples, --judge-temperature, --parse-retries (job judge and job run)."""
-    for name, kw in reversed(_SAMPLING_OPTIONS):
-        f = click.option(name, **kw)(f)
-    return f
+from job.commands import stage_options as stage
 
 
 @click.command(context_settings={"show_default": True})
 @opt.bench_option
-@click.option(
-    "--judge-model",
-    envvar="JOB_JUDGE_MODEL",
-    required=True,
-    show_envvar=True,
-    help="Judge backend spec: openai/gpt-4o-2024-08-06, hf/<path>, vllm/<path>, mock/fixed:TEXT.",
-)
-@click.option("--judge-name", help="Name in records and file names (default: last part of the judge spec).")
-@click.option("--mode", type=click.Choice(["single", "pairwise-baseline", "pairwise-all"]), default="single")
-@click.option(
-    "--baseline-model", default="gpt-3.5-turbo", help="Baseline answer file stem (pairwise-baseline)."
-)
+@stage.judge_options
+@stage.pairwise_options
 @click.option(
     "--model-list", multiple=True, help="Models (answer file stems) to judge; default: all. Repeatable."
 )
-@click.option("--reference", help="Reference answer set (reference_answer/<NAME>.jsonl); default per bench.")
 @click.option(
     "--judge-prompts", type=click.Path(dir_okay=False), help="Judge prompt file (default: the bench's)."
 )
@@ -76,11 +43,9 @@ def judge_sampling_options(f: Any) -> Any:
     help="Judgments stored per write (API judges stream their calls; at most 5 s between writes); "
     "for hf/vllm judges also the calls per generate batch.",
 )
-@opt.judge_endpoint_options
 @opt.api_options
 @opt.local_model_options
-@opt.openai_batch_options
-@judge_sampling_options
+@stage.openai_batch_options
 @opt.dry_run_option
 @click.option(
     "--price-per-mtok",
@@ -105,7 +70,9 @@ def judge(**kw: object) -> None:
     from job.judge.estimate import parse_price
     from job.judge.runner import JudgeConfig, run
 
-    backend_options = {k: kw.pop(k) for k in (*opt.API_OPTION_KEYS, *opt.LOCAL_OPTION_KEYS, *opt.BATCH_OPTION_KEYS)}
+    backend_options = {
+        k: kw.pop(k) for k in (*opt.API_OPTION_KEYS, *opt.LOCAL_OPTION_KEYS, *stage.BATCH_OPTION_KEYS)
+    }
     # --judge-base-url, else an explicit --base-url; OPENAI_BASE_URL only if no openai/
     # JOB_MODEL beside this step owns it (job.backends.endpoints)
     explicit = click.get_current_context().get_parameter_source("base_url") is ParameterSource.COMMANDLINE

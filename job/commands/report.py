@@ -10,6 +10,7 @@ from job.commands.common import (
     tracking_options,
 )
 from job.commands.models import step_option
+from job.commands.stage_options import pairwise_options, publish_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -20,10 +21,7 @@ from job.commands.models import step_option
     help=BENCH_HELP + " Default: a judge manifest's bench, else the one bench whose question file holds"
     " every question id of --judgments, else mt_bench (FastChat's default).",
 )
-@click.option("--mode", type=click.Choice(["single", "pairwise-baseline", "pairwise-all"]), default="single")
-@click.option(
-    "--baseline-model", default="gpt-3.5-turbo", help="Baseline for pairwise-baseline (as show_result)."
-)
+@pairwise_options
 @click.option(
     "--model-list", multiple=True, help="Only these models (pairwise: filters model_1, as FastChat)."
 )
@@ -61,11 +59,7 @@ from job.commands.models import step_option
 @step_option
 # report.html + plots and publishing (job/report/publish.py)
 @click.option("--html/--no-html", default=True, help="Also write report.html and the chart PNGs.")
-@click.option(
-    "--publish",
-    metavar="DIR|s3://...",
-    help="Copy the report files to DIR/<bench>/<run-id>/ and write DIR/latest/<bench>/<model>.json.",
-)
+@publish_option
 @tracking_options
 def report(**kw: object) -> None:
     """Aggregate judgments: FastChat show_result numbers, Swallow N-choice means and std,

@@ -4,7 +4,7 @@ import click
 
 from job.commands import common as opt
 from job.commands import models as many
-from job.commands.judge import JUDGE_SAMPLING_KEYS, judge_sampling_options
+from job.commands import stage_options as stage
 
 
 @click.command("run", context_settings={"show_default": True})
@@ -15,29 +15,11 @@ from job.commands.judge import JUDGE_SAMPLING_KEYS, judge_sampling_options
 @click.option(
     "--num-shards", type=int, help="Generate in this many shards, one after another (resume points)."
 )
-@click.option("--seed", type=int, default=0, help="Choice i samples with seed SEED+i.")
-@click.option("--temperature", type=float, help="Force one temperature for all questions.")
-@click.option("--system-prompt", help="System message prepended to every conversation.")
-@click.option(
-    "--chat-template", type=click.Path(exists=True, dir_okay=False), help="Jinja chat template (hf/vllm)."
-)
-@opt.local_model_options
-@opt.reasoning_options
-@click.option("--batch-size", type=int, help="Rows per generate call (hf; default: by token budget).")
+@stage.generation_options
 @opt.api_options
-@opt.openai_batch_options
-@click.option(
-    "--judge-model",
-    envvar="JOB_JUDGE_MODEL",
-    required=True,
-    show_envvar=True,
-    help="Judge spec: openai/gpt-4o-2024-08-06, vllm/<path>, mock/judge, mock/fixed:TEXT.",
-)
-@click.option("--judge-name", help="Judge name in records and file names (default: from the spec).")
-@click.option("--reference", help="Reference answer set (default per bench).")
-@opt.judge_endpoint_options
+@stage.openai_batch_options
+@stage.judge_options
 @click.option("--judge-concurrency", type=int, default=32, help="Judge requests in flight.")
-@judge_sampling_options
 @click.option(
     "--allow-failed",
     is_flag=True,
@@ -50,11 +32,7 @@ from job.commands.judge import JUDGE_SAMPLING_KEYS, judge_sampling_options
     type=click.Path(file_okay=False),
     help="Write report files here (default <output>/<bench>/reports/).",
 )
-@click.option(
-    "--publish",
-    metavar="DIR|s3://...",
-    help="Also publish the report (html, json, md, csv, plots) and latest/<bench>/<model>.json.",
-)
+@stage.publish_option
 @click.option(
     "--baseline",
     metavar="REPORT",
@@ -92,20 +70,19 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     from job.generate import GenerateConfig
     from job.pipeline import RunConfig, run
 
-    opts = {k: kw.pop(k) for k in (*opt.LOCAL_OPTION_KEYS, "batch_size", *opt.API_OPTION_KEYS)}
-    opts |= opt.pop_json_options(kw)
+    opts = stage.pop_generation_backend_options(kw)
     judge_opts = {
         "base_url": kw.pop("judge_base_url"), "api_key_env": kw.pop("judge_api_key_env"),
         "concurrency": kw.pop("judge_concurrency"),
         "request_timeout": opts["request_timeout"], "max_retries": opts["max_retries"],
     }  # fmt: skip
-    judge_opts |= {k: kw.pop(k) for k in opt.BATCH_OPTION_KEYS}
+    judge_opts |= {k: kw.pop(k) for k in stage.BATCH_OPTION_KEYS}
     if judge_opts["openai_batch"]:  # before generation, not after it
         check_openai_batch(str(kw["judge_model"]))
     run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
     run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml", "allow_mismatch")
     rkw = {k: kw.pop(k) for k in run_keys}
-    rkw["judge_settings"] = {k: kw.pop(k) for k in JUDGE_SAMPLING_KEYS}
+    rkw["judge_settings"] = {k: kw.pop(k) for k in stage.JUDGE_SAMPLING_KEYS}
     rkw |= many.pop_models(kw)
     rkw["tracking"] = opt.tracking_config(kw)
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]

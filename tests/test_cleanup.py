@@ -51,7 +51,9 @@ def test_judgment_rows_keep_fastchats_key_order(model, row, keys) -> None:  # ty
     assert list(json.loads(json.dumps(judgment_line(plain))))[: len(row())] == list(row())
 
 
-@pytest.mark.parametrize(("row", "keys", "pairwise"), [(_single, SINGLE_KEYS, False), (_pair, PAIR_KEYS, True)])
+@pytest.mark.parametrize(
+    ("row", "keys", "pairwise"), [(_single, SINGLE_KEYS, False), (_pair, PAIR_KEYS, True)]
+)
 def test_read_rows_dump_in_the_written_order(row, keys, pairwise) -> None:  # type: ignore[no-untyped-def]
     (rec,) = read_judgment({**row(), **EXTRAS}, "f.jsonl:1", pairwise)
     assert list(rec.model_dump()) == keys
@@ -62,13 +64,20 @@ def _help_texts(cmd: str) -> dict[str, str]:
     return {o: p.help or "" for p in params for o in p.opts if o.startswith("--")}
 
 
-@pytest.mark.parametrize(("a", "b"), [("judge", "run"), ("generate", "run"), ("report", "run"), ("judge", "report")])
+@pytest.mark.parametrize(
+    ("a", "b"), [("judge", "run"), ("generate", "run"), ("report", "run"), ("judge", "report")]
+)
 def test_an_option_two_commands_take_has_one_help_text(a: str, b: str) -> None:
     # the options whose meaning differs between the two commands on purpose
     differ = {
         ("judge", "run"): {"--batch-size", "--base-url"},  # run: the generator's; judge: the judge's
         ("generate", "run"): {"--num-shards", "--model"},  # run: shards one after another, --model repeats
-        ("judge", "report"): {"--model-list", "--answers-dir", "--judge-name", "--bench"},  # report: a default
+        ("judge", "report"): {
+            "--model-list",
+            "--answers-dir",
+            "--judge-name",
+            "--bench",
+        },  # report: a default
         ("report", "run"): {"--seed", "--judge-name", "--bench"},  # bootstrap vs sampling seed; pick vs name
     }[(a, b)]
     ha, hb = _help_texts(a), _help_texts(b)

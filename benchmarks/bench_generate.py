@@ -250,6 +250,8 @@ def _plain_wave(
 
 
 FASTCHAT_VARIANT = "FastChat gen_model_answer loop"
+OURS = "ours (job generate, hf continuous batching)"
+TURN_WAVES = "ours, turn waves (previous scheduler)"
 _SAMPLED: dict[int, tuple[int, float, float]] = {}
 """--fastchat-sample: the loop's one measurement (first N questions, 1 choice) per max new tokens."""
 Measure = Callable[[], tuple[int, float, float]]
@@ -260,14 +262,11 @@ def variants(
 ) -> dict[str, Measure]:
     """The variants to time for one --num-choices value: name -> run() giving (tokens, wall s, cpu s)."""
     n, eos = args.max_new_tokens, forced(args)
-    dedupe = True  # job generate's default for hf: greedy choices are one answer, generated once
-    out: dict[str, Measure] = {
-        "ours (job generate, continuous batching)": lambda: ours(backend, questions, choices, n, dedupe),
-    }
+    out: dict[str, Measure] = {OURS: lambda: ours(backend, questions, choices, n, False)}
+    if choices > 1:
+        out[f"{OURS} + greedy dedupe (default)"] = lambda: ours(backend, questions, choices, n, True)
     if args.turn_waves:
-        out["ours, turn waves (previous scheduler)"] = lambda: ours(
-            backend, questions, choices, n, dedupe, refill=False
-        )
+        out[TURN_WAVES] = lambda: ours(backend, questions, choices, n, False, refill=False)
     if args.plain_wave:
         out[f"plain transformers batched generate ({args.plain_wave} per wave)"] = lambda: plain_generate(
             backend, questions, choices, n, args.plain_wave, eos

@@ -31,6 +31,7 @@ def test_bench_generate_equal_tokens_and_sharding(shared_bench_data: Path, tmp_p
             "--max-new-tokens", "5",
             "--num-choices", "1", "2",
             "--shards", "2",
+            "--turn-waves",
             "--threads", "1",
             "--json", str(out),
         ],
@@ -43,11 +44,15 @@ def test_bench_generate_equal_tokens_and_sharding(shared_bench_data: Path, tmp_p
     by = {(x["num_choices"], x["variant"]): x for x in rows if "variant" in x}
     for choices in (1, 2):
         expect = 3 * 2 * choices * 5  # questions x turns x choices x forced tokens
-        assert by[(choices, "ours (job generate waves, hf)")]["tokens"] == expect
+        assert by[(choices, "ours (job generate, hf continuous batching)")]["tokens"] == expect
+        assert by[(choices, "ours, turn waves (previous scheduler)")]["tokens"] == expect
         assert by[(choices, "FastChat gen_model_answer loop")]["tokens"] == expect
         assert by[(choices, "plain transformers batched generate (16 per wave)")]["tokens"] == expect
     # greedy dedupe generates fewer tokens when a question is greedy (3 questions: writing 0.7 + greedy ones)
-    assert by[(2, "ours + greedy dedupe (default)")]["tokens"] <= 3 * 2 * 2 * 5
+    assert (
+        by[(2, "ours (job generate, hf continuous batching) + greedy dedupe (default)")]["tokens"]
+        <= 3 * 2 * 2 * 5
+    )
     shards = [x["sharding"] for x in rows if "sharding" in x]
     assert [s["shards"] for s in shards] == [1, 2]
     assert all(s["tokens"] == 3 * 2 * 2 * 5 for s in shards), "the shards together cover every conversation"

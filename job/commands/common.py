@@ -20,6 +20,11 @@ def stack(f: F, options: list[Callable[[F], F]]) -> F:
     return f
 
 
+def env_option(name: str, envvar: str, **kw: Any) -> Callable[[F], F]:
+    """An option the launchers set by its short env name, shown in --help."""
+    return click.option(name, envvar=envvar, show_envvar=True, **kw)
+
+
 BENCH_HELP = (
     "Bench name: mt_bench, japanese_mt_bench (Swallow v202411), japanese_mt_bench_v202407, "
     "japanese_mt_bench_stability, smoke, or any folder under --bench-data."
@@ -27,14 +32,13 @@ BENCH_HELP = (
 
 
 def bench_option(f: F) -> F:
-    return click.option("--bench", envvar="JOB_BENCH", required=True, show_envvar=True, help=BENCH_HELP)(f)
+    return env_option("--bench", "JOB_BENCH", required=True, help=BENCH_HELP)(f)
 
 
 def bench_data_option(f: F) -> F:
-    return click.option(
+    return env_option(
         "--bench-data",
-        envvar="JOB_BENCH_DATA",
-        show_envvar=True,
+        "JOB_BENCH_DATA",
         type=click.Path(file_okay=False),
         help="FastChat-layout data dir (default ~/.cache/mtbench-job/bench_data).",
     )(f)
@@ -48,10 +52,9 @@ def _set_s3_endpoint(ctx: click.Context, param: click.Parameter, value: str | No
 
 def s3_endpoint_option(f: F) -> F:
     """--s3-endpoint-url (MinIO, Ceph, R2; default: AWS_ENDPOINT_URL or AWS)."""
-    return click.option(
+    return env_option(
         "--s3-endpoint-url",
-        envvar="JOB_S3_ENDPOINT_URL",
-        show_envvar=True,
+        "JOB_S3_ENDPOINT_URL",
         expose_value=False,
         callback=_set_s3_endpoint,
         help="S3-compatible endpoint for s3:// outputs (default: AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL, else AWS).",
@@ -61,12 +64,11 @@ def s3_endpoint_option(f: F) -> F:
 def output_option(f: F) -> F:
     """--output plus --s3-endpoint-url."""
     f = s3_endpoint_option(f)
-    return click.option(
+    return env_option(
         "--output",
-        envvar="JOB_OUTPUT",
+        "JOB_OUTPUT",
         default="./runs",
         show_default=True,
-        show_envvar=True,
         help="Run root: a local dir or s3://bucket/prefix.",
     )(f)
 
@@ -77,27 +79,24 @@ def model_options(f: F, many: bool = False) -> F:
     return stack(
         f,
         [
-            click.option(
+            env_option(
                 "--model",
-                envvar="JOB_MODEL",
+                "JOB_MODEL",
                 required=not many,
                 multiple=many,
-                show_envvar=True,
                 help="provider/model: hf/<path-or-id>, hf-tiny, vllm/<path>, openai/<name>, mock/echo."
                 + again,
             ),
-            click.option(
+            env_option(
                 "--model-name",
-                envvar="JOB_MODEL_NAME",
-                show_envvar=True,
+                "JOB_MODEL_NAME",
                 help="Answer file stem (default: last part of the model path).",
             ),
-            click.option(
+            env_option(
                 "--num-choices",
-                envvar="JOB_NUM_CHOICES",
+                "JOB_NUM_CHOICES",
                 type=int,
                 default=1,
-                show_envvar=True,
                 help="Independent 2-turn conversations per question (Swallow: 5).",
             ),
             click.option("--max-new-tokens", type=int, default=1024, help="New tokens per turn."),
@@ -186,10 +185,9 @@ def api_options(f: F) -> F:
     return stack(
         f,
         [
-            click.option(
+            env_option(
                 "--base-url",
-                envvar="OPENAI_BASE_URL",
-                show_envvar=True,
+                "OPENAI_BASE_URL",
                 help="OpenAI-compatible endpoint of openai/ models (vLLM, SGLang, transformers serve); "
                 "in `job run` the generator's. Key: OPENAI_API_KEY.",
             ),

@@ -17,11 +17,10 @@ from job.commands import stage_options as stage
     type=int,
     help="This task's shard (default: SLURM_ARRAY_TASK_ID, then JOB_COMPLETION_INDEX; none: all shards).",
 )
-@click.option(
+@opt.env_option(
     "--num-shards",
-    envvar="JOB_NUM_SHARDS",
+    "JOB_NUM_SHARDS",
     type=int,
-    show_envvar=True,
     help="Shard count (default: SLURM_ARRAY_TASK_COUNT, else 1).",
 )
 @click.option(
@@ -46,12 +45,11 @@ from job.commands import stage_options as stage
     "(an API's temperature-0 replies vary).",
 )
 @click.option("--force", is_flag=True, help="Regenerate shards that are already complete.")
-@click.option(
+@opt.env_option(
     "--executor",
+    "JOB_EXECUTOR",
     type=click.Choice(["local", "ray"]),
     default="local",
-    envvar="JOB_EXECUTOR",
-    show_envvar=True,
     help="local: this process runs its shards; ray: Ray actors (one model replica each) run them.",
 )
 @click.option("--num-replicas", type=int, help="Ray actors (default: GPUs // tensor-parallel size, or 1).")

@@ -5,6 +5,7 @@ import click
 from job.commands.common import (
     BENCH_HELP,
     bench_data_option,
+    env_option,
     output_option,
     tracking_config,
     tracking_options,
@@ -14,10 +15,9 @@ from job.commands.stage_options import pairwise_options, publish_option
 
 
 @click.command(context_settings={"show_default": True})
-@click.option(
+@env_option(
     "--bench",
-    envvar="JOB_BENCH",
-    show_envvar=True,
+    "JOB_BENCH",
     help=BENCH_HELP + " Default: a judge manifest's bench, else the one bench whose question file holds"
     " every question id of --judgments, else mt_bench (FastChat's default).",
 )

@@ -13,6 +13,7 @@ from job.commands.common import (
     API_OPTION_KEYS,
     LOCAL_OPTION_KEYS,
     F,
+    env_option,
     local_model_options,
     pop_json_options,
     reasoning_options,
@@ -28,10 +29,9 @@ def judge_endpoint_options(f: F) -> F:
     return stack(
         f,
         [
-            click.option(
+            env_option(
                 "--judge-base-url",
-                envvar="JOB_JUDGE_BASE_URL",
-                show_envvar=True,
+                "JOB_JUDGE_BASE_URL",
                 help="OpenAI-compatible endpoint of an openai/ judge (default api.openai.com; where no "
                 "generator uses an API, as in `job judge`: --base-url / OPENAI_BASE_URL).",
             ),
@@ -67,11 +67,10 @@ def judge_options(f: F) -> F:
     return stack(
         f,
         [
-            click.option(
+            env_option(
                 "--judge-model",
-                envvar="JOB_JUDGE_MODEL",
+                "JOB_JUDGE_MODEL",
                 required=True,
-                show_envvar=True,
                 help="Judge backend spec: openai/gpt-4o-2024-08-06, hf/<path>, vllm/<path>, mock/judge, "
                 "mock/fixed:TEXT.",
             ),

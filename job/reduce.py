@@ -32,6 +32,7 @@ from job.records import (
     truncation,
 )
 from job.records.jsonl import dumps_lines
+from job.records.run_keys import run_diff
 from job.signals import critical
 from job.storage import Storage, open_storage
 
@@ -145,14 +146,25 @@ def _missing_report(manifests: list[ShardManifest], missing: list[tuple[Question
     return f"{'; '.join(parts) or 'shards incomplete'}; missing {len(missing)} items: {sample}{more}"
 
 
+def _different_runs(manifests: list[ShardManifest]) -> list[str]:
+    """The config hashes of shards that are not one run ([] when all are). Hashes may differ
+    within one run: a hub revision unknown to some tasks' cache at plan time, or shards of
+    an older version without a key added since (job.records.run_keys)."""
+    by_hash = {m.config_hash: m.sampling for m in manifests}
+    configs = list(by_hash.values())
+    if any(run_diff(a, b) for i, a in enumerate(configs) for b in configs[i + 1 :]):
+        return sorted(by_hash)
+    return []
+
+
 def merge_model(storage: Storage, bench: str, model: str, allow_failed: bool) -> Merged:
     found = _manifests(storage, bench, model)
     if not found:
         raise IncompleteError(
             f"no committed shards for model {model!r} under {storage.uri(shards_prefix(bench, model))}; run `job generate` first"
         )
-    hashes = sorted({m.config_hash for _, m in found})
-    if len(hashes) > 1:
+    hashes = _different_runs([m for _, m in found])
+    if hashes:
         raise JobError(
             f"shards of {model!r} come from different runs (configs {', '.join(hashes)}); "
             f"delete the stale ones under {storage.uri(shards_prefix(bench, model))} or regenerate with --force"

@@ -6,7 +6,6 @@ after a new save into <dir> re-asks every game; an unchanged re-run asks nothing
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,9 +44,9 @@ def test_an_overwritten_local_judge_checkpoint_judges_again(
 
     # a training job saves its next step over the same directory: same names, new weights
     weights = judge / "model.safetensors"
-    weights.write_bytes(weights.read_bytes())
-    st = weights.stat()
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    data = bytearray(weights.read_bytes())
+    data[-4] ^= 1  # one mantissa bit of the last tensor (the fingerprint digests both ends)
+    weights.write_bytes(bytes(data))
     assert f"{n} calls to send (0 already stored)" in _plan(run_job, out, spec)
     again = run_job("judge", *ARGS, "--output", str(out), "--judge-model", spec)
     assert again.returncode != 0 and f"all {n}" in again.stderr.strip().splitlines()[-1], again.stderr

@@ -13,32 +13,53 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from job.errors import JobError
+from job.records.run_keys import model_identity
 
 # files whose bytes define the model's behaviour and are small enough to hash
 _CONTENT = re.compile(r"\.(json|jinja|model|txt|tiktoken)$")
-# weights: hashing gigabytes would cost minutes; name, size and mtime change on every save
+# weights: hashing gigabytes would cost minutes; name, size and the bytes at both ends (a
+# safetensors/GGUF header and the last tensors) change on every save, unlike a copy's mtime
 _WEIGHTS = re.compile(r"\.(safetensors|bin|gguf|pt|pth)$")
+_ENDS = 1 << 20
 _LOCAL_PROVIDERS = ("hf", "vllm")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
-def _file_entries(path: Path) -> list[list[Any]]:
-    """[name, sha256 or size+mtime] for the checkpoint's top-level config, tokenizer,
-    chat template and weight files (or for the single file a GGUF path names)."""
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+def _file_entries(path: Path, gguf_file: str | None = None) -> list[list[Any]]:
+    """[name, sha256 or size+digest of both ends] for the checkpoint's top-level config,
+    tokenizer, chat template and weight files (or for the single file a GGUF path names);
+    with --gguf-file, of the folder's GGUF files only the selected one."""
+    try:
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    except OSError as e:
+        raise JobError(
+            f"{path}: cannot read the model checkpoint ({e.strerror}); fix its permissions"
+        ) from None
+    chosen = Path(gguf_file).name if gguf_file else None
     out: list[list[Any]] = []
     for f in files:
-        if f.name.startswith("."):
+        if f.name.startswith(".") or (chosen and f.suffix == ".gguf" and f.name != chosen):
             continue
         try:
             if _WEIGHTS.search(f.name):
-                st = f.stat()
-                out.append([f.name, st.st_size, st.st_mtime_ns])
+                out.append([f.name, f.stat().st_size, _ends_digest(f)])
             elif _CONTENT.search(f.name):
                 out.append([f.name, hashlib.sha256(f.read_bytes()).hexdigest()])
         except OSError as e:  # loading the model reports it properly; here it is just different
             out.append([f.name, f"unreadable: {e.strerror}"])
     return out
+
+
+def _ends_digest(f: Path) -> str:
+    """sha256 of the first and last MiB: cheap on gigabytes, equal for a byte-identical copy."""
+    with f.open("rb") as fh:
+        head = fh.read(_ENDS)
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(len(head), size - _ENDS))
+        return hashlib.sha256(head + fh.read()).hexdigest()[:16]
 
 
 def hub_cache_dir() -> Path:
@@ -64,19 +85,64 @@ def hub_revision(repo_id: str, revision: str | None = None) -> str | None:
     return commit if _HEX40.match(commit) else None
 
 
-def fingerprint(provider: str, model: str, revision: str | None = None) -> dict[str, Any] | None:
+def fingerprint(
+    provider: str, model: str, revision: str | None = None, gguf_file: str | None = None
+) -> dict[str, Any] | None:
     """What identifies the weights behind `provider/model`; None where the spec already does
-    (API models, mocks, the built-in smoke model)."""
+    (API models, mocks, the built-in smoke model). `path` is for display only (see
+    job.records.run_keys): a copy of the checkpoint elsewhere is the same model."""
     if provider not in _LOCAL_PROVIDERS:
         return None
     path = Path(model).expanduser()
     if path.exists():
-        entries = _file_entries(path)
+        entries = _file_entries(path, gguf_file)
         digest = hashlib.sha256(repr(entries).encode("utf-8")).hexdigest()[:16]
         return {"kind": "local", "path": str(path.resolve()), "sha256": digest, "files": len(entries)}
     if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith("."):
         return {"kind": "hub", "id": model, "revision": hub_revision(model, revision)}
     return {"kind": "missing", "path": model}  # loading will fail with its own error
+
+
+LOCAL_OUTPUT_OPTIONS = ("trust_remote_code", "tokenizer_mode", "gguf_file", "revision")
+"""Backend options of hf/ and vllm/ that change what the model answers (dtype has its own key)."""
+
+
+def output_options(provider: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The set options that change a backend's outputs, for the shard hash and judge inputs:
+    a local model's loading options, an API model's endpoint (two servers may serve different
+    checkpoints under one name). None when none is set, so older hashes stay as they were."""
+    keys = LOCAL_OUTPUT_OPTIONS if provider in _LOCAL_PROVIDERS else ()
+    out = {k: options[k] for k in keys if options.get(k)}
+    if provider == "openai" and options.get("base_url"):
+        out["base_url"] = normalize_url(str(options["base_url"]))
+    return out or None
+
+
+def judge_key(provider: str, fp: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any] | None:
+    """What besides its spec decides a judge's replies, for inputs_sha256: a local judge's
+    weights (not where they lie) and set loading options, an API judge's endpoint."""
+    opts = output_options(provider, options) or {}
+    if provider in _LOCAL_PROVIDERS and options.get("dtype") not in (None, "auto"):
+        opts["dtype"] = options["dtype"]
+    key = model_identity(fp)
+    return {**(key or {}), "options": opts} if opts else key
+
+
+def normalize_url(url: str) -> str:
+    """scheme://host:port/path of an endpoint: never its user:password@, query or fragment
+    (they may hold secrets), and the same for trivially different spellings."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        raise JobError(f"--base-url {_redacted(parts)}: bad port; e.g. http://127.0.0.1:8000/v1") from None
+    host = (parts.hostname or "").lower()
+    return f"{scheme}://{host}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
+
+
+def _redacted(parts: Any) -> str:
+    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
 
 
 def describe(fp: dict[str, Any] | None) -> str:

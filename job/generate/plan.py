@@ -11,7 +11,7 @@ from typing import Any
 
 from job.backends import parse_spec
 from job.backends.base import check_sampling
-from job.backends.fingerprint import describe, fingerprint
+from job.backends.fingerprint import describe, fingerprint, output_options
 from job.benches import Bench, resolve_bench, select_questions, sha256_file
 from job.errors import JobError
 from job.generate.sharding import resolve_shard, shard
@@ -20,6 +20,7 @@ from job.names import check_model_name, default_model_name
 from job.provenance import stable_hash
 from job.records import Question, id_sort_key
 from job.records.reasoning import compile_pattern
+from job.records.run_keys import hashed_config
 from job.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,13 @@ def run_config(cfg: GenerateConfig, bench: Bench, data_sha: str, questions: list
     """Everything that changes the answers; its hash ties the shards of one run together."""
     template_sha = sha256_file(Path(cfg.chat_template)) if cfg.chat_template else None
     provider, model = parse_spec(cfg.model)
+    opts = cfg.backend_options
     return {
         "bench": bench.name,
         "bench_data_sha256": data_sha,
         "model": cfg.model,
         # the weights behind the spec: an overwritten ./ckpt is another model
-        "model_fingerprint": fingerprint(provider, model, cfg.backend_options.get("revision")),
+        "model_fingerprint": fingerprint(provider, model, opts.get("revision"), opts.get("gguf_file")),
         "model_name": cfg.model_name,
         "num_choices": cfg.num_choices,
         "max_new_tokens": cfg.max_new_tokens,
@@ -100,6 +102,7 @@ def run_config(cfg: GenerateConfig, bench: Bench, data_sha: str, questions: list
         "dedupe_greedy": cfg.dedupe_greedy,
         "question_ids": [q.question_id for q in sorted(questions, key=lambda q: id_sort_key(q.question_id))],
         **_reasoning_config(cfg),
+        **({"backend": backend} if (backend := output_options(provider, opts)) else {}),
     }
 
 
@@ -151,7 +154,12 @@ def plan(cfg: GenerateConfig) -> ShardPlan:
     items = work_items(questions, cfg.num_choices)
     indices, num_shards = resolve_shard(cfg.shard_index, cfg.num_shards)
     rc = run_config(cfg, bench, data_sha, questions)
-    return ShardPlan(bench, data_sha, questions, items, list(indices), num_shards, rc, stable_hash(rc))
+    return ShardPlan(bench, data_sha, questions, items, list(indices), num_shards, rc, config_hash(rc))
+
+
+def config_hash(run_config: dict[str, Any]) -> str:
+    """The run's hash: what names it in manifests (the fingerprint's display path left out)."""
+    return stable_hash(hashed_config(run_config))
 
 
 def print_plan(cfg: GenerateConfig, p: ShardPlan, storage: Storage) -> None:

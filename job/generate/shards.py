@@ -17,10 +17,11 @@ from job.generate.plan import GenerateConfig, ShardPlan, backend_options, plan, 
 from job.generate.sharding import shard
 from job.generate.waves import Conversation, Progress, run_waves
 from job.layout import manifest_key, shard_key, shards_prefix
-from job.provenance import git_revision, host, package_version, stable_hash
+from job.provenance import git_revision, host, package_version
 from job.records import ShardItem, ShardManifest, id_sort_key
 from job.records.jsonl import dumps_lines
 from job.records.reasoning import compile_pattern, record_fields
+from job.records.run_keys import FINGERPRINT, describe_diff, run_diff
 from job.signals import critical
 from job.storage import Storage, open_storage
 
@@ -129,21 +130,31 @@ def commit_shard(
     Two tasks may run the same shard (a Slurm requeue, a slow pod replaced). The answers go
     to the shard key only if it is free (else to a key of their own), and the manifest names
     them, so the loser of the manifest race never touches the data the winner's manifest
-    describes; it deletes only its own copy. --force owns the shard and overwrites.
+    describes; it deletes only its own copy. --force owns the shard and overwrites, and so
+    does a shard regenerated for new weights: the old one stays valid until this commit.
     """
     data = dumps_lines(i.model_dump(mode="json") for i in items)
+    mkey = manifest_key(key)
+    old = _load_manifest(storage, mkey) if force else _stale_manifest(storage, mkey, manifest)
     data_key = key
-    if force:
-        storage.write_bytes(key, data)
-    elif not storage.write_bytes(key, data, if_absent=True):
+    if not storage.write_bytes(key, data, if_absent=True):  # the old answers stay until the commit
         data_key = f"{key.removesuffix('.jsonl')}.{uuid.uuid4().hex[:12]}.jsonl"
         storage.write_bytes(data_key, data)
     manifest.data_file = data_key.rsplit("/", 1)[-1]
     body = manifest.model_dump_json(indent=2).encode()
-    if storage.write_bytes(manifest_key(key), body, if_absent=not force):
+    if storage.write_bytes(mkey, body, if_absent=old is None and not force):
+        old_data = (old.data_file or key.rsplit("/", 1)[-1]) if old else None
+        if old_data and old_data != manifest.data_file:  # answers the new manifest replaced
+            storage.delete(f"{key.rsplit('/', 1)[0]}/{old_data}")
         return True
     storage.delete(data_key)
     return False
+
+
+def _stale_manifest(storage: Storage, mkey: str, manifest: ShardManifest) -> ShardManifest | None:
+    """The committed manifest this one replaces: the same run on weights changed since."""
+    existing = _load_manifest(storage, mkey)
+    return existing if existing and _model_changed(existing, manifest.sampling) else None
 
 
 def pending_shards(
@@ -152,6 +163,8 @@ def pending_shards(
     """(shard indices still to generate, manifests of shards already complete).
 
     Shared by every executor (local loop, Ray actors) so they skip exactly the same shards.
+    A shard of the same run on changed weights is regenerated, but its manifest stays until
+    the new one is committed (commit_shard), so a failed or killed run loses nothing.
     """
     assert cfg.model_name
     todo: list[int] = []
@@ -159,22 +172,26 @@ def pending_shards(
     for i in p.indices:
         mkey = manifest_key(shard_key(p.bench.name, cfg.model_name, i, p.num_shards))
         existing = _load_manifest(storage, mkey)
-        if existing and not cfg.force and _model_changed(existing, p.run_config):
+        if existing is None or cfg.force:
+            todo.append(i)
+            continue
+        diff = [] if existing.config_hash == p.config_hash else run_diff(existing.sampling, p.run_config)
+        if diff == [FINGERPRINT]:
             log.warning(
                 "shard %d/%d: regenerating, the model changed since it was generated (%s, now %s)",
                 i + 1,
                 p.num_shards,
-                describe(existing.sampling.get("model_fingerprint")),
-                describe(p.run_config["model_fingerprint"]),
+                describe(existing.sampling.get(FINGERPRINT)),
+                describe(p.run_config[FINGERPRINT]),
             )
-            storage.delete(mkey)
             todo.append(i)
-        elif existing and not cfg.force:
-            if existing.config_hash != p.config_hash:
-                raise JobError(
-                    f"{storage.uri(mkey)} holds a shard of a different run (config {existing.config_hash}, "
-                    f"now {p.config_hash}); use another --model-name or --output, or --force to replace it"
-                )
+        elif diff:
+            raise JobError(
+                f"{storage.uri(mkey)} holds a shard of a different run (config {existing.config_hash}, "
+                f"now {p.config_hash}: {describe_diff(existing.sampling, p.run_config, diff)}); "
+                "use another --model-name or --output, or --force to replace it"
+            )
+        else:
             log.info(
                 "shard %d/%d already complete (%d items); nothing to do",
                 i + 1,
@@ -182,20 +199,12 @@ def pending_shards(
                 existing.num_items,
             )
             done.append(existing)
-        else:
-            if existing and cfg.force:
-                storage.delete(mkey)
-            todo.append(i)
     return todo, done
 
 
 def _model_changed(existing: ShardManifest, run_config: dict[str, Any]) -> bool:
     """Only the model's fingerprint differs: the same run on new weights (regenerate, no --force)."""
-    key = "model_fingerprint"
-    old, new = dict(existing.sampling), dict(run_config)
-    if key not in old or old.pop(key) == new.pop(key):
-        return False
-    return stable_hash(old) == stable_hash(new)
+    return run_diff(existing.sampling, run_config) == [FINGERPRINT]
 
 
 def run(cfg: GenerateConfig) -> list[ShardManifest]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from job.backends import parse_spec
 from job.backends.base import SamplingParams, check_sampling
-from job.backends.fingerprint import fingerprint
+from job.backends.fingerprint import fingerprint, judge_key
 from job.benches import Bench, resolve_bench, select_questions, sha256_bytes
 from job.errors import JobError
 from job.judge import (
@@ -37,6 +37,7 @@ from job.names import check_model_name, check_name, default_model_name
 from job.records import Answer, Question, QuestionId, parse_records
 from job.records.judgments import read_judgment
 from job.records.reasoning import judged_view
+from job.records.run_keys import spec_identity
 from job.storage import Storage
 from job.storage.answers import load_answers
 
@@ -198,12 +199,12 @@ def _previous_manifest(storage: Storage, key: str) -> dict[str, Any] | None:
     return man if isinstance(man, dict) else None
 
 
-def judge_fingerprint(spec: str) -> dict[str, Any] | None:
+def judge_fingerprint(spec: str, gguf_file: str | None = None) -> dict[str, Any] | None:
     """The weights behind a local judge (`hf/DIR`, `vllm/DIR`): a checkpoint saved over the
     same directory is another judge. None for the rest: API judges, and hub ids, whose cached
     revision is unknown until the first run downloads them (it would re-judge everything
     once the cache knows it)."""
-    fp = fingerprint(*parse_spec(spec))
+    fp = fingerprint(*parse_spec(spec), gguf_file=gguf_file)
     return fp if fp and fp.get("kind") == "local" else None
 
 
@@ -244,8 +245,11 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     matches = build_matches(questions, models, answers, prompts, refs, cfg.mode, cfg.baseline_model, bb)
     if cfg.judge_samples > 1:  # each sample its own row, resumed on its own
         matches = [replace(m, sample=s) for m in matches for s in range(cfg.judge_samples)]
-    judge_fp = judge_fingerprint(cfg.judge_model)
-    inputs = {m: inputs_sha256(cfg.judge_model, params, m, judge_fp) for m in matches}
+    judge_fp = judge_fingerprint(cfg.judge_model, cfg.backend_options.get("gguf_file"))
+    # weights, loading options, endpoint (job.backends.fingerprint.judge_key)
+    key = judge_key(parse_spec(cfg.judge_model)[0], judge_fp, cfg.backend_options)
+    spec = spec_identity(cfg.judge_model, judge_fp)  # a copied checkpoint is the same judge
+    inputs = {m: inputs_sha256(spec, params, m, key) for m in matches}
 
     # stored records are checked before resume keys are built from them (file:line on a bad one)
     def check(rec: dict[str, Any], where: str) -> None:

@@ -90,3 +90,36 @@ def test_help_of_every_command_renders() -> None:
     for cmd in ("generate", "judge", "run", "report", "leaderboard"):
         res = CliRunner().invoke(main, [cmd, "--help"])
         assert res.exit_code == 0, res.output
+
+
+def test_a_finished_models_fingerprint_is_the_one_written_before_the_judge_template() -> None:
+    """RunConfig now holds the judge's JudgeConfig; the done/ marker's fingerprint keeps its
+    blob (judge fields at the top, the sampling ones under judge_settings), so a model finished
+    by the earlier code is still found finished."""
+    import hashlib
+    from dataclasses import asdict
+
+    from job.generate import GenerateConfig
+    from job.judge.plan import JudgeConfig
+    from job.pipeline import RunConfig
+    from job.pipeline.models import fingerprint
+
+    gen = GenerateConfig(bench="smoke", model="mock/echo", model_name="llm-step-100", num_shards=2)
+    judge = JudgeConfig(bench="smoke", judge_model="mock/judge", judge_name="j", judge_samples=3,
+                        judge_temperature=0.7, parse_retries=2, backend_options={"concurrency": 4})  # fmt: skip
+    cfg = RunConfig(generate=gen, judge=judge, allow_failed=True, publish="/pub")
+    blob = {
+        "generate": {
+            k: v for k, v in asdict(gen).items() if k not in ("dry_run", "num_shards", "shard_index")
+        },
+        "judge_model": "mock/judge",
+        "judge_name": "j",
+        "reference": None,
+        "judge_settings": {"judge_samples": 3, "judge_temperature": 0.7, "parse_retries": 2},
+        "allow_failed": True,
+        "report_dir": None,
+        "publish": "/pub",
+        "step": 100,  # from the default --step-pattern on the model name
+    }
+    want = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+    assert fingerprint(cfg) == want

@@ -68,6 +68,7 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     """
     from job.backends import check_openai_batch
     from job.generate import GenerateConfig
+    from job.judge.plan import JudgeConfig
     from job.pipeline import RunConfig, run
 
     opts = stage.pop_generation_backend_options(kw)
@@ -79,13 +80,13 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     judge_opts |= {k: kw.pop(k) for k in stage.BATCH_OPTION_KEYS}
     if judge_opts["openai_batch"]:  # before generation, not after it
         check_openai_batch(str(kw["judge_model"]))
-    run_keys: tuple[str, ...] = ("judge_model", "judge_name", "reference", "allow_failed", "report_dir")
-    run_keys += ("publish", "baseline", "baseline_name", "max_drop", "junit_xml", "allow_mismatch")
-    rkw = {k: kw.pop(k) for k in run_keys}
-    rkw["judge_settings"] = {k: kw.pop(k) for k in stage.JUDGE_SAMPLING_KEYS}
+    judge_keys = ("judge_model", "judge_name", "reference", *stage.JUDGE_SAMPLING_KEYS)
+    jkw = {k: kw.pop(k) for k in judge_keys}
+    jcfg = JudgeConfig(bench=str(kw["bench"]), backend_options=judge_opts, **jkw)  # type: ignore[arg-type]
+    run_keys = ("allow_failed", "report_dir", "publish", "baseline", "baseline_name", "max_drop")
+    rkw = {k: kw.pop(k) for k in (*run_keys, "junit_xml", "allow_mismatch")}
     rkw |= many.pop_models(kw)
     rkw["tracking"] = opt.tracking_config(kw)
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     gcfg = GenerateConfig(**kw, backend_options=opts)  # type: ignore[arg-type]
-    res = run(RunConfig(generate=gcfg, judge_backend_options=judge_opts, **rkw))  # type: ignore[arg-type]
-    ctx.exit(res.exit_code)
+    ctx.exit(run(RunConfig(generate=gcfg, judge=jcfg, **rkw)).exit_code)  # type: ignore[arg-type]

@@ -8,21 +8,18 @@ returns the exit code (job.gate: 0 pass, 3 regression); bad input raises JobErro
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from job import gate as g
 from job.backends import parse_spec
 from job.backends.endpoints import Generator, judge_endpoint
-from job.errors import JobError, Terminated
+from job.errors import JobError
 from job.generate import GenerateConfig
-from job.layout import reports_dir
-from job.names import check_model_name, check_name, default_model_name, path_name
+from job.judge.plan import JudgeConfig, judge_name_of
+from job.names import check_model_name, check_name, default_model_name
 from job.report.leaderboard import DEFAULT_STEP_PATTERN, compile_step_pattern, step_of
 
 log = logging.getLogger(__name__)
@@ -31,12 +28,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunConfig:
     generate: GenerateConfig
-    judge_model: str
-    judge_name: str | None = None
-    reference: str | None = None
-    judge_backend_options: dict[str, Any] = field(default_factory=dict)
-    judge_settings: dict[str, Any] = field(default_factory=dict)
-    """JudgeConfig fields from --judge-samples, --judge-temperature, --parse-retries"""
+    judge: JudgeConfig
+    """The judge's settings (model, name, reference, sampling; backend_options as given, the
+    endpoint resolved by judge_options); bench, model, questions and output come from generate."""
     allow_failed: bool = False
     report_dir: str | None = None
     """Where report files go (default <output>/<bench>/reports/)."""
@@ -74,11 +68,11 @@ def model_name(cfg: RunConfig) -> str:
 
 def judge_options(cfg: RunConfig) -> dict[str, Any]:
     """The judge's backend options, its endpoint and key resolved apart from the generator's."""
-    opts = dict(cfg.judge_backend_options)
+    opts = dict(cfg.judge.backend_options)
     url, key_env = opts.pop("base_url", None), opts.pop("api_key_env", None)
     api_generator = parse_spec(cfg.generate.model)[0] == "openai"
     generator = Generator(cfg.generate.backend_options.get("base_url")) if api_generator else None
-    return {**opts, **judge_endpoint(cfg.judge_model, url, key_env, generator)}
+    return {**opts, **judge_endpoint(cfg.judge.judge_model, url, key_env, generator)}
 
 
 def check(cfg: RunConfig) -> dict[str, Any] | None:
@@ -95,9 +89,9 @@ def check(cfg: RunConfig) -> dict[str, Any] | None:
     if cfg.junit_xml and not Path(cfg.junit_xml).resolve().parent.is_dir():
         raise JobError(f"--junit-xml {cfg.junit_xml}: directory does not exist")
     # names that become paths later are checked now, so --dry-run catches them too
-    check_name("judge name (set --judge-name)", cfg.judge_name or default_model_name(cfg.judge_model))
-    if cfg.reference:
-        check_name("reference set (--reference)", cfg.reference)
+    judge = judge_name_of(cfg.judge)
+    if cfg.judge.reference:
+        check_name("reference set (--reference)", cfg.judge.reference)
     if not cfg.baseline:
         return None
     from job.report.publish import load_report
@@ -105,8 +99,9 @@ def check(cfg: RunConfig) -> dict[str, Any] | None:
     base = load_report(cfg.baseline)
     g.pair_models(base, {"scores": [{"model": model_name(cfg)}]}, cfg.baseline_name, None)
     # what is known before any work (the rest is compared at the gate, from the new report)
-    judge = cfg.judge_name or default_model_name(cfg.judge_model)
-    early = {"provenance": {"bench": cfg.generate.bench, "judges": [judge], "judge_model": cfg.judge_model}}
+    early = {
+        "provenance": {"bench": cfg.generate.bench, "judges": [judge], "judge_model": cfg.judge.judge_model}
+    }
     g.check_comparable(base, early, cfg.allow_mismatch)
     return base
 
@@ -118,6 +113,8 @@ def step_for(cfg: RunConfig, name: str) -> int | None:
 def run(cfg: RunConfig) -> RunResult:
     """One model (generate.model, or the only entry of cfg.models), or each of several."""
     if len(cfg.models) > 1:
+        from job.pipeline.models import run_models
+
         return run_models(cfg)
     if cfg.models:
         spec, name = cfg.models[0]
@@ -151,7 +148,7 @@ def run_model(cfg: RunConfig, leaderboard: bool = True) -> RunResult:
     baseline = check(cfg)
     if gcfg.dry_run:
         generate.run(gcfg)
-        print(f"then: reduce {name}; judge with {cfg.judge_model}; report" + (f"; publish to {cfg.publish}" if cfg.publish else "")
+        print(f"then: reduce {name}; judge with {cfg.judge.judge_model}; report" + (f"; publish to {cfg.publish}" if cfg.publish else "")
               + (f"; gate against {cfg.baseline} (max drop {cfg.max_drop:g})" if baseline else ""))  # fmt: skip
         return RunResult(g.EXIT_OK)
     log.info("[1/4] generate %s on %s -> %s", gcfg.model, gcfg.bench, gcfg.output)
@@ -162,17 +159,16 @@ def run_model(cfg: RunConfig, leaderboard: bool = True) -> RunResult:
             bench=gcfg.bench, model_names=[name], output=gcfg.output, allow_failed=cfg.allow_failed
         )
     )
-    log.info("[3/4] judge %s with %s", name, cfg.judge_model)
-    jcfg = judge_run.JudgeConfig(
-        bench=gcfg.bench, judge_model=cfg.judge_model, judge_name=cfg.judge_name, model_list=[name],
-        reference=cfg.reference, question_ids=list(gcfg.question_ids), first_n=gcfg.first_n,
-        output=gcfg.output, bench_data=gcfg.bench_data, backend_options=judge_options(cfg),
-        **cfg.judge_settings,
+    log.info("[3/4] judge %s with %s", name, cfg.judge.judge_model)
+    jcfg = replace(
+        cfg.judge, bench=gcfg.bench, model_list=[name], question_ids=list(gcfg.question_ids),
+        first_n=gcfg.first_n, output=gcfg.output, bench_data=gcfg.bench_data,
+        backend_options=judge_options(cfg),
     )  # fmt: skip
     judge_run.run(jcfg)
     log.info("[4/4] report")
     rcfg = report_run.ReportConfig(
-        bench=gcfg.bench, model_list=[name], judge_name=judge_run.judge_name_of(jcfg), output=gcfg.output,
+        bench=gcfg.bench, model_list=[name], judge_name=judge_name_of(jcfg), output=gcfg.output,
         output_dir=cfg.report_dir, bench_data=gcfg.bench_data, step=step_for(cfg, name),
     )  # fmt: skip
     doc = report_run.run(rcfg)
@@ -208,137 +204,3 @@ def finish(cfg: RunConfig, doc: dict[str, Any], baseline: dict[str, Any] | None)
         Path(cfg.junit_xml).write_bytes(g.junit_xml(results, bench))
     print(line, flush=True)
     return RunResult(code, doc, results, line)
-
-
-# --- several models (--model A --model B, --models-file): one after another, each resumable
-
-
-@dataclass
-class Outcome:
-    name: str
-    result: RunResult | None = None
-    error: str = ""
-    exit_code: int = g.EXIT_OK
-
-
-def per_model(cfg: RunConfig) -> list[RunConfig]:
-    """One RunConfig per model, checked (names, baseline, report places) before any work."""
-    if cfg.step is not None:
-        raise JobError("--step names one checkpoint; with several models each step comes from --step-pattern")
-    gen, out = cfg.generate, cfg.generate.output
-    if out.startswith("s3://") and not (cfg.report_dir or cfg.publish):
-        raise JobError(
-            "several models with an s3:// --output: pass --report-dir DIR (one folder per model) or "
-            "--publish DEST, or each model's report would replace the last one's"
-        )
-    local_reports = cfg.report_dir or (
-        None if out.startswith("s3://") else os.path.join(out, reports_dir(gen.bench))
-    )
-    subs: list[RunConfig] = []
-    seen: dict[str, str] = {}
-    for spec, name in cfg.models:
-        sub = replace(cfg, models=[], generate=replace(gen, model=spec, model_name=name), junit_xml=None)
-        n = model_name(sub)
-        if n in seen:
-            raise JobError(
-                f"models {seen[n]} and {spec} both get the name {n!r}; name them in --models-file (SPEC NAME per line)"
-            )
-        seen[n] = spec
-        sub.generate.model_name = n
-        if cfg.tracking and cfg.tracking.run_name:  # one tracking run per model: NAME-<model>
-            sub.tracking = replace(cfg.tracking, run_name=f"{cfg.tracking.run_name}-{n}")
-        if local_reports:
-            sub.report_dir = os.path.join(local_reports, path_name(n))
-        check(sub)
-        subs.append(sub)
-    return subs
-
-
-def done_key(cfg: RunConfig) -> str:
-    return f"{reports_dir(cfg.generate.bench)}done/{path_name(str(cfg.generate.model_name))}.json"
-
-
-def fingerprint(cfg: RunConfig) -> str:
-    """What a finished model's result depends on; a change of any of it redoes the model."""
-    gen = {k: v for k, v in asdict(cfg.generate).items() if k not in ("dry_run", "num_shards", "shard_index")}
-    keep = (
-        "judge_model",
-        "judge_name",
-        "reference",
-        "judge_settings",
-        "allow_failed",
-        "report_dir",
-        "publish",
-    )
-    blob = {
-        "generate": gen,
-        **{k: getattr(cfg, k, None) for k in keep},
-        "step": step_for(cfg, str(gen["model_name"])),
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def run_finished(cfg: RunConfig) -> RunResult | None:
-    """The earlier result of this very model and configuration, gated again; None: run it."""
-    from job.report.publish import load_report
-    from job.storage import open_storage
-
-    storage, key = open_storage(cfg.generate.output), done_key(cfg)
-    if cfg.generate.force or cfg.generate.dry_run or not storage.exists(key):
-        return None
-    done = json.loads(storage.read_bytes(key))
-    if done.get("fingerprint") != fingerprint(cfg):
-        return None
-    try:
-        doc = load_report(str(done["report"]))
-    except JobError:
-        return None  # its report is gone: redo (every stage resumes, so little is repeated)
-    log.info(
-        "%s: finished before with these settings (%s); not run again", cfg.generate.model_name, done["report"]
-    )
-    return replace(finish(cfg, doc, check(cfg)), report=str(done["report"]))
-
-
-def run_one(cfg: RunConfig) -> Outcome:
-    name = str(cfg.generate.model_name)
-    try:
-        res = run_finished(cfg) or run_model(cfg, leaderboard=False)
-    except Terminated:
-        raise  # preemption stops the whole run; what is done stays done
-    except JobError as e:
-        return Outcome(name, error=f"error: {e}", exit_code=e.exit_code)
-    except Exception as e:  # a model that crashes must not stop the others
-        log.exception("%s failed", name)
-        return Outcome(name, error=f"{type(e).__name__}: {e}", exit_code=1)
-    if res.report and not cfg.generate.dry_run:
-        where = res.report if "://" in res.report else os.path.abspath(res.report)
-        done = {"model": cfg.generate.model, "report": where, "fingerprint": fingerprint(cfg)}
-        from job.storage import open_storage
-
-        open_storage(cfg.generate.output).write_bytes(done_key(cfg), json.dumps(done, indent=2).encode())
-    return Outcome(name, res, exit_code=res.exit_code)
-
-
-def run_models(cfg: RunConfig) -> RunResult:
-    """Each model in turn; a failure is recorded and the next one runs; one leaderboard at the end."""
-    subs = per_model(cfg)
-    outcomes = []
-    for i, sub in enumerate(subs, 1):
-        log.info("=== model %d/%d: %s (%s)", i, len(subs), sub.generate.model_name, sub.generate.model)
-        outcomes.append(run_one(sub))
-    refresh_leaderboard(cfg)
-    results = [r for o in outcomes if o.result for r in o.result.gate]
-    if cfg.junit_xml:
-        Path(cfg.junit_xml).write_bytes(g.junit_xml(results, cfg.generate.bench))
-    failed = [o for o in outcomes if o.error]
-    for o in failed:
-        print(f"FAILED {o.name}: {o.error}", flush=True)
-    codes = [o.exit_code for o in outcomes]
-    code = max((c for c in codes if c != g.EXIT_REGRESSION), default=0) or max(codes)
-    line = (
-        f"MODELS: {len(outcomes) - len(failed)} of {len(outcomes)} finished"
-        + (f"; failed: {', '.join(o.name for o in failed)}" if failed else "")
-        + ("; regression" if g.EXIT_REGRESSION in codes else "")
-    )
-    print(line, flush=True)
-    return RunResult(code, None, results, line)

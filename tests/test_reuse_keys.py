@@ -15,7 +15,7 @@ import pytest
 from job.backends import load_backend
 from job.errors import JobError
 from job.generate import GenerateConfig, ShardPlan, generate_shard, pending_shards, plan
-from job.generate.plan import backend_options
+from job.generate.plan import backend_options, print_plan
 from job.judge.plan import JudgeConfig, make_plan
 from job.provenance import stable_hash
 from job.records import Answer, parse_records
@@ -94,7 +94,11 @@ def test_loading_options_that_change_answers_enter_the_hash(shared_bench_data: P
 
 
 def test_the_base_url_is_part_of_the_run_and_no_secret_is_recorded(
-    make_openai_server: Any, shared_bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_openai_server: Any,
+    shared_bench_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     one, two = make_openai_server(), make_openai_server()
@@ -112,6 +116,10 @@ def test_the_base_url_is_part_of_the_run_and_no_secret_is_recorded(
     rc = _plan(shared_bench_data, out, "openai/test-model", base_url=secret)[1].run_config
     assert rc["backend"] == {"base_url": f"http://127.0.0.1:{port}/v1"}
     assert "hunter" not in json.dumps(rc)
+    cfg3, p3 = _plan(shared_bench_data, out, "openai/test-model", base_url=secret)
+    print_plan(cfg3, p3, open_storage(str(out)))
+    shown = capsys.readouterr().out
+    assert f'"base_url": "http://127.0.0.1:{port}/v1"' in shown and "hunter" not in shown
 
 
 def _answers_for_judge(out: Path) -> None:

@@ -171,6 +171,8 @@ def print_plan(cfg: GenerateConfig, p: ShardPlan, storage: Storage) -> None:
     print(f"model {cfg.model} -> answers named {cfg.model_name!r}; config {p.config_hash}")
     fp = describe(p.run_config["model_fingerprint"])
     print(f"model fingerprint: {fp}; greedy dedupe {'on' if cfg.dedupe_greedy else 'off'}")
+    if backend := p.run_config.get("backend"):
+        print("backend options that change the answers: " + json.dumps(backend, ensure_ascii=False))
     if reasoning := _reasoning_config(cfg):
         print("reasoning and template settings: " + json.dumps(reasoning, ensure_ascii=False))
     for i in p.indices:

@@ -82,9 +82,11 @@ def test_loading_options_that_change_answers_enter_the_hash(shared_bench_data: P
     assert "backend" not in base.run_config, "unset options leave the hash of older runs as it was"
     hashes = {
         _plan(shared_bench_data, tmp_path, f"vllm/{ckpt}", **opt)[1].config_hash
-        for opt in ({"tokenizer_mode": "mistral"}, {"trust_remote_code": True}, {"dtype": "float16"})
-    }
-    assert len(hashes | {base.config_hash}) == 4
+        for opt in (
+            {"tokenizer_mode": "mistral"}, {"trust_remote_code": True}, {"dtype": "float16"}, {"max_model_len": 512},
+        )
+    }  # fmt: skip
+    assert len(hashes | {base.config_hash}) == 5
     # options that only change speed do not
     fast = _plan(shared_bench_data, tmp_path, f"vllm/{ckpt}", batch_size=3, gpu_memory_utilization=0.5)[1]
     assert fast.config_hash == base.config_hash

@@ -103,8 +103,9 @@ def fingerprint(
     return {"kind": "missing", "path": model}  # loading will fail with its own error
 
 
-LOCAL_OUTPUT_OPTIONS = ("trust_remote_code", "tokenizer_mode", "gguf_file", "revision")
-"""Backend options of hf/ and vllm/ that change what the model answers (dtype has its own key)."""
+LOCAL_OUTPUT_OPTIONS = ("trust_remote_code", "tokenizer_mode", "gguf_file", "revision", "max_model_len")
+"""Backend options of hf/ and vllm/ that change what the model answers (dtype has its own key;
+max_model_len cuts answers that reach it). Not device, batch or memory settings: speed only."""
 
 
 def output_options(provider: str, options: dict[str, Any]) -> dict[str, Any] | None:

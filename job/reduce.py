@@ -27,6 +27,7 @@ from job.records import (
     QuestionId,
     ShardItem,
     ShardManifest,
+    empty_turns,
     id_sort_key,
     parse_records,
     truncation,
@@ -210,6 +211,19 @@ def _warn_truncated(model: str, answers: list[Answer]) -> tuple[int, int]:
     return cut, known
 
 
+def _warn_empty(model: str, answers: list[Answer]) -> int:
+    # FastChat judges an empty answer (usually a 1); dropping it would inflate the mean
+    n = empty_turns(c.turns for a in answers for c in a.choices if c.status is None)
+    if n:
+        log.warning(
+            "model %s: %d empty answers (turns with no text: the model stopped at once or used up "
+            "--max-new-tokens); they are judged as they are, as FastChat does (usually a score of 1)",
+            model,
+            n,
+        )
+    return n
+
+
 def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
     deadline = time.monotonic() + cfg.wait
     while True:
@@ -223,6 +237,7 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
             time.sleep(min(cfg.poll_interval, max(deadline - time.monotonic(), 0.1)))
     ref = merged.manifests[0]
     truncated, known = _warn_truncated(model, merged.answers)
+    empty = _warn_empty(model, merged.answers)
     answers = dumps_lines(a.model_dump(mode="json", exclude_none=True) for a in merged.answers)
     summary = {
         "kind": "model-answer",
@@ -237,6 +252,7 @@ def reduce_model(cfg: ReduceConfig, storage: Storage, model: str) -> Merged:
         "num_failed": merged.num_failed,
         "turns_truncated": truncated,
         "turns_with_finish_reason": known,
+        "empty_answers": empty,
         "tokens_generated": sum(m.tokens_generated for m in merged.manifests),
         "shards": sorted({f"{m.shard_index}/{m.num_shards}" for m in merged.manifests}),
         "generated_by": sorted({m.package_version for m in merged.manifests}),

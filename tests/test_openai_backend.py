@@ -329,12 +329,13 @@ def test_scrub_never_lets_the_key_through(prefix: str, suffix: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "  \n "])
-def test_empty_completion_is_a_failure_not_an_empty_answer(make_openai_server, text: str) -> None:
-    srv = make_openai_server(reply=lambda body: Reply(text, finish_reason="length", completion_tokens=64))
+@pytest.mark.parametrize("finish", ["stop", "length"])
+def test_empty_completion_is_an_empty_answer(make_openai_server, text: str, finish: str) -> None:
+    # a completed generation with no text is an answer (FastChat judges it), asked once
+    srv = make_openai_server(reply=lambda body: Reply(text, finish_reason=finish, completion_tokens=64))
     [res] = make(srv).generate([req()])
-    assert (res.status, res.text) == ("api_error", "") and "empty completion" in (res.error or "")
-    assert "length limit was used up" in (res.error or "")
-    assert len(srv.requests) == 1, "the same request would pay for the same nothing"
+    assert (res.status, res.text, res.finish_reason, res.error) == ("ok", text, finish, None)
+    assert len(srv.requests) == 1
 
 
 @pytest.mark.parametrize(

@@ -99,11 +99,17 @@ class GenRequest:
     """Caller's id for logs and errors; backends do not interpret it."""
 
 
+ANSWER_FINISHES = ("stop", "length")
+"""Finish reasons of a completed generation: with them even an empty text is an answer."""
+
+
 @dataclass
 class GenResult:
-    """One request's outcome. Never an ok result without text: __post_init__ turns an
-    empty (or None) completion and a finish_reason "error" into a failure, whichever
-    backend built it, so no caller can store a failed request as an answer or a score."""
+    """One request's outcome. Never an ok result from a failed request: __post_init__ turns
+    a finish_reason "error"/"abort", and an empty (or None) completion without a finish
+    reason of a completed generation (ANSWER_FINISHES), into a failure, whichever backend
+    built it. An empty text that stopped (EOS at once) or hit the length limit is an answer,
+    as in FastChat: it is judged (usually a 1), never dropped from the means."""
 
     text: str
     status: str = OK
@@ -121,9 +127,10 @@ class GenResult:
         if self.status not in STATUSES:
             raise ValueError(f"GenResult status {self.status!r} is not one of {STATUSES}")
         if self.status == OK:
-            if self.finish_reason == "error":
-                self.status, self.error = ENGINE_ERROR, "the engine finished the request with an error"
-            elif not (self.text or "").strip():
+            if self.finish_reason in ("error", "abort"):
+                self.status = ENGINE_ERROR
+                self.error = f"the engine finished the request with finish_reason {self.finish_reason}"
+            elif not (self.text or "").strip() and self.finish_reason not in ANSWER_FINISHES:
                 self.status = ENGINE_ERROR
                 self.error = (
                     f"empty completion (finish_reason {self.finish_reason}, {self.num_tokens} tokens)"
@@ -131,6 +138,7 @@ class GenResult:
         if self.status != OK:
             self.text = ""
             self.error = self.error or self.status
+        self.text = self.text or ""
 
     @classmethod
     def failure(cls, error: str, status: str = ENGINE_ERROR, finish_reason: str | None = None) -> GenResult:

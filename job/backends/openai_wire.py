@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from job.backends.base import GenResult
+from job.backends.base import ANSWER_FINISHES, GenResult
 
 log = logging.getLogger(__name__)
 
@@ -194,22 +194,20 @@ def _to_result(resp: Any) -> GenResult:
         raise _Retryable(
             "bad response: finish_reason error (the server failed the request)", bad_response=True
         )
-    if content is not None and not content.strip():  # asking again would pay for the same nothing
-        hint = (
-            "; the length limit was used up (a reasoning model counts its reasoning)"
-            if finish == "length"
-            else ""
-        )
-        raise _Failed(f"empty completion (finish_reason {finish}, {tokens} tokens){hint}")
     reasoning = _reasoning(choice.message)
-    if content is None and reasoning:  # the limit ran out inside the reasoning: no answer came
-        raise _Failed(f"no answer, only reasoning (finish_reason {finish}, {tokens} tokens)")
-    if content is None:
+    # a completed generation with no text (EOS at once; the limit used up, maybe inside the
+    # reasoning) is an empty answer, judged as FastChat does; only a failed request fails
+    completed = finish in ANSWER_FINISHES
+    if content is None and not (completed and reasoning):
+        if reasoning:
+            raise _Failed(f"no answer, only reasoning (finish_reason {finish}, {tokens} tokens)")
         refusal = getattr(choice.message, "refusal", None)
         reason = f"refusal: {refusal}" if refusal else f"null content (finish_reason {finish})"
         raise _Retryable(f"bad response: {reason}", bad_response=True)
+    if not completed and not (content or "").strip():  # asking again would pay for the same nothing
+        raise _Failed(f"empty completion (finish_reason {finish}, {tokens} tokens)")
     return GenResult(
-        content, finish_reason=finish, num_tokens=tokens, usage=_usage(usage), reasoning=reasoning
+        content or "", finish_reason=finish, num_tokens=tokens, usage=_usage(usage), reasoning=reasoning
     )
 
 

@@ -339,7 +339,7 @@ class VLLMBackend(BatchBackend):
             return GenResult.failure(
                 f"the vLLM engine ended the request with finish_reason {reason!r}", finish_reason=reason
             )
-        # GenResult makes an empty completion a failure
+        # an empty text that stopped or hit the limit is an (empty) answer, as in FastChat
         return GenResult((comp.text or "").strip(), finish_reason=reason, num_tokens=_answer_tokens(comp))
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from job.generate.sharding import shard
 from job.generate.waves import Conversation, Progress, run_waves
 from job.layout import manifest_key, shard_key, shards_prefix
 from job.provenance import git_revision, host, package_version
-from job.records import ShardItem, ShardManifest, id_sort_key
+from job.records import ShardItem, ShardManifest, empty_turns, id_sort_key
 from job.records.jsonl import dumps_lines
 from job.records.reasoning import compile_pattern, record_fields
 from job.records.run_keys import FINGERPRINT, describe_diff, run_diff
@@ -99,6 +99,7 @@ def generate_shard(
         num_choices=cfg.num_choices,
         num_items=len(items),
         num_failed=sum(1 for i in items if i.status != "ok"),
+        num_empty=empty_turns(i.turns for i in items if i.status == "ok"),
         tokens_generated=sum(i.num_tokens for i in items),
         package_version=package_version(),
         git_revision=git_revision(),

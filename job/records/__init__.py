@@ -10,7 +10,7 @@ the job package but job.errors (import-linter).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -117,6 +117,8 @@ class ShardManifest(_Record):
     num_choices: int
     num_items: int
     num_failed: int = 0
+    num_empty: int = 0
+    """Answer turns with no text (EOS at once, or the limit used up): judged, usually a 1."""
     tokens_generated: int = 0
     package_version: str
     git_revision: str | None = None
@@ -179,6 +181,11 @@ def truncation(answers: Sequence[Answer]) -> tuple[int, int]:
         r for a in answers for c in a.choices if c.status is None for r in (c.finish_reasons or []) if r
     ]
     return sum(r == "length" for r in reasons), len(reasons)
+
+
+def empty_turns(turns_of_ok: Iterable[list[str]]) -> int:
+    """How many answer turns are empty (whitespace only), over the ok conversations given."""
+    return sum(not t.strip() for turns in turns_of_ok for t in turns)
 
 
 def id_sort_key(qid: QuestionId) -> tuple[int, int | str]:

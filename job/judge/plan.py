@@ -3,7 +3,6 @@ matches still to send (stored rows whose inputs are unchanged are reused) and --
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,9 +25,7 @@ from job.judge import (
     game_key,
     inputs_sha256,
     needs_ref,
-    row_key,
     stored_games,
-    stored_row_key,
 )
 from job.judge.prompts import load_prompt_set, select
 from job.judge.store import JudgmentStore
@@ -38,7 +35,6 @@ from job.records import Answer, Question, QuestionId, parse_records
 from job.records.judgments import read_judgment
 from job.records.reasoning import judged_view
 from job.records.run_keys import spec_identity
-from job.storage import Storage
 from job.storage.answers import load_answers
 
 log = logging.getLogger(__name__)
@@ -149,54 +145,13 @@ class Plan:
     stored: list[dict[str, Any]] = field(default_factory=list)
     stale: int = 0
     """stored final games of this plan's keys that judged other inputs"""
+    answer_ids: dict[str, str] = field(default_factory=dict)
+    """answers_sha256 of every model's judged answers (job.judge.manifest)"""
 
 
-SAME_SETTINGS = (
-    "bench", "bench_data_sha256", "judge_model", "mode", "baseline_model", "judge_prompts_sha256",
-    "reference", "reference_sha256", "temperature", "max_tokens", "bench_behaviour", "judge_fingerprint",
-)  # fmt: skip
-"""Manifest fields that must match the previous run's for its other rows to stay current."""
-
-
-def current_rows_of(plan: Plan, judge: str, prev: dict[str, Any] | None) -> tuple[list[str], list[str]]:
-    """(inputs_sha256 of the rows current after this run, their models): every match of
-    the plan, plus the previous run's current rows outside this plan (other models or
-    questions) when it used the same settings, so one manifest describes them all."""
-    rows = set(plan.inputs.values())
-    models = list(plan.provenance["models"])
-    if not prev or not isinstance(prev.get("rows"), list):
-        return sorted(rows), models
-    # keys without the sample: this run's --judge-samples decides how many of its rows count
-    planned = {row_key(judge, m)[:-1] for m in plan.matches}
-    before = {h for h in prev["rows"] if isinstance(h, str)}
-    others = {
-        r["inputs_sha256"]
-        for r in plan.stored
-        if r.get("inputs_sha256") in before and stored_row_key(r)[:-1] not in planned
-    }
-    if not others:
-        return sorted(rows), models
-    if all(prev.get(k) == plan.provenance.get(k) for k in SAME_SETTINGS):
-        return sorted(rows | others), sorted({*models, *prev.get("models", [])})
-    changed = ", ".join(k for k in SAME_SETTINGS if prev.get(k) != plan.provenance.get(k))
-    log.warning(
-        "%d stored judgments outside this run (other models or questions) were made with other settings "
-        "(%s): they no longer count; judge them again with these settings to include them",
-        len(others),
-        changed,
-    )
-    return sorted(rows), models
-
-
-def _previous_manifest(storage: Storage, key: str) -> dict[str, Any] | None:
-    if not storage.exists(key):
-        return None
-    try:
-        man = json.loads(storage.read_bytes(key))
-    except (ValueError, RecursionError):
-        log.warning("%s: unreadable judge manifest; it is replaced", storage.uri(key))
-        return None
-    return man if isinstance(man, dict) else None
+def answers_sha256(answers: list[Answer]) -> str:
+    """Identity of a model's judged answers (the whole file, whatever the question selection)."""
+    return sha256_bytes(b"".join(a.model_dump_json().encode() + b"\n" for a in answers))
 
 
 def judge_fingerprint(spec: str, gguf_file: str | None = None) -> dict[str, Any] | None:
@@ -217,6 +172,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
     questions = select_questions(questions, cfg.question_ids, cfg.first_n)
     loaded, where = load_answers(cfg.output, cfg.bench, cfg.answers_dir)
     loaded = {m: [judged_view(a, cfg.keep_reasoning) for a in v] for m, v in loaded.items()}
+    answer_ids = {m: answers_sha256(v) for m, v in loaded.items()}
     models = [check_model_name("model name", m) for m in cfg.model_list] or sorted(loaded)
     if not models:
         raise JobError(
@@ -277,7 +233,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         "bench_behaviour": bb.as_dict(), "judge_fingerprint": judge_fp, "judge_samples": cfg.judge_samples,
         "parse_retries": cfg.parse_retries,
     }  # fmt: skip
-    return Plan(matches, requests, cached, prov, missing, params, inputs, stored, stale)
+    return Plan(matches, requests, cached, prov, missing, params, inputs, stored, stale, answer_ids)
 
 
 def judge_params(cfg: JudgeConfig) -> SamplingParams:

@@ -4,7 +4,6 @@ arrive. Re-running completes an interrupted run without duplicate rows."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -27,11 +26,10 @@ from job.judge import (
 )
 from job.judge.batch_state import batch_options
 from job.judge.estimate import dry_run
+from job.judge.manifest import merge_rows, update_manifest
 from job.judge.plan import (
     JudgeConfig,
     Plan,
-    _previous_manifest,
-    current_rows_of,
     judge_fingerprint,
     judge_name_of,
     judgment_key,
@@ -171,13 +169,12 @@ def run(cfg: JudgeConfig) -> Counter[str]:
         return Counter()
     storage.check_writable()
     mkey = manifest_key(key)
-    rows, models = current_rows_of(plan, judge, _previous_manifest(storage, mkey))
     # written before any row of this run: a crash leaves a manifest naming exactly the
-    # rows that count (stored ones with these inputs), never stale ones
-    manifest = {**plan.provenance, "models": models, "kind": "judgment", "file": key, "missing": plan.missing,
-                "package_version": package_version(), "git_revision": git_revision(), "started_at": time.time(),
-                "rows": rows}  # fmt: skip
-    storage.write_bytes(mkey, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    # rows that count (stored ones with these inputs), never stale ones; merged with the
+    # stored one (compare-and-swap), so a concurrent run's rows are kept
+    manifest = {**plan.provenance, "kind": "judgment", "file": key, "missing": plan.missing,
+                "package_version": package_version(), "git_revision": git_revision(), "started_at": time.time()}  # fmt: skip
+    update_manifest(storage, mkey, lambda prev: {**manifest, **merge_rows(plan, judge, prev, plan.stored)})
     if plan.stale:
         log.warning(
             "%d stored judgments were made with other inputs (answers, prompt file, reference or judge "
@@ -200,11 +197,11 @@ def run(cfg: JudgeConfig) -> Counter[str]:
         with suppress(JobError):
             store.compact()
             if isinstance(e, JobError) and totals.counts:  # a failed run's totals too
-                finish_manifest(storage, mkey, manifest, store, totals)
+                finish_manifest(storage, mkey, manifest, plan, judge, store, totals)
                 print(totals.line(cfg.price_per_mtok))
         raise
     store.compact()
-    finish_manifest(storage, mkey, manifest, store, totals)
+    finish_manifest(storage, mkey, manifest, plan, judge, store, totals)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(totals.counts.items())) or "nothing new"
     print(
         f"judged {cfg.bench} with {judge}: {summary}; {len(plan.cached)} games were already stored -> {store.uri}"

@@ -5,12 +5,13 @@ judge manifest (`totals`, `usage_run`; `usage_total` over the rows that count)."
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from job.judge.estimate import cost
+from job.judge.manifest import merge_rows, update_manifest
+from job.judge.plan import Plan
 from job.judge.results import Usage, sum_usage
 from job.judge.store import JudgmentStore, current_rows
 from job.storage import Storage
@@ -59,12 +60,24 @@ class Totals:
 
 
 def finish_manifest(
-    storage: Storage, key: str, manifest: dict[str, Any], store: JudgmentStore, t: Totals
+    storage: Storage,
+    key: str,
+    manifest: dict[str, Any],
+    plan: Plan,
+    judge: str,
+    store: JudgmentStore,
+    t: Totals,
 ) -> None:
-    """The manifest once the run is over: its totals, and the usage summed over the rows
-    that count (reused rows included: what the judgments in the report cost; None when
-    no row has any, e.g. local judges)."""
-    rows = current_rows(store.read(), manifest)
-    done = {**manifest, "totals": t.as_dict(), "usage_run": t.usage,
-            "usage_total": sum_usage(r.get("usage") for r in rows)}  # fmt: skip
-    storage.write_bytes(key, json.dumps(done, indent=2, ensure_ascii=False).encode())
+    """The manifest once the run is over, merged again with the stored one (another run may
+    have written it since): its totals, and the usage summed over the rows that count
+    (reused rows included: what the judgments in the report cost; None when no row has
+    any, e.g. local judges)."""
+    stored = store.read()
+
+    def build(prev: dict[str, Any] | None) -> dict[str, Any]:
+        done = {**manifest, **merge_rows(plan, judge, prev, stored, warn=False)}
+        rows = current_rows(stored, done)
+        return {**done, "totals": t.as_dict(), "usage_run": t.usage,
+                "usage_total": sum_usage(r.get("usage") for r in rows)}  # fmt: skip
+
+    update_manifest(storage, key, build)

@@ -36,7 +36,7 @@ def _ckpt(path: Path, weights: bytes = b"\x01" * 64, **extra: bytes) -> Path:
 
 
 def _plan(
-    bench_data: Path, out: Path, model: str, n: int = 1, **options: Any
+    bench_data: Path, out: Path | str, model: str, n: int = 1, **options: Any
 ) -> tuple[GenerateConfig, ShardPlan]:
     cfg = GenerateConfig(
         bench="mt_bench", model=model, model_name="m", first_n=2, output=str(out),
@@ -51,9 +51,10 @@ def _generate(cfg: GenerateConfig, p: ShardPlan, backend: str = "mock/echo") -> 
         generate_shard(cfg, p, i, storage, load_backend(backend))
 
 
-def _reduced(out: Path) -> set[str]:
+def _reduced(out: Path | str) -> set[str]:
     reduce_run(ReduceConfig("mt_bench", ["m"], output=str(out)))
-    answers = parse_records((out / "mt_bench/model_answer/m.jsonl").read_bytes(), Answer, "answers")
+    data = open_storage(str(out)).read_bytes("mt_bench/model_answer/m.jsonl")
+    answers = parse_records(data, Answer, "answers")
     return {t for a in answers for c in a.choices for t in c.turns}
 
 
@@ -227,8 +228,17 @@ def test_a_checkpoint_copied_to_node_scratch_is_the_same_model(
 # --- item 8: the old shard stays valid until the new one is committed ---
 
 
-def test_a_failed_regeneration_keeps_the_old_shard(shared_bench_data: Path, tmp_path: Path) -> None:
-    ckpt, out = _ckpt(tmp_path / "ck"), tmp_path / "runs"
+@pytest.fixture(params=["local", "s3"])
+def out_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "runs")
+    return str(request.getfixturevalue("s3").uri("runs"))
+
+
+def test_a_failed_regeneration_keeps_the_old_shard(
+    shared_bench_data: Path, tmp_path: Path, out_uri: str
+) -> None:
+    ckpt, out = _ckpt(tmp_path / "ck"), out_uri
     cfg, p = _plan(shared_bench_data, out, f"hf/{ckpt}")
     _generate(cfg, p, "mock/fixed:old")
     (ckpt / "model.safetensors").write_bytes(b"\x03" * 64)  # the next training step

@@ -272,3 +272,24 @@ def test_judging_one_model_retires_another_models_judgments_of_old_answers(
         "a",
         "b",
     }
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_conditional_write_refuses_a_stale_version(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if where == "s3":
+        env = request.getfixturevalue("s3")
+        storage: LocalStorage | S3Storage = S3Storage(f"s3://{env.bucket}/v")
+    else:
+        storage = LocalStorage(tmp_path)
+    assert storage.read_versioned("m.json") == (None, None)
+    assert storage.write_if_version("m.json", b"1", None)
+    assert not storage.write_if_version("m.json", b"x", None)  # no longer absent
+    data, v1 = storage.read_versioned("m.json")
+    assert data == b"1" and v1
+    assert storage.write_if_version("m.json", b"2", v1)
+    assert not storage.write_if_version("m.json", b"3", v1)  # changed since v1 was read
+    assert storage.read_bytes("m.json") == b"2"
+    storage.delete("m.json")
+    assert not storage.write_if_version("m.json", b"4", v1)  # deleted since

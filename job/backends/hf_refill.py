@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -33,9 +33,6 @@ from job.backends.hf_load import _first_line, _is_oom, _Row
 from job.backends.hf_memory import kv_shape
 from job.backends.hf_sampling import candidates, draw, row_draws, sampler_settings
 from job.errors import BackendDead
-
-if TYPE_CHECKING:
-    from job.backends.hf import HFBackend
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +94,7 @@ class _Live:
 class RefillLoop:
     """One run of generate_conversations on an HFBackend."""
 
-    def __init__(self, backend: HFBackend):
+    def __init__(self, backend: Any):  # an hf.HFBackend (not imported: hf imports this module)
         self.b = backend
         model = backend.model
         self.cache = SlotCache(model.config, *kv_shape(model.config), model.dtype, backend.device)

@@ -5,8 +5,9 @@ rating/verdict parsing (parse.py, pure), resume keys and the records written (re
 pure), planning (plan.py: config, answers and references, what is still to send), --dry-run's
 token and cost estimate (estimate.py), the runner that sends and resumes (runner.py), the
 recorder that turns replies into stored records and asks unparseable ones again
-(recorder.py), the run's totals in the manifest (totals.py) and the judgment store
-(store.py). Only plan, estimate, runner, recorder, totals and store do I/O.
+(recorder.py), the run's totals in the manifest (totals.py), the manifest's rows merged
+across runs (manifest.py) and the judgment store (store.py). Only plan, estimate, runner,
+recorder, totals, manifest and store do I/O.
 
 Imports core, job.benches, job.backends and job.storage only: never generate, reduce,
 report, gate, pipeline or commands (import-linter, pyproject.toml).

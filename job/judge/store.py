@@ -7,9 +7,11 @@ append and ignored by readers that resume.
 
 Object storage (no append): each batch is its own object under
 `<file>.parts/part-<ns>-<pid>-<seq>.jsonl`; readers merge the main object and the
-parts. At the end of a run the parts are compacted into the main object (one PUT) and
-deleted. Compaction and reads skip part lines already present verbatim in the main object
-(or an earlier part), so a crash between the PUT and the deletes never duplicates rows.
+parts. At the end of a run the parts are compacted into the main object (one conditional
+PUT: another run's compaction in between makes it merge again) and only the parts it merged
+are deleted. Compaction and reads skip part lines already present verbatim in the main
+object (or an earlier part), so a crash between the PUT and the deletes never duplicates rows.
+Several runs may append to one file at once: local appends take the file's flock.
 
 Which stored rows count is decided by the judge manifest (`current_rows`): rows are only
 ever appended, and a row judged with inputs that are no longer this run's stays in the

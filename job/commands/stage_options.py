@@ -124,7 +124,7 @@ def generation_options(f: F) -> F:
             local_model_options,
             reasoning_options,
             click.option(
-                "--batch-size", type=int, help="Rows per generate call (hf; default: by token budget)."
+                "--batch-size", type=int, help="Rows decoded at once (hf; default: by token budget)."
             ),
         ],
     )

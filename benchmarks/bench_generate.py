@@ -168,7 +168,10 @@ def variants(
     """The variants to time for one --num-choices value: name -> run() giving (tokens, wall s, cpu s)."""
     n, eos = args.max_new_tokens, forced(args)
     out: dict[str, Measure] = {OURS: lambda: ours(backend, questions, choices, n, False)}
-    if choices > 1:
+    from job.benches import FASTCHAT
+
+    if choices > 1 and any(FASTCHAT.temperature(q.category) == 0.0 for q in questions):
+        # only a greedy question has choices to share (else the same run again)
         out[f"{OURS} + greedy dedupe (default)"] = lambda: ours(backend, questions, choices, n, True)
     if args.turn_waves:
         out[TURN_WAVES] = lambda: ours(backend, questions, choices, n, False, refill=False)

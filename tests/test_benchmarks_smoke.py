@@ -48,11 +48,9 @@ def test_bench_generate_equal_tokens_and_sharding(shared_bench_data: Path, tmp_p
         assert by[(choices, "ours, turn waves (previous scheduler)")]["tokens"] == expect
         assert by[(choices, "FastChat gen_model_answer loop")]["tokens"] == expect
         assert by[(choices, "plain transformers batched generate (16 per wave)")]["tokens"] == expect
-    # greedy dedupe generates fewer tokens when a question is greedy (3 questions: writing 0.7 + greedy ones)
-    assert (
-        by[(2, "ours (job generate, hf continuous batching) + greedy dedupe (default)")]["tokens"]
-        <= 3 * 2 * 2 * 5
-    )
+    # the first 3 mt_bench questions are writing (temperature 0.7): no greedy choices to share,
+    # so no greedy-dedupe row (it would be the same run again)
+    assert (2, "ours (job generate, hf continuous batching) + greedy dedupe (default)") not in by
     shards = [x["sharding"] for x in rows if "sharding" in x]
     assert [s["shards"] for s in shards] == [1, 2]
     assert all(s["tokens"] == 3 * 2 * 2 * 5 for s in shards), "the shards together cover every conversation"

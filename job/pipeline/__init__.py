@@ -4,6 +4,9 @@ re-run after a crash only does the missing work.
 
 The gate compares the new report with a baseline report.json (or a `latest` pointer) and
 returns the exit code (job.gate: 0 pass, 3 regression); bad input raises JobError (exit 2).
+
+Owns: one model's run (here) and several models' one after another with their done markers
+(models.py). Imports every stage and the gate; imported only by commands (import-linter).
 """
 
 from __future__ import annotations

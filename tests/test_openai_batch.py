@@ -101,8 +101,12 @@ def test_batch_results_equal_the_streaming_path(
     def refuse_q2(body: dict[str, Any], n: int) -> str | None:  # the same fault on either path
         return "400" if "museum guide" in body["messages"][-1]["content"] else None
 
-    direct, batched = (make_openai_server(reply=rating, faults=refuse_q2) for _ in range(2))
-    judge(tmp_path / "direct", answers, direct, batch=False)
+    # one server for both runs: its URL is part of inputs_sha256, which must come out the same
+    batched = make_openai_server(reply=rating, faults=refuse_q2)
+    judge(tmp_path / "direct", answers, batched, batch=False)
+    direct_bodies = [r.body for r in batched.requests]
+    assert direct_bodies and not batched.batch_api.batches
+    batched.reset()
     judge(tmp_path / "batch", answers, batched)
     a, b = by_game(rows_of(tmp_path / "direct")), by_game(rows_of(tmp_path / "batch"))
     assert a == b  # scores, judgments, statuses, errors, inputs_sha256, usage: the same rows
@@ -117,7 +121,7 @@ def test_batch_results_equal_the_streaming_path(
     assert {(x["method"], x["url"]) for x in lines} == {("POST", "/v1/chat/completions")}
     assert len({x["custom_id"] for x in lines}) == N_CALLS
     key = lambda body: json.dumps(body, sort_keys=True)  # noqa: E731
-    assert sorted(key(x["body"]) for x in lines) == sorted(key(r.body) for r in direct.requests)
+    assert sorted(key(x["body"]) for x in lines) == sorted(key(b) for b in direct_bodies)
     assert not (tmp_path / "batch" / STATE).exists()  # a finished batch leaves no state
 
 

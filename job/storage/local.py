@@ -6,8 +6,6 @@ import errno
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from job.errors import JobError
@@ -106,28 +104,25 @@ class LocalStorage(Storage):
             return None, None
 
     def write_if_version(self, key: str, data: bytes, version: str | None) -> bool:
-        with self.locked(key):
-            try:
-                now = _version(os.stat(self._p(key)))
-            except FileNotFoundError:
-                now = None
-            if now != version:
-                return False
-            return self.write_bytes(key, data)
-
-    @contextmanager
-    def locked(self, key: str) -> Iterator[None]:
-        """An exclusive lock for `key` (a `.<name>.lock` file beside it; flock, which NFSv4
-        also honours) shared by every process of this code that updates it."""
+        if version is None:
+            return self.write_bytes(key, data, if_absent=True)
+        # writers lock the file they replace (flock, honoured by NFSv4 too; O_RDWR as NFS
+        # wants for an exclusive lock) and replace it only while the path still names it
         dest = self._p(key)
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(dest.parent / f".{dest.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(dest, os.O_RDWR)
+        except FileNotFoundError:
+            return False
         except OSError as e:
             raise write_error(dest, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            st = os.fstat(fd)
+            try:
+                same = os.stat(dest).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            return same and _version(st) == version and self.write_bytes(key, data)
         finally:
             os.close(fd)  # releases the lock
 

@@ -242,17 +242,7 @@ def test_judging_one_model_retires_another_models_judgments_of_old_answers(
     ok(*gen, "--model", "mock/echo", "--model-name", "a")
     ok(*gen, "--model", "mock/fixed:old answer", "--model-name", "b")
     ok("reduce", "--bench", "smoke", "--output", str(out))
-    judge = [
-        "judge",
-        "--bench",
-        "smoke",
-        "--output",
-        str(out),
-        "--judge-model",
-        "mock/judge",
-        "--judge-name",
-        "mj",
-    ]
+    judge = ["judge", "--bench", "smoke", "--judge-model", "mock/judge", "--judge-name", "mj", "--output", str(out)]  # fmt: skip
     ok(*judge)
     ok(*gen, "--model", "mock/fixed:a new answer", "--model-name", "b", "--force")
     ok("reduce", "--bench", "smoke", "--output", str(out))

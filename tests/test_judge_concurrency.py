@@ -10,6 +10,7 @@ import fcntl
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from test_judge_cli import _jsonl
 from job.judge.plan import JudgeConfig
 from job.judge.runner import run
 from job.judge.store import JudgmentStore, current_rows, parts_prefix
-from job.storage import LocalStorage
+from job.storage import LocalStorage, open_storage
 from job.storage.s3 import S3Storage
 
 SMOKE = Path(__file__).resolve().parents[1] / "bench_data" / "smoke"
@@ -70,37 +71,44 @@ def _wait(cond: Any, what: str, timeout: float = 30.0) -> None:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_two_runs_at_once_on_one_file_keep_both_runs_rows(
-    tmp_path: Path, make_openai_server: MakeServer, api_env: None
+    where: str, tmp_path: Path, make_openai_server: MakeServer, api_env: None, request: pytest.FixtureRequest
 ) -> None:
     """Run A (model a) plans and writes its manifest, its calls held; run B (model b) runs
     start to end meanwhile; then A finishes. Both models' 18 rows count (36), as a plain
     re-run would say; before, A's final manifest named only A's rows."""
-    out = tmp_path / "runs"
-    _write_answers(out, "a", "Answer of a.")
-    _write_answers(out, "b", "Answer of b.")
+    answers = tmp_path / "runs"
+    _write_answers(answers, "a", "Answer of a.")
+    _write_answers(answers, "b", "Answer of b.")
+    out = f"s3://{request.getfixturevalue('s3').bucket}/two" if where == "s3" else str(answers)
     held = make_openai_server(rating_reply, hold_after=0)
     free = make_openai_server(rating_reply)
     errors: list[BaseException] = []
 
+    def cfg(url: str, model: str) -> JudgeConfig:
+        return replace(_cfg(answers, url, model), output=out, answers_dir=str(answers / "smoke/model_answer"))
+
     def run_a() -> None:
         try:
-            run(_cfg(out, held.url, "a"))
+            run(cfg(held.url, "a"))
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             errors.append(e)
 
     t = threading.Thread(target=run_a)
     t.start()
     _wait(lambda: held.held > 0, "run A's first call")
-    assert run(_cfg(out, free.url, "b"))["ok"] == 18
+    assert run(cfg(free.url, "b"))["ok"] == 18
     held.release()
     t.join(60)
     assert not errors and not t.is_alive(), errors
-    man = json.loads((out / MANIFEST).read_text())
-    rows = current_rows(_jsonl(out / "smoke/model_judgment/mj_single.jsonl"), man)
+    storage = open_storage(out)
+    man = json.loads(storage.read_bytes(MANIFEST))
+    rows = current_rows(JudgmentStore(storage, "smoke/model_judgment/mj_single.jsonl").read(), man)
     assert sorted(r["model"] for r in rows) == ["a"] * 18 + ["b"] * 18
     assert man["models"] == ["a", "b"] and len(man["rows"]) == 36
     assert {m: len(h) for m, h in man["model_rows"].items()} == {"a": 18, "b": 18}
+    assert storage.list("smoke/model_judgment/mj_single.jsonl.parts/") == []  # both compacted
 
 
 class _HookedS3(S3Storage):

@@ -14,7 +14,9 @@ import json
 import os
 import random
 import re
+import subprocess
 import sys
+from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 from types import ModuleType
@@ -23,12 +25,15 @@ from typing import Any
 import pytest
 from ci_gate import unavailable
 from click.testing import CliRunner
-from conftest import REPO, RunJob
 
 from job.cli import cli
 from job.errors import JobError
 from job.report.agreement import agreement, cohen_kappa, pick_judges, read_votes
 from job.report.agreement.votes import WINNERS
+
+# not `from conftest import`: under the whole suite that name may be a sub-folder's conftest
+REPO = Path(__file__).resolve().parent.parent
+RunJob = Callable[..., subprocess.CompletedProcess[str]]
 
 FSCHAT_VERSION = "0.2.36"  # = .ci/setup.d/70-fschat.sh FSCHAT_VERSION
 MODELS = ["alpaca-13b", "claude-v1", "gpt-3.5-turbo", "llama-13b"]

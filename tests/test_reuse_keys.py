@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from job.backends import load_backend
+from job.backends.fingerprint import endpoint_of
 from job.errors import JobError
 from job.generate import GenerateConfig, ShardPlan, generate_shard, pending_shards, plan
 from job.generate.plan import backend_options, print_plan
@@ -96,7 +97,7 @@ def test_loading_options_that_change_answers_enter_the_hash(shared_bench_data: P
 # --- item 6: the endpoint of an API model ---
 
 
-def test_the_base_url_is_part_of_the_run_and_no_secret_is_recorded(
+def test_the_base_url_is_recorded_not_part_of_the_run_and_no_secret_is_recorded(
     make_openai_server: Any,
     shared_bench_data: Path,
     tmp_path: Path,
@@ -109,20 +110,22 @@ def test_the_base_url_is_part_of_the_run_and_no_secret_is_recorded(
     cfg, p = _plan(shared_bench_data, out, "openai/test-model", base_url=one.url)
     generate_shard(cfg, p, 0, open_storage(str(out)), load_backend(cfg.model, **backend_options(cfg)))
     assert one.requests and not two.requests
-    again = _plan(shared_bench_data, out, "openai/test-model", base_url=one.url + "/")
-    assert again[1].config_hash == p.config_hash, "the same endpoint spelled with a trailing slash"
+    # the same server restarted on another port (a requeue onto another node): the same run
     cfg2, p2 = _plan(shared_bench_data, out, "openai/test-model", base_url=two.url)
-    with pytest.raises(JobError, match="different run .*backend"):
-        pending_shards(cfg2, p2, open_storage(str(out)))
+    assert p2.config_hash == p.config_hash and "backend" not in p2.run_config
+    todo, done = pending_shards(cfg2, p2, open_storage(str(out)))
+    assert 0 not in todo and [m.shard_index for m in done] == [0]
+    manifest = json.loads(next((out / "mt_bench" / "shards").rglob("*.manifest.json")).read_text())
+    assert manifest["endpoint"] == one.url  # recorded where it was generated
     port = two.url.split(":")[2].split("/")[0]
-    secret = f"http://user:hunter2@127.0.0.1:{port}/v1?api_key=sk-hunter3#frag"
-    rc = _plan(shared_bench_data, out, "openai/test-model", base_url=secret)[1].run_config
-    assert rc["backend"] == {"base_url": f"http://127.0.0.1:{port}/v1"}
-    assert "hunter" not in json.dumps(rc)
+    secret = f"http://user:hunter2@127.0.0.1:{port}/v1/?api_key=sk-hunter3#frag"
     cfg3, p3 = _plan(shared_bench_data, out, "openai/test-model", base_url=secret)
+    assert "hunter" not in json.dumps(p3.run_config)
+    assert (
+        endpoint_of("openai", {"base_url": secret}) == f"http://127.0.0.1:{port}/v1"
+    )  # what a manifest records
     print_plan(cfg3, p3, open_storage(str(out)))
-    shown = capsys.readouterr().out
-    assert f'"base_url": "http://127.0.0.1:{port}/v1"' in shown and "hunter" not in shown
+    assert "hunter" not in capsys.readouterr().out
 
 
 def _answers_for_judge(out: Path) -> None:
@@ -138,13 +141,15 @@ def _judge_inputs(out: Path, model: str, **options: Any) -> set[str]:
     return set(make_plan(cfg, None, "j").inputs.values())
 
 
-def test_judge_inputs_cover_endpoint_loading_options_not_the_checkpoints_place(tmp_path: Path) -> None:
+def test_judge_inputs_cover_loading_options_not_the_endpoint_or_the_checkpoints_place(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     _answers_for_judge(out)
     a = _judge_inputs(out, "openai/judge", base_url="http://127.0.0.1:8001/v1")
-    assert a == _judge_inputs(out, "openai/judge", base_url="HTTP://127.0.0.1:8001/v1/")
-    assert a != _judge_inputs(out, "openai/judge", base_url="http://127.0.0.1:8002/v1")
-    assert _judge_inputs(out, "openai/judge") != a
+    assert a == _judge_inputs(out, "openai/judge", base_url="http://127.0.0.1:8002/v1")  # a restarted server
+    assert _judge_inputs(out, "openai/judge") == a
+    cfg = JudgeConfig(bench="smoke", judge_model="openai/judge", output=str(out), first_n=1,
+                      backend_options={"base_url": "http://u:pw@127.0.0.1:8002/v1?key=s"})  # fmt: skip
+    assert make_plan(cfg, None, "j").provenance["judge_endpoint"] == "http://127.0.0.1:8002/v1"
     ckpt = _ckpt(tmp_path / "judge", q4_gguf=b"q4", q8_gguf=b"q8")
     q4 = _judge_inputs(out, f"hf/{ckpt}", gguf_file="q4.gguf")
     assert q4 != _judge_inputs(out, f"hf/{ckpt}", gguf_file="q8.gguf")

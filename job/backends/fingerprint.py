@@ -110,18 +110,27 @@ max_model_len cuts answers that reach it). Not device, batch or memory settings:
 
 def output_options(provider: str, options: dict[str, Any]) -> dict[str, Any] | None:
     """The set options that change a backend's outputs, for the shard hash and judge inputs:
-    a local model's loading options, an API model's endpoint (two servers may serve different
-    checkpoints under one name). None when none is set, so older hashes stay as they were."""
+    a local model's loading options. None when none is set, so older hashes stay as they were.
+
+    Not an API model's endpoint: the same server restarted on another port or node (a Slurm
+    requeue, a port picked at start-up) serves the same model, and a fixed served name over one
+    URL cannot tell checkpoints apart anyway. The endpoint is recorded (`endpoint_of`) instead;
+    another checkpoint behind one served name needs its own --model-name / --judge-name."""
     keys = LOCAL_OUTPUT_OPTIONS if provider in _LOCAL_PROVIDERS else ()
     out = {k: options[k] for k in keys if options.get(k)}
-    if provider == "openai" and options.get("base_url"):
-        out["base_url"] = normalize_url(str(options["base_url"]))
     return out or None
+
+
+def endpoint_of(provider: str, options: dict[str, Any]) -> str | None:
+    """An API model's endpoint as recorded in manifests: scheme://host:port/path, no secret."""
+    url = options.get("base_url")
+    return normalize_url(str(url)) if provider == "openai" and url else None
 
 
 def judge_key(provider: str, fp: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any] | None:
     """What besides its spec decides a judge's replies, for inputs_sha256: a local judge's
-    weights (not where they lie) and set loading options, an API judge's endpoint."""
+    weights (not where they lie) and set loading options (not an API judge's endpoint:
+    output_options says why)."""
     opts = output_options(provider, options) or {}
     if provider in _LOCAL_PROVIDERS and options.get("dtype") not in (None, "auto"):
         opts["dtype"] = options["dtype"]

@@ -8,9 +8,9 @@ import time
 import uuid
 from typing import Any
 
-from job.backends import load_backend
+from job.backends import load_backend, parse_spec
 from job.backends.base import Backend, SamplingParams
-from job.backends.fingerprint import describe
+from job.backends.fingerprint import describe, endpoint_of
 from job.benches import Bench
 from job.errors import JobError, Terminated
 from job.generate.plan import GenerateConfig, ShardPlan, backend_options, plan, print_plan, temperature_of
@@ -93,6 +93,7 @@ def generate_shard(
         model_name=cfg.model_name,
         config_hash=p.config_hash,
         sampling=p.run_config,
+        endpoint=endpoint_of(parse_spec(cfg.model)[0], cfg.backend_options),
         shard_index=index,
         num_shards=n,
         question_ids=[q.question_id for q in sorted(p.questions, key=lambda q: id_sort_key(q.question_id))],

@@ -9,7 +9,7 @@ from typing import Any
 
 from job.backends import parse_spec
 from job.backends.base import SamplingParams, check_sampling
-from job.backends.fingerprint import fingerprint, judge_key
+from job.backends.fingerprint import endpoint_of, fingerprint, judge_key
 from job.benches import Bench, resolve_bench, select_questions, sha256_bytes
 from job.errors import JobError
 from job.judge import (
@@ -232,6 +232,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         "num_questions": len(questions), "temperature": params.temperature, "max_tokens": params.max_new_tokens,
         "bench_behaviour": bb.as_dict(), "judge_fingerprint": judge_fp, "judge_samples": cfg.judge_samples,
         "parse_retries": cfg.parse_retries,
+        "judge_endpoint": endpoint_of(parse_spec(cfg.judge_model)[0], cfg.backend_options),
     }  # fmt: skip
     return Plan(matches, requests, cached, prov, missing, params, inputs, stored, stale, answer_ids)
 

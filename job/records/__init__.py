@@ -111,6 +111,8 @@ class ShardManifest(_Record):
     config_hash: str
     """Hash of everything that changes answers; shards of one run share it."""
     sampling: dict[str, Any]
+    endpoint: str | None = None
+    """An API model's base URL (scheme://host:port/path), recorded, not part of config_hash."""
     shard_index: int
     num_shards: int
     question_ids: list[QuestionId]

@@ -144,11 +144,11 @@ def test_sigterm_generate_hf_mid_generation(
     """torch generating on the main thread: the signal is raised between two Python steps."""
     out = tmp_path / "runs"
     args = ["generate", "--bench", "smoke", "--model", f"hf/{tiny_model}", "--num-shards", "3",
-            "--max-new-tokens", "32", "--output", str(out)]  # fmt: skip
+            "--max-new-tokens", "800", "--output", str(out)]  # fmt: skip
     log = tmp_path / "gen.log"
     proc = spawn(args, job_env, log)
-    # turn 1 of shard 1 is done: torch is generating turn 2 when the signal comes
-    assert wait_until(lambda: "turn 1:" in log.read_text(), 120, proc), log.read_text()
+    # shard 1 has started: torch is decoding (3 rows x 2 turns x 800 forced tokens, seconds) when the signal comes
+    assert wait_until(lambda: "shard 1/3: 3 conversations" in log.read_text(), 120, proc), log.read_text()
     took = term(proc)
     assert proc.returncode == 143, log.read_text()
     committed, orphans = check_shards(out, "smoke", "tiny")

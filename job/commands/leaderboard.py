@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from job.commands import common as opt
-from job.report.leaderboard import DEFAULT_STEP_PATTERN
+from job.commands.models import step_pattern_option
 
 
 @click.command("leaderboard", context_settings={"show_default": True})
@@ -13,12 +13,7 @@ from job.report.leaderboard import DEFAULT_STEP_PATTERN
     type=click.Path(file_okay=False),
     help="Write index.html, leaderboard.csv and leaderboard.json here instead of into ROOT.",
 )
-@click.option(
-    "--step-pattern",
-    default=DEFAULT_STEP_PATTERN,
-    help="Regex whose first group, found in the model name, is the checkpoint step of a report "
-    "published without --step (case-insensitive).",
-)
+@step_pattern_option
 @opt.s3_endpoint_option
 def leaderboard(root: str, output_dir: str | None, step_pattern: str) -> None:
     """Index every report published under ROOT (a directory or s3://bucket/prefix, as written by

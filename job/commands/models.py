@@ -20,13 +20,18 @@ def step_option(f: F) -> F:
     return click.option("--step", type=click.IntRange(min=0), help=STEP_HELP)(f)
 
 
-def models_options(f: F) -> F:
-    """--models-file, --step, --step-pattern (job run)."""
-    f = click.option(
+def step_pattern_option(f: F) -> F:
+    """--step-pattern, the same for job run and job leaderboard."""
+    return click.option(
         "--step-pattern",
         default=DEFAULT_STEP_PATTERN,
         help="Without --step: the step is this regex's first group found in the model name (case-insensitive).",
     )(f)
+
+
+def models_options(f: F) -> F:
+    """--models-file, --step, --step-pattern (job run)."""
+    f = step_pattern_option(f)
     f = step_option(f)
     return click.option(
         "--models-file",

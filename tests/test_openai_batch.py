@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -307,3 +308,47 @@ def test_a_stored_batch_the_server_does_not_know_is_submitted_again(
         srv.batch_api.batches["batch_0002"].lines_sent and not srv.batch_api.batches["batch_0001"].lines_sent
     )
     check_final(rows_of(tmp_path))
+
+
+@pytest.mark.timeout(60)
+def test_results_not_yet_stored_are_collected_from_the_same_batch(
+    answers: Path, make_openai_server: MakeServer, tmp_path: Path
+) -> None:
+    rows = tmp_path / ROWS
+
+    def rating_then_break_storage(body: dict[str, Any]) -> str:
+        # while the batch runs, the judgment file becomes unwritable (a directory): the
+        # results come back and cannot be stored, as if the run were killed at that moment
+        rows.mkdir(parents=True, exist_ok=True)
+        return rating(body)
+
+    srv = make_openai_server(reply=rating_then_break_storage)
+    with pytest.raises(JobError, match="test-model_single.jsonl"):
+        judge(tmp_path, answers, srv)
+    assert json.loads((tmp_path / STATE).read_text())["batch_id"] == "batch_0001"  # kept: nothing stored
+    rows.rmdir()
+    srv.reply = rating
+    judge(tmp_path, answers, srv)
+    assert len(srv.batch_api.uploads) == 1 and list(srv.batch_api.batches) == ["batch_0001"]  # paid once
+    check_final(rows_of(tmp_path))
+    assert not (tmp_path / STATE).exists()
+
+
+@pytest.mark.timeout(60)
+def test_parse_retries_go_out_as_a_new_batch(
+    answers: Path, make_openai_server: MakeServer, tmp_path: Path
+) -> None:
+    asked = Counter[str]()
+
+    def rating_on_retry(body: dict[str, Any]) -> str:  # smoke q1 turn 1 gets its rating when asked again
+        user = body["messages"][-1]["content"]
+        asked[user] += 1
+        return "Rating: [[4]]" if asked[user] > 1 else rating(body)
+
+    srv = make_openai_server(reply=rating_on_retry)
+    judge(tmp_path, answers, srv, parse_retries=1)
+    assert list(srv.batch_api.batches) == ["batch_0001", "batch_0002"]  # not the first batch's reply again
+    assert len(batch_lines(srv, "batch_0002")) == 1
+    retried = [r for r in rows_of(tmp_path) if (r["question_id"], r["turn"]) == (1, 1)]
+    assert [(r["status"], r["score"]) for r in retried] == [("ok", 4)]
+    assert not (tmp_path / STATE).exists()

@@ -11,8 +11,10 @@ expired" (etc.), so the next run asks it again.
 
 The state (batch id, each custom_id's body hash) is saved before the first poll, so a run
 killed while waiting resumes polling the same batch instead of paying for it twice; it is
-reused only when every request of the new run is in it with the same body, and cleared once
-the batch has finished.
+reused only when every request of the new run is in it with the same body. A BatchState the
+caller passes is cleared by the caller once it has stored the results (the judge: after the
+rows are appended), so a run killed between the results' return and their storing collects
+the same batch again instead of paying twice; the backend's own MemoryState is cleared here.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class OpenAIBatchBackend(OpenAIBackend):
         if openai_batch_wait is not None and openai_batch_wait < 0:
             raise JobError(f"--openai-batch-wait must be >= 0 seconds, got {openai_batch_wait}")
         self.state = batch_state or MemoryState()
+        self.owns_state = batch_state is None
+        """a caller's state is the caller's to clear, after it has stored the results"""
         self.wait = openai_batch_wait
         # JOB_BATCH_POLL_SECONDS: tests shrink the first wait between polls
         self.poll_min = (
@@ -115,7 +119,8 @@ class OpenAIBatchBackend(OpenAIBackend):
         got = self._read_results(client, batch)
         missing = self._not_run(batch)
         results = [got.get(cid) or self._fail(missing) for cid in ids]
-        self.state.clear()  # finished: a later run has nothing to resume
+        if self.owns_state:  # finished: a later call has nothing to resume
+            self.state.clear()
         if progress:
             progress(len(results), sum(r.num_tokens for r in results))
         return results

@@ -42,8 +42,13 @@ class StoredBatchState:
             self.storage.delete(self.key)
 
 
-def batch_options(options: dict[str, Any], store: JudgmentStore) -> dict[str, Any]:
-    """The judge backend's options, with the stored batch state when --openai-batch is on."""
+def stored_batch_state(options: dict[str, Any], store: JudgmentStore) -> StoredBatchState | None:
+    """Where --openai-batch keeps its batch for this judgment file; None without it."""
     if not options.get("openai_batch"):
-        return options
-    return {**options, "batch_state": StoredBatchState(store.storage, batch_state_key(store.key))}
+        return None
+    return StoredBatchState(store.storage, batch_state_key(store.key))
+
+
+def batch_options(options: dict[str, Any], state: StoredBatchState | None) -> dict[str, Any]:
+    """The judge backend's options, with the stored batch state when --openai-batch is on."""
+    return options if state is None else {**options, "batch_state": state}

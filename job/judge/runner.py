@@ -24,7 +24,7 @@ from job.judge import (
     judge_messages,
     make_record,
 )
-from job.judge.batch_state import batch_options
+from job.judge.batch_state import StoredBatchState, batch_options, stored_batch_state
 from job.judge.estimate import dry_run
 from job.judge.manifest import merge_rows, update_manifest
 from job.judge.plan import (
@@ -86,7 +86,8 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, tota
         totals.counts["answer_error"] += answer_errors
     if not plan.requests:
         return
-    backend = load_backend(cfg.judge_model, **batch_options(cfg.backend_options, store))
+    state = stored_batch_state(cfg.backend_options, store)
+    backend = load_backend(cfg.judge_model, **batch_options(cfg.backend_options, state))
     params = plan.params
     rec = Recorder(cfg, plan, judge, store, backend)
     bar = tqdm(
@@ -129,6 +130,8 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, tota
                             f"judge backend {cfg.judge_model} returned {len(results)} results for {len(batch)} requests"
                         )
                     batch = [q for q, r in zip(batch, results, strict=True) if rec.add(*q, r)]
+                    if state is not None:
+                        _stored_then_cleared(rec, state)
                     bar.total = (bar.total or 0) + len(batch)
         rec.flush(final=True)
         if not rec.counts["ok"]:
@@ -147,6 +150,17 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, tota
                     f"{rec.stored} judgments stored by this run ({len(plan.cached)} games before) in {store.uri}; "
                     "a re-run asks only the rest"
                 )
+
+
+def _stored_then_cleared(rec: Recorder, state: StoredBatchState) -> None:
+    """--openai-batch: the batch's rows stored first, its state cleared after, so a run killed
+    in between collects the same batch again instead of paying for it twice (the games asked
+    again, --parse-retries, then go out as a new batch)."""
+    try:
+        rec.flush()
+    finally:
+        if not rec.pending:  # stored (also when flush stops the run): nothing left to collect
+            state.clear()
 
 
 def _advance(bar: tqdm[Any], n: int) -> None:

@@ -29,6 +29,9 @@ class LocalStorage(Storage):
             return self._p(key).read_bytes()
         except FileNotFoundError:
             raise JobError(f"{self.uri(key)}: not found") from None
+        except OSError as e:  # a directory in its place, no permission: one line, not a traceback
+            name = errno.errorcode.get(e.errno or 0, "")
+            raise JobError(f"cannot read {self.uri(key)}: {e.strerror} ({name}); check the path") from None
 
     def write_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         dest = self._p(key)

@@ -134,3 +134,62 @@ def test_run_several_models_bad_input(
     r = CliRunner().invoke(cli, ["run", "--bench", "smoke", "--judge-model", "mock/judge", *extra])
     assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "runs").exists()  # refused before any work
+
+
+def _run_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:
+    """`job run` of two mock models in-process (exit 0); how many were 'finished before'."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from job.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JOB_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "m.txt").write_text("mock/fixed:<think>secret</think>answer a\nmock/echo b\n")
+    args = ["run", "--models-file", "m.txt", "--judge-model", "mock/judge", "--question-ids", "3", *extra]
+    seen: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda rec: seen.append(rec.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("job.pipeline.models").addHandler(handler)
+    logging.getLogger("job.pipeline.models").setLevel(logging.INFO)
+    try:
+        r = CliRunner().invoke(cli, args)
+    finally:
+        logging.getLogger("job.pipeline.models").removeHandler(handler)
+    assert r.exit_code == 0, r.output[-3000:]
+    return sum("finished before" in m for m in seen)
+
+
+def test_several_models_redo_a_model_whose_bench_file_changed_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The done marker named the reference set by name only: a reference answer fixed in
+    place left both models 'finished before' with the numbers judged against the old text."""
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parent.parent / "bench_data" / "smoke", tmp_path / "bd" / "mini")
+    bench = ["--bench", "mini", "--bench-data", "bd", "--reference", "smoke-reference"]
+    assert _run_models(tmp_path, monkeypatch, *bench) == 0
+    assert _run_models(tmp_path, monkeypatch, *bench) == 2
+    ref = tmp_path / "bd" / "mini" / "reference_answer" / "smoke-reference.jsonl"
+    ref.write_text(ref.read_text().replace("Three socks", "Two socks"))  # question 3's reference
+    assert _run_models(tmp_path, monkeypatch, *bench) == 0
+    assert _run_models(tmp_path, monkeypatch, *bench) == 2
+
+
+def test_several_models_take_keep_reasoning_and_sample_agg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both reach the stages (the judge sees the <think> block, report.json says median) and
+    both are settings of the done marker: switching one redoes the models."""
+    smoke = ["--bench", "smoke", "--judge-samples", "2"]
+    assert _run_models(tmp_path, monkeypatch, *smoke) == 0
+    rows = (tmp_path / "runs" / "smoke" / "model_judgment" / "judge_single.jsonl").read_text()
+    assert "<think>secret" not in rows
+    assert _run_models(tmp_path, monkeypatch, *smoke, "--keep-reasoning", "--sample-agg", "median") == 0
+    rows = (tmp_path / "runs" / "smoke" / "model_judgment" / "judge_single.jsonl").read_text().splitlines()
+    assert sum("<think>secret</think>answer" in r for r in rows) == 2 * 2  # model a's 2 turns x 2 samples
+    doc = json.loads((tmp_path / "runs" / "smoke" / "reports" / "a" / "report.json").read_text())
+    assert doc["judge_spread"]["sample_agg"] == "median"
+    assert _run_models(tmp_path, monkeypatch, *smoke, "--keep-reasoning") == 0  # mean again

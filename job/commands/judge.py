@@ -31,12 +31,6 @@ from job.commands import stage_options as stage
     help="Skip the questions a model has no answer for, for that model only (listed), instead of failing.",
 )
 @click.option(
-    "--keep-reasoning",
-    is_flag=True,
-    help="Judge the raw text of reasoning models' turns (with their <think> block) instead of the "
-    "final answer; switching re-judges the answers it changes.",
-)
-@click.option(
     "--batch-size",
     type=int,
     default=64,

@@ -11,7 +11,7 @@ from job.commands.common import (
     tracking_options,
 )
 from job.commands.models import step_option
-from job.commands.stage_options import pairwise_options, publish_option
+from job.commands.stage_options import pairwise_options, publish_option, sample_agg_option
 
 
 @click.command(context_settings={"show_default": True})
@@ -50,12 +50,7 @@ from job.commands.stage_options import pairwise_options, publish_option
     help="Japanese character share (default: on for Japanese benches).",
 )
 @click.option("--seed", type=int, default=0, help="Bootstrap seed.")
-@click.option(
-    "--sample-agg",
-    type=click.Choice(["mean", "median"]),
-    default="mean",
-    help="How an item's judge samples (job judge --judge-samples K) make its score.",
-)
+@sample_agg_option
 @step_option
 # report.html + plots and publishing (job/report/publish.py)
 @click.option("--html/--no-html", default=True, help="Also write report.html and the chart PNGs.")

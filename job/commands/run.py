@@ -33,6 +33,7 @@ from job.commands import stage_options as stage
     help="Write report files here (default <output>/<bench>/reports/).",
 )
 @stage.publish_option
+@stage.sample_agg_option
 @click.option(
     "--baseline",
     metavar="REPORT",
@@ -80,10 +81,17 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     judge_opts |= {k: kw.pop(k) for k in stage.BATCH_OPTION_KEYS}
     if judge_opts["openai_batch"]:  # before generation, not after it
         check_openai_batch(str(kw["judge_model"]))
-    judge_keys = ("judge_model", "judge_name", "reference", *stage.JUDGE_SAMPLING_KEYS)
-    jkw = {k: kw.pop(k) for k in judge_keys}
+    jkw = {k: kw.pop(k) for k in stage.JUDGE_KEYS}
     jcfg = JudgeConfig(bench=str(kw["bench"]), backend_options=judge_opts, **jkw)  # type: ignore[arg-type]
-    run_keys = ("allow_failed", "report_dir", "publish", "baseline", "baseline_name", "max_drop")
+    run_keys = (
+        "allow_failed",
+        "report_dir",
+        "publish",
+        "baseline",
+        "baseline_name",
+        "max_drop",
+        "sample_agg",
+    )
     rkw = {k: kw.pop(k) for k in (*run_keys, "junit_xml", "allow_mismatch")}
     rkw |= many.pop_models(kw)
     rkw["tracking"] = opt.tracking_config(kw)

@@ -1,7 +1,7 @@
 """Option groups of one stage that several commands take, defined once so their names,
 defaults and --help texts cannot drift apart: the judge's (job judge, job run), generation's
-(job generate, job run), pairwise selection (job judge, job report) and publishing (job report,
-job run)."""
+(job generate, job run), pairwise selection (job judge, job report), publishing and judge-sample
+aggregation (job report, job run)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from job.commands.common import (
 )
 
 JUDGE_SAMPLING_KEYS = ("judge_samples", "judge_temperature", "parse_retries")
+JUDGE_KEYS = ("judge_model", "judge_name", "reference", *JUDGE_SAMPLING_KEYS, "keep_reasoning")
+"""JudgeConfig fields of judge_options (the endpoint options go into backend_options)"""
 BATCH_OPTION_KEYS = ("openai_batch", "openai_batch_wait")
 
 
@@ -82,8 +84,24 @@ def judge_options(f: F) -> F:
             ),
             judge_endpoint_options,
             judge_sampling_options,
+            click.option(
+                "--keep-reasoning",
+                is_flag=True,
+                help="Judge the raw text of reasoning models' turns (with their <think> block) instead of "
+                "the final answer; switching re-judges the answers it changes.",
+            ),
         ],
     )
+
+
+def sample_agg_option(f: F) -> F:
+    """--sample-agg (job report, job run): ReportConfig.sample_agg."""
+    return click.option(
+        "--sample-agg",
+        type=click.Choice(["mean", "median"]),
+        default="mean",
+        help="How an item's judge samples (--judge-samples K) make its score.",
+    )(f)
 
 
 def openai_batch_options(f: F) -> F:

@@ -49,6 +49,8 @@ class RunConfig:
     step: int | None = None
     """Checkpoint step for report provenance; None: from step_pattern on the model name."""
     step_pattern: str = DEFAULT_STEP_PATTERN
+    sample_agg: str = "mean"
+    """how an item's judge samples make its score (job.report.runner.ReportConfig.sample_agg)"""
     tracking: Any = None
     """job.report.tracking.TrackingConfig from --log-to; None: no experiment tracking"""
 
@@ -173,6 +175,7 @@ def run_model(cfg: RunConfig, leaderboard: bool = True) -> RunResult:
     rcfg = report_run.ReportConfig(
         bench=gcfg.bench, model_list=[name], judge_name=judge_name_of(jcfg), output=gcfg.output,
         output_dir=cfg.report_dir, bench_data=gcfg.bench_data, step=step_for(cfg, name),
+        sample_agg=cfg.sample_agg,
     )  # fmt: skip
     doc = report_run.run(rcfg)
     storage, prefix, names = write_html(rcfg, doc)

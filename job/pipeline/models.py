@@ -1,5 +1,6 @@
 """Several models in one `job run` (--model A --model B, --models-file): one after another,
-each resumable; a finished model (same settings: `fingerprint`) is not run again, only gated."""
+each resumable; a finished model (same settings: `fingerprint`, same file contents:
+`inputs_of`) is not run again, only gated."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from job import gate as g
 from job.errors import JobError, Terminated
@@ -89,8 +91,33 @@ def fingerprint(cfg: RunConfig) -> str:
         "judge_settings": {k: getattr(judge, k) for k in JUDGE_SETTINGS},
         **{k: getattr(cfg, k) for k in ("allow_failed", "report_dir", "publish")},
         "step": step_for(cfg, str(gen["model_name"])),
+        # only when set: a model finished before these options existed is still found finished
+        **({"keep_reasoning": True} if judge.keep_reasoning else {}),
+        **({"sample_agg": cfg.sample_agg} if cfg.sample_agg != "mean" else {}),
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def inputs_of(cfg: RunConfig) -> dict[str, Any]:
+    """The contents behind the settings, which `fingerprint` names only by path or spec: the
+    answers' config hash (weights, question file, chat template), the judge's weights, judge
+    prompt file and reference file. A checkpoint or bench file changed in place redoes the model."""
+    from job.benches import resolve_bench, sha256_bytes
+    from job.generate.plan import plan
+    from job.judge.plan import judge_fingerprint
+    from job.judge.prompts import load_prompt_set
+
+    judge, gen = cfg.judge, cfg.generate
+    bench = resolve_bench(gen.bench, gen.bench_data)
+    ref = judge.reference or bench.default_reference
+    ref_path = bench.reference_path(ref) if ref else None
+    judge_fp = judge_fingerprint(judge.judge_model, judge.backend_options.get("gguf_file")) or {}
+    return {
+        "answers_config": plan(replace(gen)).config_hash,
+        "judge_weights": {k: v for k, v in judge_fp.items() if k != "path"},  # a copy: the same judge
+        "judge_prompts_sha256": load_prompt_set(judge.judge_prompts or bench.judge_prompts_path).sha256,
+        "reference_sha256": sha256_bytes(ref_path.read_bytes()) if ref_path and ref_path.is_file() else None,
+    }
 
 
 def run_finished(cfg: RunConfig) -> RunResult | None:
@@ -102,7 +129,7 @@ def run_finished(cfg: RunConfig) -> RunResult | None:
     if cfg.generate.force or cfg.generate.dry_run or not storage.exists(key):
         return None
     done = json.loads(storage.read_bytes(key))
-    if done.get("fingerprint") != fingerprint(cfg):
+    if done.get("fingerprint") != fingerprint(cfg) or done.get("inputs") != inputs_of(cfg):
         return None
     try:
         doc = load_report(str(done["report"]))
@@ -127,7 +154,8 @@ def run_one(cfg: RunConfig) -> Outcome:
         return Outcome(name, error=f"{type(e).__name__}: {e}", exit_code=1)
     if res.report and not cfg.generate.dry_run:
         where = res.report if "://" in res.report else os.path.abspath(res.report)
-        done = {"model": cfg.generate.model, "report": where, "fingerprint": fingerprint(cfg)}
+        done = {"model": cfg.generate.model, "report": where, "fingerprint": fingerprint(cfg),
+                "inputs": inputs_of(cfg)}  # fmt: skip
         from job.storage import open_storage
 
         open_storage(cfg.generate.output).write_bytes(done_key(cfg), json.dumps(done, indent=2).encode())

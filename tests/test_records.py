@@ -73,3 +73,49 @@ def test_non_utf8_bytes_are_an_error_with_the_line() -> None:
     data = b'{"question_id": 1, "category": "x", "turns": ["a"]}\n{"turns": ["\xff"]}\n'
     with pytest.raises(JobError, match=r"^f.jsonl:2: not valid UTF-8"):
         parse_records(data, Question, "f.jsonl")
+
+
+PAIR = {"question_id": 81, "model_1": "a", "model_2": "b", "g1_winner": "model_1", "g2_winner": "model_1",
+        "judge": ["gpt-4", "pair-v2"], "turn": 1, "tstamp": 1.0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        # show_result's else branch would count both as a win of model_2
+        (
+            {"g1_winner": "A", "g2_winner": "A"},
+            "g1_winner must be one of model_1, model_2, tie, error, got 'A'",
+        ),
+        ({"g2_winner": "b"}, "g2_winner must be one of model_1, model_2, tie, error, got 'b'"),
+        (
+            {"g1_status": "OK"},
+            "g1_status must be one of ok, parse_error, answer_error, api_error, judge_error",
+        ),
+    ],
+)
+def test_a_pairwise_row_with_an_unknown_winner_or_status_names_the_line(
+    fields: dict[str, str], reason: str
+) -> None:
+    from job.records.judgments import read_judgment
+
+    assert read_judgment(PAIR, "x_pair.jsonl:1", pairwise=True)[0].g1_winner == "model_1"
+    with pytest.raises(JobError) as e:
+        read_judgment({**PAIR, **fields}, "x_pair.jsonl:2", pairwise=True)
+    assert str(e.value).startswith("x_pair.jsonl:2: invalid pairwise judgment (") and reason in str(e.value)
+
+
+def test_a_single_row_with_an_unknown_status_names_the_line() -> None:
+    from job.records.judgments import read_judgment
+
+    row = {
+        "question_id": 81,
+        "model": "a",
+        "judge": ["gpt-4", "single-v1"],
+        "score": 7,
+        "turn": 1,
+        "tstamp": 1.0,
+    }
+    assert read_judgment({**row, "status": "ok"}, "x.jsonl:1", pairwise=False)[0].status_of == "ok"
+    with pytest.raises(JobError, match=r"^x.jsonl:2: invalid single judgment \(status must be one of ok, "):
+        read_judgment({**row, "status": "success"}, "x.jsonl:2", pairwise=False)

@@ -118,6 +118,18 @@ def row_sample(rec: Mapping[str, Any]) -> int:
 # rows without prompt text), and the checks that keep a wrong type from becoming a wrong score.
 
 
+STATUSES = ("ok", "parse_error", "answer_error", "api_error", "judge_error")
+"""Every status our judge writes (a row's, or a pairwise game's)."""
+WINNERS = ("model_1", "model_2", "tie", "error")
+"""A pairwise game's winner, mapped back to the model slots (FastChat)."""
+
+
+def _one_of(v: Any, what: str, allowed: tuple[str, ...]) -> Any:
+    if v not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}, got {v!r}")
+    return v
+
+
 def _not_bool_int(v: Any, what: str, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}")
@@ -173,6 +185,12 @@ class _Reading(_Record):
             raise ValueError("judge must be [judge name, prompt name]")
         return v
 
+    @field_validator("status", "g1_status", "g2_status", mode="before", check_fields=False)
+    @classmethod
+    def _status(cls, v: Any, info: ValidationInfo) -> Any:
+        # an unknown status ("OK", a typo) would be neither counted nor listed as a failure
+        return v if v is None else _one_of(v, str(info.field_name), STATUSES)
+
     @property
     def judge_name(self) -> str:
         return self.judge[0]
@@ -218,6 +236,12 @@ class PairRow(_Reading, PairJudgment):
     g2_user_prompt: str = ""
     g2_judgment: str = ""
     tstamp: int | float = 0
+
+    @field_validator("g1_winner", "g2_winner", mode="before")
+    @classmethod
+    def _winner(cls, v: Any, info: ValidationInfo) -> Any:
+        # anything else ("A", a model name) would count as a win of model_2 (show_result's else)
+        return _one_of(v, str(info.field_name), WINNERS)
 
 
 JudgmentRow = SingleRow | PairRow

@@ -193,3 +193,33 @@ def test_several_models_take_keep_reasoning_and_sample_agg(
     doc = json.loads((tmp_path / "runs" / "smoke" / "reports" / "a" / "report.json").read_text())
     assert doc["judge_spread"]["sample_agg"] == "median"
     assert _run_models(tmp_path, monkeypatch, *smoke, "--keep-reasoning") == 0  # mean again
+
+
+def test_report_publish_refreshes_the_leaderboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`job report --publish` re-indexes the publish root as `job run --publish` does (it left
+    the leaderboard stale), the step from its --step-pattern."""
+    from click.testing import CliRunner
+
+    from job.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JOB_CACHE_DIR", str(tmp_path / "cache"))
+    run = [
+        "run",
+        "--bench",
+        "smoke",
+        "--model",
+        "mock/echo",
+        "--model-name",
+        "llm-iter7",
+        "--question-ids",
+        "1",
+    ]
+    assert CliRunner().invoke(cli, [*run, "--judge-model", "mock/judge"]).exit_code == 0
+    r = CliRunner().invoke(
+        cli, ["report", "--bench", "smoke", "--publish", "pub", "--step-pattern", r"iter(\d+)"]
+    )
+    assert r.exit_code == 0, r.output[-3000:]
+    rows = json.loads((tmp_path / "pub" / "leaderboard.json").read_text())["benches"]["smoke"]["rows"]
+    assert [(row["model"], row["step"]) for row in rows] == [("llm-iter7", 7)]
+    assert (tmp_path / "pub" / "index.html").is_file()

@@ -10,7 +10,7 @@ from job.commands.common import (
     tracking_config,
     tracking_options,
 )
-from job.commands.models import step_option
+from job.commands.models import step_option, step_pattern_option
 from job.commands.stage_options import pairwise_options, publish_option, sample_agg_option
 
 
@@ -52,6 +52,7 @@ from job.commands.stage_options import pairwise_options, publish_option, sample_
 @click.option("--seed", type=int, default=0, help="Bootstrap seed.")
 @sample_agg_option
 @step_option
+@step_pattern_option
 # report.html + plots and publishing (job/report/publish.py)
 @click.option("--html/--no-html", default=True, help="Also write report.html and the chart PNGs.")
 @publish_option
@@ -63,7 +64,7 @@ def report(**kw: object) -> None:
 
     for k in ("model_list", "judgments"):
         kw[k] = list(kw[k])  # type: ignore[call-overload]
-    html, publish_to = kw.pop("html"), kw.pop("publish")
+    html, publish_to, step_pattern = kw.pop("html"), kw.pop("publish"), str(kw.pop("step_pattern"))
     tracking = tracking_config(kw)
     cfg = ReportConfig(**kw)  # type: ignore[arg-type]
     doc = run(cfg)
@@ -72,7 +73,10 @@ def report(**kw: object) -> None:
 
         storage, prefix, names = write_html(cfg, doc)
         if publish_to:
+            from job.report.leaderboard import refresh
+
             publish(str(publish_to), storage, prefix, names, doc)
+            refresh(str(publish_to), step_pattern)
     if tracking:  # after every file is written: a tracking failure never loses the report
         from job.report.tracking import track
 

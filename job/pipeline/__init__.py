@@ -133,12 +133,9 @@ def refresh_leaderboard(cfg: RunConfig) -> None:
     """Re-index the publish root; a failure here never loses the run's own report."""
     if not cfg.publish or cfg.generate.dry_run:
         return
-    from job.report.leaderboard import write
+    from job.report.leaderboard import refresh
 
-    try:
-        write(cfg.publish, step_pattern=cfg.step_pattern)
-    except JobError as e:
-        log.warning("leaderboard of %s not refreshed: %s", cfg.publish, e)
+    refresh(cfg.publish, cfg.step_pattern)
 
 
 def run_model(cfg: RunConfig, leaderboard: bool = True) -> RunResult:

@@ -225,3 +225,12 @@ def write(root: str, output_dir: str | None = None, step_pattern: str = DEFAULT_
     where = dest.uri("") if output_dir is None else dest.root
     print(f"leaderboard: {n} rows in {len(board.benches)} bench(es) -> {', '.join(files)} in {where}")
     return where
+
+
+def refresh(root: str, step_pattern: str = DEFAULT_STEP_PATTERN) -> None:
+    """Re-index a publish root after a publish (`job report --publish`, `job run --publish`);
+    a failure here never loses the report just published: one warning line."""
+    try:
+        write(root, step_pattern=step_pattern)
+    except JobError as e:
+        log.warning("leaderboard of %s not refreshed: %s", root, e)

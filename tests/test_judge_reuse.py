@@ -303,3 +303,29 @@ def test_current_rows_keeps_fastchat_files_and_the_last_row_per_input() -> None:
         {"question_id": 2, "status": "ok", "inputs_sha256": "h2"},
     ]
     assert current_rows(ours, {"rows": ["h1", "h2"]}) == ours[2:]
+
+
+def test_keep_reasoning_is_recorded_and_not_mixed_with_final_answer_rows(tmp_path: Path) -> None:
+    from job.judge.runner import JudgeConfig, run
+
+    ans = tmp_path / "answers"
+    ans.mkdir()
+    for m in ("a", "b"):
+        choice = {"index": 0, "turns": ["final one", "final two"],
+                  "raw_turns": ["<think>plan</think>final one", "<think>more</think>final two"]}  # fmt: skip
+        (ans / f"{m}.jsonl").write_text(
+            json.dumps({"question_id": 1, "model_id": m, "choices": [choice]}) + "\n"
+        )
+    out = tmp_path / "out"
+
+    def judge(model: str, keep: bool) -> dict[str, Any]:
+        run(JudgeConfig(bench="smoke", judge_model="mock/fixed:[[5]]", judge_name="mj", output=str(out),
+                        answers_dir=str(ans), question_ids=["1"], model_list=[model], keep_reasoning=keep))  # fmt: skip
+        return dict(json.loads((out / "smoke/model_judgment/mj_single.manifest.json").read_text()))
+
+    assert judge("a", keep=True)["keep_reasoning"] is True  # what was judged: the raw text
+    assert "<think>plan</think>" in _current(out)[0]["user_prompt"]
+    man = judge("b", keep=False)
+    assert man["keep_reasoning"] is None
+    # a's rows judged its raw text (another answers_sha256 than its final answers): not current
+    assert man["models"] == ["b"] and {r["model"] for r in _current(out)} == {"b"}

@@ -232,7 +232,7 @@ def make_plan(cfg: JudgeConfig, store: JudgmentStore | None, judge: str) -> Plan
         "num_questions": len(questions), "temperature": params.temperature, "max_tokens": params.max_new_tokens,
         "bench_behaviour": bb.as_dict(), "judge_fingerprint": judge_fp, "judge_samples": cfg.judge_samples,
         "parse_retries": cfg.parse_retries,
-        # set only when on: older manifests (none) keep matching a run without it
+        # which text was judged (raw or final answer); None unless on, as in older manifests
         "keep_reasoning": True if cfg.keep_reasoning else None,
         "judge_endpoint": endpoint_of(parse_spec(cfg.judge_model)[0], cfg.backend_options),
     }  # fmt: skip

@@ -230,6 +230,8 @@ def _ci(s: dict[str, Any] | None) -> str:
 
 
 def _ci_note(d: Delta) -> str:
+    if d.paired == 0:
+        return "no CI: the reports share no question (the delta compares means over different questions)."
     if d.partial:
         return f"delta B-A and its CI: {d.shared_note()}, paired bootstrap (A and B resampled together)."
     if d.paired is not None:
@@ -300,6 +302,12 @@ def gate(
     out = []
     for ma, mb in pair_models(baseline, current, baseline_name, None):
         overall = deltas(baseline, current, ma, mb)[0]
+        if overall.paired == 0 and overall.means_delta is not None:  # a verdict on other questions
+            la, lb = overall.pair.left_out  # type: ignore[union-attr]
+            raise JobError(
+                f"{mb} and baseline {ma} share no question ({lb} vs {la} scored): their averages are "
+                "not comparable; gate against a baseline made on the same --question-ids / --first-n"
+            )
         out.append(GateResult(mb, ma, overall, max_drop))
     return out
 

@@ -348,3 +348,21 @@ def test_delta_is_taken_on_the_shared_questions_when_the_sets_differ() -> None:
     # the same questions on both sides: the delta is the difference of the reported means
     (same,) = g.deltas(a, doc("m", {1: 3, 2: 5, 3: 7, 4: 9}), "m", "m")
     assert same.delta == pytest.approx(1.0) and not same.partial and same.paired == 4
+
+
+def test_gate_refuses_reports_that_share_no_question() -> None:
+    """A baseline of questions 1-4 and a run of 5-8 (same question file) were gated on the
+    difference of their averages over different questions: a pass or a fail on nothing."""
+
+    def doc(qids: range, mean: float) -> dict[str, Any]:
+        d = make_doc({"m": {"all": (mean, mean - 1, mean + 1)}})
+        d["per_question"] = {"m": {str(q): {"category": "writing", "sum": [mean], "n": [1]} for q in qids}}
+        return d
+
+    with pytest.raises(JobError, match=r"m and baseline m share no question \(4 vs 4 scored\)"):
+        g.gate(doc(range(1, 5), 6.0), doc(range(5, 9), 4.0), max_drop=1.0)
+    assert "no CI: the reports share no question" in g.format_compare(
+        doc(range(1, 5), 6.0), doc(range(5, 9), 4.0)
+    )
+    (r,) = g.gate(doc(range(1, 5), 6.0), doc(range(1, 5), 4.0), max_drop=1.0)  # the same questions: gated
+    assert r.regressed

@@ -326,3 +326,20 @@ def test_job_run_logs_each_model_to_both_tools_with_its_spec_and_step(
             "mock/echo",
         )
         assert SECRET not in json.dumps([run.data.params, run.data.tags, w])
+
+
+def test_without_step_each_model_is_logged_at_the_step_of_its_name() -> None:
+    """`job report` without --step: the leaderboard puts llm-step-200 at step 200 (its name);
+    tracking logged it at step 0, so the two disagreed. Now both read the step the same way."""
+    row = {"category": "all", "turn": "all", "mean": 5.0}
+    doc = {"provenance": {"bench": "smoke", "step": None},
+           "scores": [{**row, "model": "llm-step-200"}, {**row, "model": "iter7"}]}  # fmt: skip
+    runs = tracking.tracked_runs(tracking.TrackingConfig(["mlflow"]), doc, [], None)
+    assert [(r.model, r.step, r.params.get("step")) for r in runs] == [
+        ("llm-step-200", 200, "200"),
+        ("iter7", 0, None),
+    ]
+    custom = tracking.TrackingConfig(["mlflow"], step_pattern=r"iter(\d+)")
+    assert [r.step for r in tracking.tracked_runs(custom, doc, [], None)] == [0, 7]
+    pinned = {**doc, "provenance": {"step": 3}}  # --step names the checkpoint: it wins
+    assert [r.step for r in tracking.tracked_runs(custom, pinned, [], None)] == [3, 3]

@@ -66,6 +66,8 @@ def report(**kw: object) -> None:
         kw[k] = list(kw[k])  # type: ignore[call-overload]
     html, publish_to, step_pattern = kw.pop("html"), kw.pop("publish"), str(kw.pop("step_pattern"))
     tracking = tracking_config(kw)
+    if tracking:
+        tracking.step_pattern = step_pattern
     cfg = ReportConfig(**kw)  # type: ignore[arg-type]
     doc = run(cfg)
     if html or publish_to:

@@ -94,7 +94,9 @@ def run_cmd(ctx: click.Context, **kw: object) -> None:
     )
     rkw = {k: kw.pop(k) for k in (*run_keys, "junit_xml", "allow_mismatch")}
     rkw |= many.pop_models(kw)
-    rkw["tracking"] = opt.tracking_config(kw)
+    rkw["tracking"] = tracking = opt.tracking_config(kw)
+    if tracking:  # a model whose name the pattern does not match: no other pattern tried
+        tracking.step_pattern = rkw["step_pattern"]
     kw["question_ids"] = list(kw.pop("question_ids"))  # type: ignore[call-overload]
     gcfg = GenerateConfig(**kw, backend_options=opts)  # type: ignore[arg-type]
     ctx.exit(run(RunConfig(generate=gcfg, judge=jcfg, **rkw)).exit_code)  # type: ignore[arg-type]

@@ -20,6 +20,8 @@ from typing import Any
 
 from job.errors import JobError
 from job.layout import reports_dir
+from job.report import leaderboard
+from job.report.leaderboard import DEFAULT_STEP_PATTERN
 from job.report.runner import ReportConfig, bench_of
 from job.report.tracking_sinks import SINKS, TrackedRun
 from job.storage import LocalStorage, Storage, open_storage
@@ -45,6 +47,8 @@ class TrackingConfig:
     run_name: str | None = None
     """None: the model name (W&B: WANDB_NAME first)"""
     required: bool = False
+    step_pattern: str = DEFAULT_STEP_PATTERN
+    """Without --step: the step is this regex's first group in the model name (job leaderboard's)"""
 
 
 def check_available(cfg: TrackingConfig) -> None:
@@ -109,10 +113,15 @@ def params_of(doc: dict[str, Any], model: str, model_spec: str | None) -> dict[s
     return {k: str(v) for k, v in params.items() if v is not None}
 
 
-def step_of(doc: dict[str, Any]) -> int:
+def step_of(doc: dict[str, Any], model: str = "", step_pattern: str = DEFAULT_STEP_PATTERN) -> int:
+    """The model's checkpoint step as `job leaderboard` reads it: provenance (--step), else
+    --step-pattern on the model name; else 0, with a warning."""
     step = doc.get("provenance", {}).get("step")
     if isinstance(step, int) and not isinstance(step, bool):
         return step
+    named = leaderboard.step_of(model, leaderboard.compile_step_pattern(step_pattern))[0]
+    if named is not None:
+        return named
     log.warning("report.json has no checkpoint step (--step): tracking metrics are logged at step 0")
     return 0
 
@@ -139,16 +148,17 @@ def one_line(e: BaseException) -> str:
 def tracked_runs(
     cfg: TrackingConfig, doc: dict[str, Any], paths: list[Path], model_spec: str | None
 ) -> list[TrackedRun]:
-    models, step = models_of(doc), step_of(doc)
+    models = models_of(doc)
+    steps = {m: step_of(doc, m, cfg.step_pattern) for m in models}
     several = len(models) > 1 and cfg.run_name
     return [
         TrackedRun(
             model=m,
             name=f"{cfg.run_name}-{m}" if several else cfg.run_name,
             project=cfg.project,
-            step=step,
+            step=steps[m],
             metrics=metrics_of(doc, m),
-            params=params_of(doc, m, model_spec),
+            params={**params_of(doc, m, model_spec), **({"step": str(steps[m])} if steps[m] else {})},
             artifacts=paths,
         )  # fmt: skip
         for m in models

@@ -46,4 +46,5 @@ PY
 # the hf backend, its KV cache adapters and batching, and the real instruct model on it
 # (the slow ones, `transformers serve` and --gguf-file, run on the newest only)
 .venv-ci-oldest/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not gpu" \
-  tests/test_hf_batching.py tests/test_hf_memory.py tests/test_hf_refill.py tests/test_real_model.py
+  tests/test_hf_batching.py tests/test_hf_memory.py tests/test_hf_refill.py tests/test_hf_prefill.py \
+  tests/test_real_model.py

@@ -31,6 +31,7 @@ from job.backends.base import FollowUp, GenRequest, GenResult, ProgressFn
 from job.backends.hf_cache import SlotCache
 from job.backends.hf_load import _first_line, _is_oom, _Row
 from job.backends.hf_memory import kv_shape
+from job.backends.hf_prefill import KV, Prefill, prefill
 from job.backends.hf_sampling import candidates, draw, row_draws, sampler_settings
 from job.errors import BackendDead
 
@@ -107,7 +108,9 @@ class RefillLoop:
         self.eos_set = set(backend.eos_ids)
         self.peek: _Live | None = None
         """The queue's head as a row, encoded once however many steps it waits."""
-        self.last: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self.last: tuple[tuple[int, ...], KV] | None = None
+        """The last prompt prefilled: the next choice of the same question may be admitted later."""
+        self._pad = backend.tokenizer.pad_token_id
         self.turns: dict[int, tuple[list[int], int, int]] = {}
         """conversation -> (tokens, slot, end column) of its turn that just ended, until the next admission."""
 
@@ -172,24 +175,38 @@ class RefillLoop:
         return None
 
     def _admit(self) -> None:
-        """Prefill waiting requests into empty slots while they fit, one at a time (no padding)."""
-        new: list[tuple[_Live, list[tuple[torch.Tensor, torch.Tensor]]]] = []
-        while (row := self._take()) is not None and self._fits([*self.live, *(n for n, _ in new), row]):
-            try:
-                kv = self._prefill(row)
-            except RuntimeError as e:
-                if self.live or new:  # room for fewer rows than now: wait for some to end
-                    self._limit(e, len(self.live) + len(new))
-                    break
-                self._pop()
-                self._fail(row, e)
-                continue
+        """Prefill waiting requests into empty slots while they fit, all of them together
+        (hf_prefill: a forward per group of similar length); one at a time if that fails."""
+        rows: list[_Live] = []
+        while (row := self._take()) is not None and self._fits([*self.live, *rows, row]):
             self._pop()
-            new.append((row, kv))
+            rows.append(row)
+        try:
+            new = list(zip(rows, self._prefill(rows), strict=True))
+        except RuntimeError as e:
+            self._check(e)
+            new = self._admit_one_by_one(rows)
         self.turns.clear()  # _place may overwrite or move those slots
         self._place(new)
 
-    def _place(self, new: list[tuple[_Live, list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
+    def _admit_one_by_one(self, rows: list[_Live]) -> list[tuple[_Live, KV]]:
+        """The rows prefilled alone: one that fails with others live or admitted means no room
+        for them all (the batch shrinks, the rest wait); alone, it fails."""
+        new: list[tuple[_Live, KV]] = []
+        for k, row in enumerate(rows):
+            try:
+                new.append((row, self._prefill([row])[0]))
+            except RuntimeError as e:
+                if self.live or new:
+                    self._limit(e, len(self.live) + len(new))
+                    for r in reversed(rows[k:]):  # back to the front of the queue, in order
+                        self.queue.appendleft((r.conv, r.request))
+                        self.ahead += 1
+                    break
+                self._fail(row, e)
+        return new
+
+    def _place(self, new: list[tuple[_Live, KV]]) -> None:
         """New rows into empty slots (then appended); empty slots dropped when many."""
         empty = [k for k, r in enumerate(self.slots) if r is None]
         if len(empty) > len(new) and (len(empty) - len(new)) * 4 >= len(self.slots):
@@ -214,34 +231,41 @@ class RefillLoop:
         for k, (row, kv) in zip(at, new, strict=True):
             self.cache.put(k, kv, row.cached)
 
-    @torch.inference_mode()
-    def _prefill(self, row: _Live) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The row's prompt but its last token, alone (no padding) into a fresh cache. What an
-        earlier prefill or the conversation's previous turn already holds is not computed again:
-        the same prompt (the choices of one question) is reused whole, a turn-2 prompt from
-        the turn-1 row's cache up to where their tokens part."""
-        ids = row.row.ids[:-1]
-        if self.last is not None and self.last[0] == ids:
-            return self.last[1]
-        part = DynamicCache(config=self.b.model.config)
-        done = 0
-        if row.conv in self.turns:  # the previous turn's tokens are still in its slot
-            toks, slot, end = self.turns.pop(row.conv)
-            done = next(
-                (k for k, (a, b) in enumerate(zip(toks, ids, strict=False)) if a != b),
-                min(len(toks), len(ids)),
-            )
-            for i, layer in enumerate(self.cache.cache.layers if done else []):
-                cols = slice(end - len(toks), end - len(toks) + done)
-                part.update(layer.k[slot : slot + 1, :, cols], layer.v[slot : slot + 1, :, cols], i)
-        if len(ids) > done:
-            x = torch.tensor([ids[done:]], device=self.b.device)
-            pos = torch.arange(done, len(ids), device=self.b.device)[None, :]
-            kw = {self.b._cache_kw: part}
-            self.b.model(input_ids=x, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
-        kv = [(layer.keys, layer.values) for layer in part.layers] if ids else []
-        self.last = (ids, kv)
-        return kv
+    def _prefill(self, rows: list[_Live]) -> list[KV]:
+        """Each row's prompt but its last token in keys/values. What is already computed is not
+        computed again: the same prompt (the choices of one question) once, and a turn-2
+        prompt from its turn-1 row's cache up to where their tokens part."""
+        jobs: dict[tuple[int, ...], Prefill] = {}
+        for row in rows:
+            ids = tuple(row.row.ids[:-1])
+            if ids not in jobs and not (self.last is not None and self.last[0] == ids):
+                jobs[ids] = Prefill(list(ids), self._previous_turn(row.conv, row.row.ids[:-1]))
+        kvs = dict(
+            zip(jobs, prefill(self.b.model, self.b._cache_kw, list(jobs.values()), self._pad), strict=True)
+        )
+        if self.last is not None:
+            kvs.setdefault(self.last[0], self.last[1])
+        if rows:
+            key = tuple(rows[-1].row.ids[:-1])
+            self.last = (key, kvs[key])
+        return [kvs[tuple(r.row.ids[:-1])] for r in rows]
+
+    def _previous_turn(self, conv: int, ids: list[int]) -> KV | None:
+        """The keys/values of the conversation's previous turn (still in its slot) for the
+        tokens `ids` starts with, or None."""
+        if conv not in self.turns:
+            return None
+        toks, slot, end = self.turns[conv]
+        done = next(
+            (k for k, (a, b) in enumerate(zip(toks, ids, strict=False)) if a != b), min(len(toks), len(ids))
+        )
+        if not done:
+            return None
+        cols = slice(end - len(toks), end - len(toks) + done)
+        return [
+            (layer.k[slot : slot + 1, :, cols], layer.v[slot : slot + 1, :, cols])
+            for layer in self.cache.cache.layers
+        ]
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -249,8 +273,7 @@ class RefillLoop:
         self.cache.fit(
             list(range(len(self.slots))), self.cache.width, max(r.limit - len(r.out) for r in self.live)
         )
-        pad = self.b.tokenizer.pad_token_id
-        feed = [(r.out[-1] if r.out else r.row.ids[-1]) if r else pad for r in self.slots]
+        feed = [(r.out[-1] if r.out else r.row.ids[-1]) if r else self._pad for r in self.slots]
         pos = [r.cached if r else 0 for r in self.slots]
         try:
             out = self.b.model(

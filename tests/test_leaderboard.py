@@ -238,3 +238,23 @@ def test_slurm_one_array_per_model(tmp_path: Path) -> None:
     bad = subprocess.run([str(repo / "slurm" / "submit_models.sh"), "--dry-run", str(tmp_path / "bad.txt")],
                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "bad.txt:1: expected SPEC [NAME]" in bad.stderr
+
+
+def test_a_report_json_of_another_shape_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    """A report.json whose score rows lack category/turn (another tool's, a hand edit) was a
+    KeyError traceback that stopped the whole index; it is skipped with its reason."""
+    from job.report.leaderboard import collect
+
+    publish_fake(tmp_path, [("mt_bench", "r1", fake_report("llm-step-100", 5.0))])
+    for run, scores in (("x1", [{"model": "x"}]), ("x2", {"a": 1}), ("x3", ["row"])):
+        (tmp_path / "mt_bench" / run).mkdir()
+        (tmp_path / "mt_bench" / run / "report.json").write_text(
+            json.dumps({"provenance": {}, "scores": scores})
+        )
+    board = collect(str(tmp_path))
+    assert [r["model"] for r in board.benches["mt_bench"]["rows"]] == ["llm-step-100"]
+    skipped = {s["path"]: s["reason"] for s in board.skipped}
+    assert all(
+        "scores are not rows with category, model, turn" in skipped[f"mt_bench/{r}/report.json"]
+        for r in ("x1", "x2", "x3")
+    )

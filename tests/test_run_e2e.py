@@ -119,6 +119,7 @@ def test_run_step_recorded(tmp_path: Path, run_job) -> None:  # type: ignore[no-
             "--model-name names one model",
         ),
         (["--models-file", "bad.txt"], "bad.txt:1: expected SPEC [NAME], got 3 fields"),
+        (["--models-file", "latin.txt"], "latin.txt: not UTF-8 text (byte 13)"),  # was a traceback
         ([], "no model: pass --model SPEC"),
     ],
 )
@@ -131,6 +132,7 @@ def test_run_several_models_bad_input(
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.txt").write_text("mock/echo a b\n")
+    (tmp_path / "latin.txt").write_bytes("mock/echo caf\u00e9\n".encode("latin-1"))
     r = CliRunner().invoke(cli, ["run", "--bench", "smoke", "--judge-model", "mock/judge", *extra])
     assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "runs").exists()  # refused before any work

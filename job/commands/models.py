@@ -43,7 +43,11 @@ def models_options(f: F) -> F:
 
 def read_models_file(path: str) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
-    for i, line in enumerate(Path(path).read_text("utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobError(f"{path}: not UTF-8 text (byte {e.start}); one SPEC [NAME] per line") from None
+    for i, line in enumerate(text.splitlines(), 1):
         parts = line.split("#", 1)[0].split()
         if len(parts) > 2:
             raise JobError(

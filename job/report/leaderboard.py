@@ -35,6 +35,7 @@ CSV_COLUMNS = [
     "num_choices", "n_scored", "n_failed", "judge", "reference", "judge_prompts_sha256",
     "bench_data_sha256", "mismatch", "date", "git_revision", "run", "report_html",
 ]  # fmt: skip
+SCORE_KEYS = frozenset({"model", "category", "turn"})
 READERS = 16  # parallel GETs: S3 latency, not bandwidth, bounds a 200-run index
 
 
@@ -89,6 +90,10 @@ def _read(storage: Storage, key: str) -> tuple[str, dict[str, Any] | None, str]:
         return key, None, "not a report.json of `job report` (no scores/provenance)"
     if not doc["scores"]:
         return key, None, "no single-mode scores (a pairwise report)"
+    if not isinstance(doc["scores"], list) or not all(
+        isinstance(s, dict) and s.keys() >= SCORE_KEYS for s in doc["scores"]
+    ):
+        return key, None, f"scores are not rows with {', '.join(sorted(SCORE_KEYS))} (another tool's file?)"
     return key, doc, ""
 
 

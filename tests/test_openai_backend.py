@@ -384,3 +384,16 @@ def test_finish_reason_error_is_retried_never_an_answer(make_openai_server) -> N
     srv2 = make_openai_server(reply=lambda body: Reply("half an", finish_reason="error"))
     [bad] = make(srv2).generate([req()])
     assert (bad.status, bad.text) == ("api_error", "") and "finish_reason error" in (bad.error or "")
+
+
+def test_usage_counts_every_billed_reply_retried_or_failed(make_openai_server) -> None:
+    # the test server bills words: prompt "one two" = 2 tokens, reply "a b c" = 3 tokens per reply
+    srv = make_openai_server(
+        reply=lambda body: "a b c", faults=["null_content", None, "content_filter_empty"]
+    )
+    backend = make(srv)
+    [retried] = backend.generate([req("one two")])
+    [filtered] = backend.generate([req("one two")])
+    assert retried.ok and len(srv.requests) == 3
+    assert retried.usage == {"prompt_tokens": 4, "completion_tokens": 6}  # the null reply was billed too
+    assert filtered.status == "api_error" and filtered.usage == {"prompt_tokens": 2, "completion_tokens": 3}

@@ -352,3 +352,17 @@ def test_parse_retries_go_out_as_a_new_batch(
     retried = [r for r in rows_of(tmp_path) if (r["question_id"], r["turn"]) == (1, 1)]
     assert [(r["status"], r["score"]) for r in retried] == [("ok", 4)]
     assert not (tmp_path / STATE).exists()
+
+
+def test_a_batch_line_of_no_use_keeps_its_usage(make_openai_server: MakeServer) -> None:
+    from job.backends import load_backend
+    from job.backends.base import GenRequest
+
+    srv = make_openai_server(reply=lambda body: "a b c", faults=["content_filter_empty"])
+    backend = load_backend("openai/test-model", base_url=srv.url, openai_batch=True)
+    try:
+        [res] = backend.generate([GenRequest([{"role": "user", "content": "one two"}])])
+    finally:
+        backend.close()
+    # billed all the same (the test server bills words: 2 prompt, 3 completion)
+    assert res.status == "api_error" and res.usage == {"prompt_tokens": 2, "completion_tokens": 3}

@@ -141,8 +141,15 @@ class GenResult:
         self.text = self.text or ""
 
     @classmethod
-    def failure(cls, error: str, status: str = ENGINE_ERROR, finish_reason: str | None = None) -> GenResult:
-        return cls("", status=status, error=error[:300], finish_reason=finish_reason)
+    def failure(
+        cls,
+        error: str,
+        status: str = ENGINE_ERROR,
+        finish_reason: str | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> GenResult:
+        """A failed request; `usage`: what its replies that were of no use still cost."""
+        return cls("", status=status, error=error[:300], finish_reason=finish_reason, usage=usage)
 
     @property
     def ok(self) -> bool:

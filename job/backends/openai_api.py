@@ -39,6 +39,7 @@ from job.backends.openai_wire import (
     _Retryable,
     _to_result,
     _wants_reasoning_params,
+    add_usage,
     is_reasoning_model,
     parse_retry_after,
 )
@@ -217,36 +218,40 @@ class OpenAIBackend:
         return out
 
     async def _request(self, pool: _ClientPool, req: GenRequest) -> GenResult:
-        """One request with our retry loop; never raises for an API failure."""
+        """One request with our retry loop; never raises for an API failure. The result's
+        usage covers every attempt that got a billed reply, the retried ones too."""
         self.stats["requests"] += 1
         attempt = 0
         bad_responses = 0
+        spent: dict[str, int] | None = None
         while True:
             if self.fatal_error:
-                return self._fail(f"not sent: {self.fatal_error}")
+                return self._fail(f"not sent: {self.fatal_error}", spent)
             try:
                 async with pool.slot() as client:
                     if self.fatal_error:
-                        return self._fail(f"not sent: {self.fatal_error}")
+                        return self._fail(f"not sent: {self.fatal_error}", spent)
                     res = await self._attempt(client, req)
                 self.stats["ok"] += 1
+                res.usage = add_usage(spent, res.usage)
                 return res
             except _Failed as e:
                 msg = self._scrub(str(e))
                 if e.fatal and not self.fatal_error:
                     self.fatal_error = f"{self.spec} at {self.endpoint}: {msg}"
                     log.error("%s; aborting the remaining requests", self.fatal_error)
-                return self._fail(msg)
+                return self._fail(msg, add_usage(spent, e.usage))
             except _Retryable as e:
                 msg = self._scrub(str(e))
+                spent = add_usage(spent, e.usage)
                 bad_responses += e.bad_response
                 bad_limit = min(self.max_retries, MAX_BAD_RESPONSE_RETRIES)
                 if attempt >= self.max_retries or bad_responses > bad_limit:
                     tries = attempt + 1
-                    return self._fail(f"{msg} (gave up after {tries} attempt{'s' * (tries > 1)})")
+                    return self._fail(f"{msg} (gave up after {tries} attempt{'s' * (tries > 1)})", spent)
                 delay = self._delay(attempt, e.retry_after)
                 if delay is None:
-                    return self._fail(f"{msg} (Retry-After {e.retry_after:.0f}s is too long to wait)")
+                    return self._fail(f"{msg} (Retry-After {e.retry_after:.0f}s is too long to wait)", spent)
                 attempt += 1
                 self.stats["retries"] += 1
                 self.stats[f"retry:{msg.split(':')[0]}"] += 1
@@ -255,7 +260,7 @@ class OpenAIBackend:
             except Exception as e:  # anything unforeseen fails this item, not the run
                 msg = self._scrub(f"unexpected {type(e).__name__}: {e}")
                 log.warning("%s: %s", req.key or "request", msg)
-                return self._fail(msg)
+                return self._fail(msg, spent)
 
     def _limits(self, req: GenRequest) -> dict[str, Any]:
         """The length limit and temperature as this model takes them."""
@@ -270,9 +275,9 @@ class OpenAIBackend:
                 "%s: %s; sending max_completion_tokens and no temperature from now on", self.spec, detail
             )
 
-    def _fail(self, error: str) -> GenResult:
+    def _fail(self, error: str, usage: dict[str, int] | None = None) -> GenResult:
         self.stats["failed"] += 1
-        return GenResult.failure(error, API_ERROR)
+        return GenResult.failure(error, API_ERROR, usage=usage)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float | None:
         """Retry-After if the server gave one, else full jitter: U(0, min(cap, base * 2^n))."""

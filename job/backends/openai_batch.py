@@ -287,8 +287,8 @@ class OpenAIBatchBackend(OpenAIBackend):
             return self._fail(self._scrub(f"HTTP {status}: {message}"))
         try:
             res = _to_result(ChatCompletion.model_validate(body))
-        except (_Retryable, _Failed) as e:
-            return self._fail(self._scrub(str(e)))
+        except (_Retryable, _Failed) as e:  # a reply of no use, billed all the same
+            return self._fail(self._scrub(str(e)), e.usage)
         except ValidationError as e:
             return self._fail(self._scrub(f"malformed response: {e.errors()[0].get('msg')}"))
         self.stats["ok"] += 1

@@ -44,6 +44,9 @@ def is_reasoning_model(model: str) -> bool:
 class _Retryable(Exception):
     """An attempt failed in a way a later attempt may not (carries the wait hint)."""
 
+    usage: dict[str, int] | None = None
+    """what a reply that was of no use still cost (_to_result)"""
+
     def __init__(self, message: str, retry_after: float | None = None, bad_response: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
@@ -52,6 +55,8 @@ class _Retryable(Exception):
 
 class _Failed(Exception):
     """An attempt failed for good (no retry)."""
+
+    usage: dict[str, int] | None = None
 
     def __init__(self, message: str, fatal: bool = False):
         super().__init__(message)
@@ -175,6 +180,23 @@ def _error_message(e: Any) -> str:
 
 
 def _to_result(resp: Any) -> GenResult:
+    """A ChatCompletion -> GenResult; a reply no caller can use raises, carrying its usage:
+    it was billed all the same."""
+    try:
+        return _reply(resp)
+    except (_Retryable, _Failed) as e:
+        e.usage = _usage(getattr(resp, "usage", None))
+        raise
+
+
+def add_usage(a: dict[str, int] | None, b: dict[str, int] | None) -> dict[str, int] | None:
+    """Two token counts added up; None only when neither was reported."""
+    if a is None or b is None:
+        return a or b
+    return {k: a.get(k, 0) + b.get(k, 0) for k in ("prompt_tokens", "completion_tokens")}
+
+
+def _reply(resp: Any) -> GenResult:
     """A ChatCompletion -> GenResult; responses no caller can use are retryable errors."""
     choices = getattr(resp, "choices", None)
     if not isinstance(choices, list):

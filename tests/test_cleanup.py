@@ -122,4 +122,4 @@ def test_a_finished_models_fingerprint_is_the_one_written_before_the_judge_templ
         "step": 100,  # from the default --step-pattern on the model name
     }
     want = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
-    assert fingerprint(cfg) == want
+    assert fingerprint(cfg, legacy=True) == want

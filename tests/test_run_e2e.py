@@ -225,3 +225,16 @@ def test_report_publish_refreshes_the_leaderboard(tmp_path: Path, monkeypatch: p
     rows = json.loads((tmp_path / "pub" / "leaderboard.json").read_text())["benches"]["smoke"]["rows"]
     assert [(row["model"], row["step"]) for row in rows] == [("llm-iter7", 7)]
     assert (tmp_path / "pub" / "index.html").is_file()
+
+
+def test_several_models_stay_finished_across_speed_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker held every backend option: a requeue with another --concurrency (or
+    --base-url, --device ...) re-ran, re-reported and re-published every finished model (a
+    second leaderboard row each); an option that changes the answers still redoes them."""
+    smoke = ["--bench", "smoke", "--publish", "pub"]
+    assert _run_models(tmp_path, monkeypatch, *smoke, "--concurrency", "2") == 0
+    assert _run_models(tmp_path, monkeypatch, *smoke, "--concurrency", "3", "--request-timeout", "9") == 2
+    assert len(list((tmp_path / "pub" / "smoke").iterdir())) == 2  # published once each
+    assert _run_models(tmp_path, monkeypatch, *smoke, "--max-model-len", "64") == 0

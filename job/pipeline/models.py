@@ -79,9 +79,20 @@ def done_key(cfg: RunConfig) -> str:
     return f"{reports_dir(cfg.generate.bench)}done/{path_name(str(cfg.generate.model_name))}.json"
 
 
-def fingerprint(cfg: RunConfig) -> str:
-    """What a finished model's result depends on; a change of any of it redoes the model."""
+SPEED_OPTIONS = frozenset({
+    "base_url", "concurrency", "request_timeout", "max_retries", "batch_size",
+    "device", "device_map", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
+})  # fmt: skip
+"""Generation backend options that change how fast or where, not what is answered (the shards'
+config hash leaves them out too): a requeue on another node or port is the same run."""
+
+
+def fingerprint(cfg: RunConfig, legacy: bool = False) -> str:
+    """What a finished model's result depends on; a change of any of it redoes the model.
+    `legacy`: the form of markers written before `inputs` (it also held the SPEED_OPTIONS)."""
     gen = {k: v for k, v in asdict(cfg.generate).items() if k not in ("dry_run", "num_shards", "shard_index")}
+    if not legacy:
+        gen["backend_options"] = {k: v for k, v in gen["backend_options"].items() if k not in SPEED_OPTIONS}
     judge = cfg.judge
     blob = {
         "generate": gen,
@@ -129,7 +140,11 @@ def run_finished(cfg: RunConfig) -> RunResult | None:
     if cfg.generate.force or cfg.generate.dry_run or not storage.exists(key):
         return None
     done = json.loads(storage.read_bytes(key))
-    if done.get("fingerprint") != fingerprint(cfg) or done.get("inputs") != inputs_of(cfg):
+    # a marker from before `inputs`: its settings alone, as then (nothing to check contents with)
+    legacy = "inputs" not in done
+    if done.get("fingerprint") != fingerprint(cfg, legacy) or not (
+        legacy or done["inputs"] == inputs_of(cfg)
+    ):
         return None
     try:
         doc = load_report(str(done["report"]))

@@ -1,5 +1,5 @@
 """HF batches sized from memory: KV bytes per token (MHA, GQA), the budget that fits free
-accelerator memory, an OOM-learnt size kept for the rest of the run, --device-map."""
+accelerator memory (host memory and its cgroup on CPU), an OOM-learnt size kept for the rest of the run, --device-map."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from transformers import AutoConfig, LlamaConfig
 
+from job.backends import hf_memory
 from job.backends.base import GenRequest, SamplingParams
 from job.backends.hf import HFBackend
 from job.backends.hf_memory import (
@@ -100,9 +101,47 @@ def _req(text: str, n: int = 6) -> GenRequest:
     return GenRequest([{"role": "user", "content": text}], SamplingParams(0.0, n, 0))
 
 
-def test_cpu_default_budget_is_the_fixed_one(tiny_model: Path) -> None:
+def _host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, available: int, cgroup: dict[str, str]) -> None:
+    """A host with `available` bytes in /proc/meminfo and these cgroup files."""
+    (tmp_path / "meminfo").write_text(f"MemTotal: 99999999 kB\nMemAvailable: {available // 1024} kB\n")
+    for name, text in cgroup.items():
+        (tmp_path / "cg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cg" / name).write_text(text + "\n")
+    monkeypatch.setattr(hf_memory, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(hf_memory, "CGROUP", str(tmp_path / "cg"))
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "expected"),
+    [
+        ({}, 10 * GiB),  # no cgroup files: the machine's MemAvailable
+        ({"memory.max": "max", "memory.current": str(GiB)}, 10 * GiB),  # v2, unlimited
+        ({"memory.max": str(4 * GiB), "memory.current": str(GiB)}, 3 * GiB),  # v2: a 4 GiB container
+        (
+            {"memory/memory.limit_in_bytes": str(2 * GiB), "memory/memory.usage_in_bytes": str(GiB // 2)},
+            GiB * 3 // 2,
+        ),
+        ({"memory.max": str(GiB), "memory.current": str(2 * GiB)}, 0),  # over its limit already
+    ],
+)
+def test_host_free_memory_is_the_tighter_of_the_machine_and_its_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cgroup: dict[str, str], expected: int
+) -> None:
+    _host(tmp_path, monkeypatch, 10 * GiB, cgroup)
+    assert hf_memory.host_free_bytes() == expected
+
+
+def test_cpu_default_budget_comes_from_host_memory_up_to_the_cap(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = AutoConfig.from_pretrained(tiny_model)
+    per_token = c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2 * 4
+    # 1 GiB reserve + 100 MiB: 80% of 100 MiB for the fp32 KV cache
+    _host(tmp_path, monkeypatch, GiB + 100 * 2**20, {})
     b = HFBackend("hf/tiny", str(tiny_model), device="cpu")
-    assert b.token_budget == CPU_TOKEN_BUDGET
+    assert b.token_budget == int(0.8 * 100 * 2**20 // per_token) < CPU_TOKEN_BUDGET
+    _host(tmp_path, monkeypatch, 500 * GiB, {})  # plenty of memory: the CPU cap
+    assert HFBackend("hf/tiny", str(tiny_model), device="cpu").token_budget == CPU_TOKEN_BUDGET
     assert HFBackend("hf/tiny", str(tiny_model), device="cpu", token_budget=500).token_budget == 500
 
 

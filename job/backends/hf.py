@@ -45,6 +45,7 @@ from job.backends.hf_load import (
 from job.backends.hf_memory import (
     CPU_TOKEN_BUDGET,
     free_bytes,
+    host_free_bytes,
     kv_bytes_per_token,
     layers_by_device,
     num_layers,
@@ -147,17 +148,21 @@ class HFBackend(BatchBackend):
         """Rows per step an out-of-memory error allowed (continuous batching), for the rest of the run."""
 
     def _default_budget(self) -> int:
-        """Padded tokens per batch whose KV cache fits the free accelerator memory (see
-        hf_memory); a fixed default on CPU, where memory is not what limits a batch."""
-        if not self.device.startswith("cuda"):
-            log.info(
-                "token budget %d padded tokens per batch (CPU default; --token-budget)", CPU_TOKEN_BUDGET
-            )
-            return CPU_TOKEN_BUDGET
+        """Padded tokens per batch whose KV cache fits the free memory (see hf_memory): the
+        accelerators', or on CPU the host's, there at most CPU_TOKEN_BUDGET."""
         config = self.model.config
-        layers = layers_by_device(getattr(self.model, "hf_device_map", None), num_layers(config), self.device)
-        free = free_bytes([d for d in layers if d.startswith("cuda")])
-        budget = token_budget(config, self.dtype.itemsize, free, layers)
+        if self.device.startswith("cuda"):
+            layers = layers_by_device(
+                getattr(self.model, "hf_device_map", None), num_layers(config), self.device
+            )
+            free = free_bytes([d for d in layers if d.startswith("cuda")])
+            budget = token_budget(config, self.dtype.itemsize, free, layers)
+        else:
+            free = {self.device: host_free_bytes()}
+            budget = min(
+                CPU_TOKEN_BUDGET,
+                token_budget(config, self.dtype.itemsize, free, {self.device: num_layers(config)}),
+            )
         log.info(
             "token budget %d padded tokens per batch: %s GiB free, %d KiB of KV cache per token (--token-budget)",
             budget,

@@ -13,11 +13,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-CPU_TOKEN_BUDGET = 16384
-"""Without accelerator memory to size from (CPU): padded tokens per batch. CPU batches are
-limited by compute, not memory, and larger ones only add padding work."""
+CPU_TOKEN_BUDGET = 131072
+"""On CPU, at most this many padded tokens per batch, however much memory is free: a decoding
+step of SmolLM2-135M on 2 cores ran 170 tokens/s at 32 rows, 205 at 64, 226 at 128 (the
+weights are read once per step for all rows); past a few hundred rows a step only gets longer.
+Below it, host memory decides (host_free_bytes), as GPU memory does on a GPU."""
 
 KV_SHARE = 0.8
 """Share of the free memory (after a fixed reserve) given to the KV cache; the rest is for
@@ -28,6 +31,9 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 RESERVE_BYTES = 1 << 30
 """Kept free on each device whatever its size: CUDA workspaces, sampling buffers, logits."""
+
+MEMINFO = "/proc/meminfo"
+CGROUP = "/sys/fs/cgroup"
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.\d+$")
 
@@ -87,6 +93,42 @@ def token_budget(config: Any, dtype_bytes: int, free: Mapping[str, int], layers:
         usable = max(0, free.get(dev, 0) - RESERVE_BYTES) * KV_SHARE
         fits.append(int(usable // (per_layer * n)))
     return max(1, min(fits, default=CPU_TOKEN_BUDGET))
+
+
+def host_free_bytes() -> int:
+    """Memory this process may still take on the host: the kernel's MemAvailable, or less where
+    a cgroup (a container, a Slurm job) limits the process below what the machine has free."""
+    free = _meminfo_available(MEMINFO)
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),  # cgroup v2
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),  # v1
+    ):
+        limit, usage = _read_int(f"{CGROUP}/{limit_file}"), _read_int(f"{CGROUP}/{usage_file}")
+        if limit is not None and usage is not None:
+            free = min(free, max(0, limit - usage))
+            break
+    return free
+
+
+def _meminfo_available(path: str) -> int:
+    try:
+        for line in Path(path).read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _read_int(path: str) -> int | None:
+    """An integer file of /sys (None: absent, or "max", no limit)."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def free_bytes(devices: list[str]) -> dict[str, int]:

@@ -34,7 +34,8 @@ from job.commands import stage_options as stage
     "--token-budget",
     type=int,
     help="Padded tokens (rows x (prompt + new tokens)) per batch when --batch-size is unset (hf; default: "
-    "what the KV cache fits in free GPU memory, 16384 on CPU; lowered for the run after an out-of-memory).",
+    "what the KV cache fits in free GPU memory, or in free host memory on CPU up to 131072; lowered for the run "
+    "after an out-of-memory).",
 )
 @click.option(
     "--dedupe-greedy/--no-dedupe-greedy",

@@ -20,14 +20,16 @@ from openai.types import Batch, FileObject
 from servers.openai_server import OpenAIServer
 
 from job.errors import JobError
+from job.judge.batch_state import batch_state_key
 from job.judge.runner import JudgeConfig, run
 
 MakeServer = Any
 QUESTIONS = [json.loads(x) for x in (Path(__file__).resolve().parents[1] / "bench_data" / "smoke" / "question.jsonl").read_text().splitlines() if x.strip()]  # fmt: skip
 N_CALLS = sum(len(q["turns"]) for q in QUESTIONS)
 """one model, one choice, single mode: one judge call per question turn"""
-STATE = Path("smoke/model_judgment/test-model_single.batch.json")
 ROWS = Path("smoke/model_judgment/test-model_single.jsonl")
+STATE = Path(batch_state_key(ROWS.as_posix(), ["m1"]))
+"""the batch state of a run judging m1"""
 
 
 def rating(body: dict[str, Any]) -> str:
@@ -366,3 +368,30 @@ def test_a_batch_line_of_no_use_keeps_its_usage(make_openai_server: MakeServer) 
         backend.close()
     # billed all the same (the test server bills words: 2 prompt, 3 completion)
     assert res.status == "api_error" and res.usage == {"prompt_tokens": 2, "completion_tokens": 3}
+
+
+@pytest.mark.timeout(60)
+def test_runs_judging_other_models_into_one_file_keep_their_own_batches(
+    answers: Path, make_openai_server: MakeServer, tmp_path: Path
+) -> None:
+    both = tmp_path / "answers"  # m1's answers and m2's (other texts: other bodies)
+    both.mkdir()
+    text = (answers / "m1.jsonl").read_text()
+    (both / "m1.jsonl").write_text(text)
+    (both / "m2.jsonl").write_text(text.replace('"m1"', '"m2"').replace("echo: ", "m2 says: "))
+    srv = make_openai_server(reply=rating, batch_polls=10**6)
+    for model in ("m1", "m2"):  # two CI jobs, one per checkpoint, the same judge and --output
+        with pytest.raises(JobError, match="still in_progress"):
+            judge(tmp_path / "out", both, srv, wait=0, model_list=[model])
+    api = srv.batch_api
+    assert [b.obj["status"] for b in api.batches.values()] == ["in_progress", "in_progress"]  # none cancelled
+    srv.batch_polls = 0
+    for model in ("m1", "m2"):  # each collects its own batch
+        judge(tmp_path / "out", both, srv, model_list=[model])
+    assert list(api.batches) == ["batch_0001", "batch_0002"] and all(
+        b.lines_sent for b in api.batches.values()
+    )
+    rows = rows_of(tmp_path / "out")
+    check_final([r for r in rows if r["model"] == "m1"])
+    check_final([r for r in rows if r["model"] == "m2"])
+    assert not list((tmp_path / "out" / ROWS.parent).glob("*.batch-*.json"))

@@ -1,9 +1,14 @@
 """`--openai-batch`: where the judge remembers its submitted batch (job.backends.openai_batch)
-between runs: `<judge>_<mode>.batch.json` next to the judgments, through job.storage (so an
-S3 run resumes as a local one does). It holds ids and hashes only, never a key."""
+between runs: `<judge>_<mode>.batch-<models>.json` next to the judgments, through job.storage
+(so an S3 run resumes as a local one does). It holds ids and hashes only, never a key.
+
+One file per set of judged models: runs that judge other models into the same judgment file
+at once (two CI jobs for two checkpoints, job.judge.manifest) each keep their own batch,
+instead of taking the other's for a stale one and cancelling it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -14,8 +19,9 @@ from job.storage import Storage
 log = logging.getLogger(__name__)
 
 
-def batch_state_key(judgment_key: str) -> str:
-    return judgment_key.removesuffix(".jsonl") + ".batch.json"
+def batch_state_key(judgment_key: str, models: list[str]) -> str:
+    digest = hashlib.sha256(json.dumps(sorted(models)).encode()).hexdigest()[:12]
+    return f"{judgment_key.removesuffix('.jsonl')}.batch-{digest}.json"
 
 
 class StoredBatchState:
@@ -42,11 +48,13 @@ class StoredBatchState:
             self.storage.delete(self.key)
 
 
-def stored_batch_state(options: dict[str, Any], store: JudgmentStore) -> StoredBatchState | None:
-    """Where --openai-batch keeps its batch for this judgment file; None without it."""
+def stored_batch_state(
+    options: dict[str, Any], store: JudgmentStore, models: list[str]
+) -> StoredBatchState | None:
+    """Where --openai-batch keeps the batch of a run judging `models`; None without it."""
     if not options.get("openai_batch"):
         return None
-    return StoredBatchState(store.storage, batch_state_key(store.key))
+    return StoredBatchState(store.storage, batch_state_key(store.key, models))
 
 
 def batch_options(options: dict[str, Any], state: StoredBatchState | None) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, tota
         totals.counts["answer_error"] += answer_errors
     if not plan.requests:
         return
-    state = stored_batch_state(cfg.backend_options, store)
+    state = stored_batch_state(cfg.backend_options, store, plan.provenance["models"])
     backend = load_backend(cfg.judge_model, **batch_options(cfg.backend_options, state))
     params = plan.params
     rec = Recorder(cfg, plan, judge, store, backend)

@@ -186,7 +186,8 @@ def stored_games(rec: dict[str, Any]) -> Iterable[tuple[GameKey, GameResult]]:
             verdict,
         )
         if len(final) == 1:  # its row is written again with the other game: keep what this one cost
-            r.usage = rec.get("usage")  # a failed call reports no usage: the row's is this game's
+            # the row's usage: this game's, plus what the failed game's billed replies cost
+            r.usage = rec.get("usage")
             kept = [
                 {k: v for k, v in a.items() if k != "game"}
                 for a in rec.get("attempts") or []

@@ -258,3 +258,23 @@ def test_a_report_json_of_another_shape_is_skipped_not_a_crash(tmp_path: Path) -
         "scores are not rows with category, model, turn" in skipped[f"mt_bench/{r}/report.json"]
         for r in ("x1", "x2", "x3")
     )
+
+
+def test_a_report_scored_by_another_judge_sample_rule_is_marked(tmp_path: Path) -> None:
+    """The median of 3 judge samples per item is another number than one judgment per item:
+    such a row was mixed into the trend of the others unmarked."""
+    from job.report.leaderboard import collect, to_csv
+
+    runs = [
+        ("mt_bench", "r1", fake_report("llm-step-100", 5.0)),
+        ("mt_bench", "r2", fake_report("llm-step-200", 6.0)),
+        ("mt_bench", "r3", fake_report("llm-step-300", 9.0, sample_scoring="median of 3 judge samples")),
+    ]
+    board = collect(str(publish_fake(tmp_path, runs)))
+    b = board.benches["mt_bench"]
+    assert {r["model"]: r["mismatch"] for r in b["rows"]} == {
+        "llm-step-100": [], "llm-step-200": [], "llm-step-300": ["sample_scoring"],
+    }  # fmt: skip
+    assert [p["step"] for p in b["trend"]["all"]["llm-step-*"]] == [100, 200]
+    assert b["majority"]["sample_scoring"] is None
+    assert "median of 3 judge samples,sample_scoring" in to_csv(board).decode()

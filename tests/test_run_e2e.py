@@ -194,6 +194,7 @@ def test_several_models_take_keep_reasoning_and_sample_agg(
     assert sum("<think>secret</think>answer" in r for r in rows) == 2 * 2  # model a's 2 turns x 2 samples
     doc = json.loads((tmp_path / "runs" / "smoke" / "reports" / "a" / "report.json").read_text())
     assert doc["judge_spread"]["sample_agg"] == "median"
+    assert doc["provenance"]["sample_scoring"] == "median of 2 judge samples"  # what the leaderboard compares
     assert _run_models(tmp_path, monkeypatch, *smoke, "--keep-reasoning") == 0  # mean again
 
 

@@ -1,9 +1,10 @@
 """`job leaderboard ROOT`: one table and one trend chart per bench over every report that
 `--publish` wrote under ROOT (job.report.publish: ROOT/<bench>/<run-id>/report.json).
 
-A row is one model of one published report. Rows whose judge, reference set, judge prompts
-or question file differ from the bench's majority are flagged (`mismatch`) and kept out of
-the trend lines, so numbers made under other conditions are shown but never mixed in.
+A row is one model of one published report. Rows whose judge, reference set, judge prompts,
+question file or judge-sample scoring (mean/median of K) differ from the bench's majority are
+flagged (`mismatch`) and kept out of the trend lines, so numbers made under other conditions
+are shown but never mixed in.
 The checkpoint step is the report's `provenance.step` (`--step`), else the first group of
 `--step-pattern` matched in the model name.
 """
@@ -29,11 +30,11 @@ log = logging.getLogger(__name__)
 KIND = "mtbench-job/leaderboard"
 DEFAULT_STEP_PATTERN = r"(?:step|checkpoint|ckpt)[-_]?(\d+)"
 # what must agree for two rows of a bench to be comparable
-CONDITIONS = ("judge", "reference", "judge_prompts_sha256", "bench_data_sha256")
+CONDITIONS = ("judge", "reference", "judge_prompts_sha256", "bench_data_sha256", "sample_scoring")
 CSV_COLUMNS = [
     "bench", "model", "step", "series", "average", "ci_low", "ci_high", "turn1", "turn2",
     "num_choices", "n_scored", "n_failed", "judge", "reference", "judge_prompts_sha256",
-    "bench_data_sha256", "mismatch", "date", "git_revision", "run", "report_html",
+    "bench_data_sha256", "sample_scoring", "mismatch", "date", "git_revision", "run", "report_html",
 ]  # fmt: skip
 SCORE_KEYS = frozenset({"model", "category", "turn"})
 READERS = 16  # parallel GETs: S3 latency, not bandwidth, bounds a 200-run index
@@ -122,7 +123,7 @@ def rows_of(key: str, doc: dict[str, Any], rx: re.Pattern[str], link: str) -> li
             "judge": ", ".join(map(str, judges)) or prov.get("judge_model"),
             "judge_model": prov.get("judge_model"), "reference": prov.get("reference"),
             "judge_prompts_sha256": prov.get("judge_prompts_sha256"),
-            "bench_data_sha256": prov.get("bench_data_sha256"),
+            "bench_data_sha256": prov.get("bench_data_sha256"), "sample_scoring": prov.get("sample_scoring"),
             "created_at": created, "date": _date(created), "git_revision": prov.get("git_revision"),
             "run": run, "report_html": link,
             "categories": {

@@ -116,6 +116,7 @@ def render_markdown(doc: dict[str, Any], stdout: bool = False) -> str:
             "reference",
             "reference_sha256",
             "bench_data_sha256",
+            "sample_scoring",
             "num_choices",
             "source",
             "package_version",

@@ -123,8 +123,9 @@ def _single(
     runs = {m: {t: agg.run_means(df, m, t) for t in ("1", "2", "all")} for m in models}
     out["scores.csv"] = table[agg.SINGLE_COLUMNS].to_csv(index=False).encode()
     res.update(scores=table, runs=runs, per_question=agg.per_question(df, models), frame=df)
-    if agg.judge_samples(sampled) > 1:
+    if (k := agg.judge_samples(sampled)) > 1:
         res["judge_spread"] = {**agg.judge_spread(sampled, models), "sample_agg": cfg.sample_agg}
+        res["sample_scoring"] = f"{cfg.sample_agg} of {k} judge samples"
     return models
 
 
@@ -178,6 +179,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     else:
         res["bias"] = {"pairwise": bias.pair_bias(loaded.pairs(), lengths)}
     prov = provenance(cfg, bench, data_sha, loaded, judges, res.pop("n_runs"))
+    prov["sample_scoring"] = res.pop("sample_scoring", None)  # None: one judgment per item (FastChat)
     doc = {
         "provenance": prov,
         "fastchat": {k: v.to_dict() for k, v in res.get("fastchat", {}).items()},

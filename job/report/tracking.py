@@ -108,6 +108,7 @@ def params_of(doc: dict[str, Any], model: str, model_spec: str | None) -> dict[s
         "reference": prov.get("reference"), "num_choices": (prov.get("num_choices") or {}).get(model),
         "bench_data_sha256": prov.get("bench_data_sha256"), "reference_sha256": prov.get("reference_sha256"),
         "judge_prompts_sha256": prov.get("judge_prompts_sha256"), "step": prov.get("step"),
+        "sample_scoring": prov.get("sample_scoring"),
         "package_version": prov.get("package_version"), "git_revision": prov.get("git_revision"),
     }  # fmt: skip
     return {k: str(v) for k, v in params.items() if v is not None}

@@ -395,3 +395,15 @@ def test_runs_judging_other_models_into_one_file_keep_their_own_batches(
     check_final([r for r in rows if r["model"] == "m1"])
     check_final([r for r in rows if r["model"] == "m2"])
     assert not list((tmp_path / "out" / ROWS.parent).glob("*.batch-*.json"))
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '{"batch_id": "b", "lines": []}', '{"lines": {}}'])
+def test_a_hand_edited_batch_state_is_ignored_with_a_warning(
+    text: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from job.judge.batch_state import StoredBatchState
+    from job.storage import open_storage
+
+    (tmp_path / "s.batch.json").write_text(text)
+    assert StoredBatchState(open_storage(str(tmp_path)), "s.batch.json").load() is None
+    assert "is not a batch state: ignored" in caplog.text

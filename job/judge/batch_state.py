@@ -36,9 +36,13 @@ class StoredBatchState:
         try:
             state = json.loads(self.storage.read_bytes(self.key))
         except ValueError:  # a torn write cannot happen (atomic), a hand edit can: start afresh
-            log.warning("%s is not JSON: ignored (a new batch is submitted)", self.storage.uri(self.key))
+            state = None
+        if not _well_formed(state):
+            log.warning(
+                "%s is not a batch state: ignored (a new batch is submitted)", self.storage.uri(self.key)
+            )
             return None
-        return state if isinstance(state, dict) else None
+        return dict(state)
 
     def save(self, state: dict[str, Any]) -> None:
         self.storage.write_bytes(self.key, json.dumps(state, indent=1, ensure_ascii=False).encode())
@@ -46,6 +50,15 @@ class StoredBatchState:
     def clear(self) -> None:
         if self.storage.exists(self.key):
             self.storage.delete(self.key)
+
+
+def _well_formed(state: Any) -> bool:
+    """What the backend reads of a state (openai_batch._submit wrote it): the batch id and a
+    {custom_id: {sha256, ...}} map."""
+    if not isinstance(state, dict) or not isinstance(state.get("batch_id"), str):
+        return False
+    lines = state.get("lines")
+    return isinstance(lines, dict) and all(isinstance(v, dict) for v in lines.values())
 
 
 def stored_batch_state(

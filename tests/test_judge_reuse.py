@@ -329,3 +329,24 @@ def test_keep_reasoning_is_recorded_and_not_mixed_with_final_answer_rows(tmp_pat
     assert man["keep_reasoning"] is None
     # a's rows judged its raw text (another answers_sha256 than its final answers): not current
     assert man["models"] == ["b"] and {r["model"] for r in _current(out)} == {"b"}
+
+
+def test_a_stored_row_with_choice_null_is_choice_0_on_resume(tmp_path: Path, capsys: Any) -> None:
+    from job.judge.runner import JudgeConfig, run
+
+    ans = tmp_path / "answers"
+    ans.mkdir()
+    (ans / "a.jsonl").write_text(
+        json.dumps({"question_id": 1, "choices": [{"index": 0, "turns": ["x", "y"]}]}) + "\n"
+    )
+    cfg = JudgeConfig(bench="smoke", judge_model="mock/fixed:[[5]]", judge_name="mj", output=str(tmp_path / "out"),
+                      answers_dir=str(ans), question_ids=["1"])  # fmt: skip
+    run(cfg)
+    path = tmp_path / "out/smoke/model_judgment/mj_single.jsonl"
+    rows = _jsonl(path)
+    path.write_text(
+        "".join(json.dumps({**r, "choice": None}) + "\n" for r in rows)
+    )  # a hand-made file's null
+    capsys.readouterr()
+    run(cfg)
+    assert "judged smoke with mj: nothing new; 2 games were already stored" in capsys.readouterr().out

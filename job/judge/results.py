@@ -36,7 +36,8 @@ def row_key(judge: str, m: Match) -> RowKey:
 def stored_row_key(rec: dict[str, Any]) -> RowKey:
     models = (rec["model"],) if "model" in rec else (rec["model_1"], rec["model_2"])
     judge, qid = rec["judge"], str(rec["question_id"])
-    return (judge[0], judge[1], qid, int(rec["turn"]), models, int(rec.get("choice", 0)), row_sample(rec))
+    # choice null reads as 0, as read_judgment reads it
+    return (judge[0], judge[1], qid, int(rec["turn"]), models, int(rec.get("choice") or 0), row_sample(rec))
 
 
 def game_key(judge: str, m: Match, game: int) -> GameKey:

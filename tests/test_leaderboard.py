@@ -103,7 +103,7 @@ def test_rows_marks_and_trend(board: Path) -> None:
         "gpt-4",
     )
     assert r200["report_html"] == "mt_bench/r2/report.html" and r200["date"] == "2026-09-21 14:15"
-    assert [r["mismatch"] for r in mt] == ["judge", "", "", ""]
+    assert [r["mismatch"] for r in mt] == ["judge;judge_model", "", "", ""]  # another judge: name and spec
     doc = json.loads((board / "leaderboard.json").read_text())
     assert sorted(s["path"] for s in doc["skipped"]) == ["mt_bench/r5/report.json", "mt_bench/r7/report.json"]
     trend = doc["benches"]["mt_bench"]["trend"]
@@ -260,20 +260,22 @@ def test_a_report_json_of_another_shape_is_skipped_not_a_crash(tmp_path: Path) -
     )
 
 
-def test_a_report_scored_by_another_judge_sample_rule_is_marked(tmp_path: Path) -> None:
-    """The median of 3 judge samples per item is another number than one judgment per item:
-    such a row was mixed into the trend of the others unmarked."""
+def test_a_report_scored_by_another_judge_sample_rule_or_judge_spec_is_marked(tmp_path: Path) -> None:
+    """The median of 3 judge samples per item is another number than one judgment per item, and
+    another judge spec under the same --judge-name another judge: such rows were mixed into the
+    trend of the others unmarked."""
     from job.report.leaderboard import collect, to_csv
 
     runs = [
         ("mt_bench", "r1", fake_report("llm-step-100", 5.0)),
         ("mt_bench", "r2", fake_report("llm-step-200", 6.0)),
         ("mt_bench", "r3", fake_report("llm-step-300", 9.0, sample_scoring="median of 3 judge samples")),
+        ("mt_bench", "r4", fake_report("llm-step-400", 9.0, judge_model="openai/gpt-4-0613")),  # same name
     ]
     board = collect(str(publish_fake(tmp_path, runs)))
     b = board.benches["mt_bench"]
     assert {r["model"]: r["mismatch"] for r in b["rows"]} == {
-        "llm-step-100": [], "llm-step-200": [], "llm-step-300": ["sample_scoring"],
+        "llm-step-100": [], "llm-step-200": [], "llm-step-300": ["sample_scoring"], "llm-step-400": ["judge_model"],
     }  # fmt: skip
     assert [p["step"] for p in b["trend"]["all"]["llm-step-*"]] == [100, 200]
     assert b["majority"]["sample_scoring"] is None

@@ -1,7 +1,7 @@
 """`job leaderboard ROOT`: one table and one trend chart per bench over every report that
 `--publish` wrote under ROOT (job.report.publish: ROOT/<bench>/<run-id>/report.json).
 
-A row is one model of one published report. Rows whose judge, reference set, judge prompts,
+A row is one model of one published report. Rows whose judge (name, spec), reference set, judge prompts,
 question file or judge-sample scoring (mean/median of K) differ from the bench's majority are
 flagged (`mismatch`) and kept out of the trend lines, so numbers made under other conditions
 are shown but never mixed in.
@@ -30,10 +30,17 @@ log = logging.getLogger(__name__)
 KIND = "mtbench-job/leaderboard"
 DEFAULT_STEP_PATTERN = r"(?:step|checkpoint|ckpt)[-_]?(\d+)"
 # what must agree for two rows of a bench to be comparable
-CONDITIONS = ("judge", "reference", "judge_prompts_sha256", "bench_data_sha256", "sample_scoring")
+CONDITIONS = (
+    "judge",
+    "judge_model",
+    "reference",
+    "judge_prompts_sha256",
+    "bench_data_sha256",
+    "sample_scoring",
+)
 CSV_COLUMNS = [
     "bench", "model", "step", "series", "average", "ci_low", "ci_high", "turn1", "turn2",
-    "num_choices", "n_scored", "n_failed", "judge", "reference", "judge_prompts_sha256",
+    "num_choices", "n_scored", "n_failed", "judge", "judge_model", "reference", "judge_prompts_sha256",
     "bench_data_sha256", "sample_scoring", "mismatch", "date", "git_revision", "run", "report_html",
 ]  # fmt: skip
 SCORE_KEYS = frozenset({"model", "category", "turn"})

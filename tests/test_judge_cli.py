@@ -217,6 +217,24 @@ def test_missing_reference_lists_ids(tmp_path: Path, run_job: Any) -> None:
     assert r.returncode == 2 and "question(s) 4 " in r.stderr and "ref.jsonl" in r.stderr
 
 
+def test_a_reference_with_too_few_turns_names_its_questions(tmp_path: Path, run_job: Any) -> None:
+    data = _custom_bench(tmp_path)
+    ref = data / "mine" / "reference_answer" / "ref.jsonl"
+    refs = _jsonl(ref)
+    for x in refs:
+        if x["question_id"] == 4:  # turn 2 of question 4 is judged with ref_answer_2
+            x["choices"][0]["turns"] = x["choices"][0]["turns"][:1]
+    ref.write_text("".join(json.dumps(x) + "\n" for x in refs))
+    r = run_job("judge", "--bench", "mine", "--bench-data", str(data), "--answers-dir", str(_answer_dir(tmp_path)),
+                "--judge-model", "mock/fixed:[[5]]", "--reference", "ref", "--output", str(tmp_path / "out"))  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {ref}: the reference answer of question(s) 4 has")
+    )
+
+
 def test_missing_answers_listed_or_allowed(tmp_path: Path, run_job: Any) -> None:
     data = _custom_bench(tmp_path)
     ans = _answer_dir(tmp_path, skip=(2, 7))

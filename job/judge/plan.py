@@ -126,7 +126,22 @@ def load_references(
             f"{path}: no reference answer for question(s) {', '.join(lost)} (categories need one); "
             "pick another set with --reference NAME"
         )
+    # a judged turn 2 fills in the reference's turn 2 (FastChat's ref_answer_2)
+    short = [
+        str(q.question_id)
+        for q in need
+        if len(by_id[str(q.question_id)].choices[0].turns) < _last_judged_turn(q, bench)
+    ]
+    if short:
+        raise JobError(
+            f"{path}: the reference answer of question(s) {', '.join(short)} has fewer turns than "
+            "the question's judged turns; give it one per turn, or pick another set with --reference NAME"
+        )
     return {q.question_id: by_id[str(q.question_id)] for q in need}, sha256_bytes(data)
+
+
+def _last_judged_turn(q: Question, bench: Bench) -> int:
+    return max((t for t in bench.behaviour.judged_turns if t <= len(q.turns)), default=1)
 
 
 @dataclass

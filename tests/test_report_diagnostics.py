@@ -277,3 +277,25 @@ def test_real_pipeline_reasoning_and_judge_samples(run_job, tmp_path: Path) -> N
                                          "mean_answer_chars": 6.0, "share_unterminated": 0.0, "share_truncated": 0.0}  # fmt: skip
     assert two["reasoning"]["open"] == {"turns": 18, "share_reasoning": 1.0, "mean_reasoning_chars": 3.0,
                                         "mean_answer_chars": 10.0, "share_unterminated": 1.0, "share_truncated": 0.0}  # fmt: skip
+
+
+def test_pairwise_baseline_bias_reads_the_baselines_answers(shared_bench_data: Path, tmp_path: Path) -> None:
+    """The pairwise-baseline table drops its baseline's row, and the answers were read only for
+    the table's models: every game lacked the baseline's length, so the longer-answer win rate
+    was '– (0/0)' in pairwise-baseline while pairwise-all gave 5/6 on the same games."""
+    from job.report.runner import ReportConfig, run
+
+    j = _write(tmp_path / "j" / "gpt-4_pair.jsonl", PAIRS)  # every pair has y: y is the baseline
+    for m, (n81, n82) in {"x": (10, 5), "y": (4, 5)}.items():
+        _write(
+            tmp_path / "ans" / f"{m}.jsonl",
+            [answer(q, {"turns": ["w" * n]}) for q, n in ((81, n81), (82, n82))],
+        )
+    cfg = ReportConfig(bench="mt_bench", mode="pairwise-baseline", baseline_model="y", judgments=[str(j)],
+                       answers_dir=str(tmp_path / "ans"), output_dir=str(tmp_path / "rep"),
+                       bench_data=str(shared_bench_data))  # fmt: skip
+    b = run(cfg)["judge_bias"]["pairwise"]
+    assert (b["length_games"], b["longer_answer_wins"]) == (6, 5)
+    assert [r["model"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["pairwise"]] == [
+        "x"
+    ]

@@ -22,11 +22,11 @@ from job.benches import resolve_bench
 from job.errors import JobError
 from job.layout import latest_pointer_key, reports_dir
 from job.names import check_name
-from job.records.judgments import PairRow, SingleRow
+from job.records.judgments import SingleRow
 from job.report.html import render_html
 from job.report.plots import plots
 from job.report.questions import question_entries
-from job.report.runner import ReportConfig, bench_of, load_judgments
+from job.report.runner import ReportConfig, answer_models, bench_of, load_judgments
 from job.storage import LocalStorage, Storage, open_storage
 from job.storage.answers import load_answers
 
@@ -47,11 +47,7 @@ def build_html(cfg: ReportConfig, doc: dict[str, Any]) -> dict[str, bytes]:
     records = load_judgments(cfg, open_storage(cfg.output)).records
     models = report_models(doc)
     if cfg.mode != "single":  # the browser shows both sides of every pair
-        models = list(
-            dict.fromkeys(
-                [*models, *(m for r in records if isinstance(r, PairRow) for m in (r.model_1, r.model_2))]
-            )
-        )
+        models = answer_models(models, records)
     if cfg.model_list:
         records = [r for r in records if not isinstance(r, SingleRow) or r.model in cfg.model_list]
     entries = question_entries(

@@ -16,6 +16,7 @@ from job.errors import JobError
 from job.layout import judgment_dir, reports_dir
 from job.names import check_model_name, check_name
 from job.provenance import git_revision, package_version
+from job.records.judgments import JudgmentRow, PairRow
 from job.report import aggregate as agg
 from job.report import answer_stats, bias
 from job.report.bench import DEFAULT_BENCH, infer_bench
@@ -142,6 +143,12 @@ def _pairwise(cfg: ReportConfig, loaded: Loaded, res: dict[str, Any], out: dict[
     return models
 
 
+def answer_models(models: list[str], records: list[JudgmentRow]) -> list[str]:
+    """The reported models and both sides of every pair (a pairwise table drops its baseline)."""
+    pairs = (m for r in records if isinstance(r, PairRow) for m in (r.model_1, r.model_2))
+    return list(dict.fromkeys([*models, *pairs]))
+
+
 def run(cfg: ReportConfig) -> dict[str, Any]:
     if cfg.mode not in ("single", "pairwise-baseline", "pairwise-all"):
         raise JobError(f"--mode must be single, pairwise-baseline or pairwise-all, got {cfg.mode!r}")
@@ -172,8 +179,11 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     else:
         models = _pairwise(cfg, loaded, res, out)
     want_ja = cfg.ja_chars if cfg.ja_chars is not None else bench.name.startswith("japanese")
-    answers = load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, models)[0]
+    # both sides of every pair: the bias diagnostics need the baseline's answers too
+    everyone = answer_models(models, loaded.records)
+    answers = load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, everyone)[0]
     lengths = bias.answer_lengths(answers)
+    answers = {m: a for m, a in answers.items() if m in models}
     if cfg.mode == "single":
         res["bias"] = {"single": bias.single_bias(res.pop("frame"), lengths, models)}
     else:

@@ -407,3 +407,20 @@ def test_a_hand_edited_batch_state_is_ignored_with_a_warning(
     (tmp_path / "s.batch.json").write_text(text)
     assert StoredBatchState(open_storage(str(tmp_path)), "s.batch.json").load() is None
     assert "is not a batch state: ignored" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_that_ran_nothing_is_stored_whole_and_submitted_anew(
+    answers: Path, make_openai_server: MakeServer, tmp_path: Path
+) -> None:
+    srv = make_openai_server(reply=rating, batch_expire_after=0)
+    with pytest.raises(JobError, match=f"all {N_CALLS} judgments of this run failed"):
+        judge(tmp_path, answers, srv, batch_size=4)  # a batch worth of failures does not stop it
+    rows = rows_of(tmp_path)
+    assert len(rows) == N_CALLS and {r["error"] for r in rows} == {"batch expired"}
+    assert not (tmp_path / STATE).exists()  # stored: the expired batch is not collected again
+    srv.batch_expire_after = None
+    judge(tmp_path, answers, srv, batch_size=4)
+    assert list(srv.batch_api.batches) == ["batch_0001", "batch_0002"]
+    assert len(batch_lines(srv, "batch_0002")) == N_CALLS
+    check_final(rows_of(tmp_path))

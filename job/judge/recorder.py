@@ -40,6 +40,9 @@ class Recorder:
         self.retries = 0
         self.usage: Usage | None = None
         """the API's token counts over this run's calls"""
+        self.stop_early = True
+        """stop on a batch worth of rows that all failed; False (--openai-batch): the results
+        are paid for, so all of them are stored before the run stops"""
 
     def add(self, m: Match, game: int, user: str, r: GenResult) -> bool:
         """Record one reply; True when the game is to be asked again (no rating, retries left)."""
@@ -86,7 +89,7 @@ class Recorder:
     def flush(self, final: bool = False) -> None:
         # "all failed" is decided at the end or on a batch worth of rows: one early failure
         # (a 400, retries exhausted) must not stop a run whose slow successes are on the way
-        decided = final or self.counts.total() >= self.cfg.batch_size
+        decided = final or (self.stop_early and self.counts.total() >= self.cfg.batch_size)
         stop = bool(self.pending) and self.none_worked() and decided
         with critical():  # a SIGTERM waits: stored and no longer pending, together
             self.store.append(self.pending)

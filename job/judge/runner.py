@@ -90,6 +90,7 @@ def execute(cfg: JudgeConfig, plan: Plan, judge: str, store: JudgmentStore, tota
     backend = load_backend(cfg.judge_model, **batch_options(cfg.backend_options, state))
     params = plan.params
     rec = Recorder(cfg, plan, judge, store, backend)
+    rec.stop_early = state is None
     bar = tqdm(
         total=len(plan.requests),
         desc=f"judge {judge}",

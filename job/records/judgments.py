@@ -189,7 +189,7 @@ class _Reading(_Record):
     @classmethod
     def _status(cls, v: Any, info: ValidationInfo) -> Any:
         # an unknown status ("OK", a typo) would be neither counted nor listed as a failure
-        return v if v is None else _one_of(v, str(info.field_name), STATUSES)
+        return _one_of(v, str(info.field_name), STATUSES) if isinstance(v, str) else v  # else: its type
 
     @property
     def judge_name(self) -> str:

@@ -424,3 +424,25 @@ def test_a_batch_that_ran_nothing_is_stored_whole_and_submitted_anew(
     assert list(srv.batch_api.batches) == ["batch_0001", "batch_0002"]
     assert len(batch_lines(srv, "batch_0002")) == N_CALLS
     check_final(rows_of(tmp_path))
+
+
+@pytest.mark.timeout(60)
+def test_a_pending_batch_of_other_models_is_named(
+    answers: Path, make_openai_server: MakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = make_openai_server(reply=rating, batch_polls=10**6)
+    with pytest.raises(JobError, match="still in_progress"):
+        judge(tmp_path, answers, srv, wait=0, model_list=["m1"])
+    assert json.loads((tmp_path / STATE).read_text())["models"] == ["m1"]
+    (answers.parent / "more").mkdir(exist_ok=True)  # a model added since: another model set
+    more = answers.parent / "more"
+    (more / "m1.jsonl").write_text((answers / "m1.jsonl").read_text())
+    (more / "m3.jsonl").write_text((answers / "m1.jsonl").read_text().replace('"m1"', '"m3"'))
+    srv.batch_polls = 0
+    judge(tmp_path, more, srv)
+    assert (
+        "batch batch_0001 of another set of models is pending; run again with --model-list m1" in caplog.text
+    )
+    assert (
+        srv.batch_api.batches["batch_0001"].obj["status"] == "in_progress"
+    )  # not cancelled: m1's to collect

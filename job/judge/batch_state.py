@@ -4,7 +4,9 @@ between runs: `<judge>_<mode>.batch-<models>.json` next to the judgments, throug
 
 One file per set of judged models: runs that judge other models into the same judgment file
 at once (two CI jobs for two checkpoints, job.judge.manifest) each keep their own batch,
-instead of taking the other's for a stale one and cancelling it."""
+instead of taking the other's for a stale one and cancelling it. A run warns of the pending
+batches of other model sets (a model added since a run was stopped: re-run that set to
+collect its batch)."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ def batch_state_key(judgment_key: str, models: list[str]) -> str:
 class StoredBatchState:
     """The BatchState of job.backends.openai_batch, kept in the run's storage."""
 
-    def __init__(self, storage: Storage, key: str):
-        self.storage, self.key = storage, key
+    def __init__(self, storage: Storage, key: str, models: list[str] | None = None):
+        self.storage, self.key, self.models = storage, key, sorted(models or [])
 
     def load(self) -> dict[str, Any] | None:
         if not self.storage.exists(self.key):
@@ -45,7 +47,8 @@ class StoredBatchState:
         return dict(state)
 
     def save(self, state: dict[str, Any]) -> None:
-        self.storage.write_bytes(self.key, json.dumps(state, indent=1, ensure_ascii=False).encode())
+        doc = {**state, "models": self.models}  # for the warning of a run judging other models
+        self.storage.write_bytes(self.key, json.dumps(doc, indent=1, ensure_ascii=False).encode())
 
     def clear(self) -> None:
         if self.storage.exists(self.key):
@@ -67,7 +70,22 @@ def stored_batch_state(
     """Where --openai-batch keeps the batch of a run judging `models`; None without it."""
     if not options.get("openai_batch"):
         return None
-    return StoredBatchState(store.storage, batch_state_key(store.key, models))
+    key = batch_state_key(store.key, models)
+    _warn_of_others(store, key)
+    return StoredBatchState(store.storage, key, models)
+
+
+def _warn_of_others(store: JudgmentStore, key: str) -> None:
+    stem = store.key.removesuffix(".jsonl") + ".batch-"
+    prefix = stem[: stem.rfind("/") + 1]
+    for other in store.storage.list(prefix):
+        if other.startswith(stem) and other.endswith(".json") and other != key:
+            state = StoredBatchState(store.storage, other).load() or {}
+            models = " ".join(f"--model-list {m}" for m in state.get("models") or []) or "its models"
+            log.warning(
+                "%s: batch %s of another set of models is pending; run again with %s to collect it",
+                store.storage.uri(other), state.get("batch_id"), models,
+            )  # fmt: skip
 
 
 def batch_options(options: dict[str, Any], state: StoredBatchState | None) -> dict[str, Any]:

@@ -228,6 +228,7 @@ def test_finish_reasons_survive_reduce_and_truncation_is_warned(
 # --- per-item reproducibility and failures of the hf backend, through the CLI ---
 
 
+@pytest.mark.slow  # several hf generate runs: ~50 s loaded
 def test_sampled_hf_answers_are_the_same_for_any_shard_count_or_batch_size(
     run_job, tiny_model: Path, shared_bench_data: Path, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ def _run(tmp_path: Path, *args: str, timeout: float = 280) -> subprocess.Complet
     )
 
 
+@pytest.mark.slow  # the GPU check's --tiny run on CPU (800 generations): ~50 s loaded
 @pytest.mark.timeout(300)
 def test_tiny_runs_on_cpu_and_writes_to_out(shared_bench_data: Path, tmp_path: Path) -> None:
     r = _run(tmp_path, "--tiny", "--bench-data", str(shared_bench_data))

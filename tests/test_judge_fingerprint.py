@@ -22,6 +22,7 @@ def _plan(run_job: Any, out: Path, spec: str) -> str:
     return str(r.stdout)
 
 
+@pytest.mark.slow  # three local-judge runs of 2048-token replies: ~3 min on a loaded 2-core machine
 @pytest.mark.timeout(240)
 def test_an_overwritten_local_judge_checkpoint_judges_again(
     run_job: Any, tmp_path: Path, tiny_model: Path

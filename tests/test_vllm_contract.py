@@ -45,7 +45,7 @@ from job.backends.smoke_model import CHAT_TEMPLATE
 from job.errors import JobError
 from job.generate import GenerateConfig, run
 
-pytestmark = pytest.mark.vllm_contract
+pytestmark = [pytest.mark.vllm_contract, pytest.mark.slow]  # the real vllm wheel: ~1 min loaded
 
 REPO = real_vllm.REPO
 ENGINE_ARGS_WE_PASS = ("tensor_parallel_size", "dtype", "gpu_memory_utilization", "enforce_eager",

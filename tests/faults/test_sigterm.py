@@ -137,6 +137,7 @@ def test_sigterm_generate_api_keeps_committed_shards(
     check_answers(out, "smoke", "test-model", 9, 2)
 
 
+@pytest.mark.slow  # an hf run signalled mid-decode, then resumed: ~25 s loaded
 @pytest.mark.timeout(180)
 def test_sigterm_generate_hf_mid_generation(
     tiny_model: Path, run_job: Any, job_env: dict[str, str], tmp_path: Path

@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 FAKES = Path(__file__).resolve().parent.parent / "fakes"
 
 
+@pytest.mark.slow  # a Ray cluster whose engine actor is killed: ~30 s loaded
 def test_dead_engine_replica_is_replaced_and_every_shard_completes(
     netns: None, tiny_model: Path, shared_bench_data: Path, ray_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -107,6 +107,7 @@ def run(
     return Run(root, ray_out, local_out, ray_session, first, first_s, again, again_s, mtimes, reduce, local)
 
 
+@pytest.mark.slow  # a real Ray cluster (module-scoped run): ~35 s to start loaded
 def test_ray_runs_on_loopback_only(run: Run) -> None:
     log = run.first.stderr
     assert "Started a local Ray instance" in log
@@ -115,6 +116,7 @@ def test_ray_runs_on_loopback_only(run: Run) -> None:
     print(f"ray generate: {run.first_s:.1f}s wall; re-run {run.again_s:.1f}s", file=sys.stderr)
 
 
+@pytest.mark.slow
 def test_every_question_choice_answered_exactly_once(run: Run, shared_bench_data: Path) -> None:
     assert run.reduce.returncode == 0, run.reduce.stderr[-3000:]
     lines = (run.ray_out / "mt_bench/model_answer/tiny.jsonl").read_text().splitlines()
@@ -131,6 +133,7 @@ def test_every_question_choice_answered_exactly_once(run: Run, shared_bench_data
             assert len(ch["turns"]) == 2 and all(isinstance(t, str) for t in ch["turns"])
 
 
+@pytest.mark.slow
 def test_shards_equal_the_array_path(run: Run) -> None:
     ray_files = sorted(p.name for p in (run.ray_out / SHARDS).iterdir())
     local_files = sorted(p.name for p in (run.local_out / SHARDS).iterdir())
@@ -153,6 +156,7 @@ def test_shards_equal_the_array_path(run: Run) -> None:
             assert [dict(x, tstamp=0) for x in ia] == [dict(y, tstamp=0) for y in ib], name
 
 
+@pytest.mark.slow
 def test_model_loaded_once_per_actor(run: Run) -> None:
     summary = re.findall(
         r"ray replica (\d+): pid (\d+) on \S+, model loaded (\d+)x \([\d.]+s\), shards \[([\d,]*)\]",
@@ -170,6 +174,7 @@ def test_model_loaded_once_per_actor(run: Run) -> None:
     assert loads == REPLICAS
 
 
+@pytest.mark.slow
 def test_rerun_is_a_noop(run: Run) -> None:
     assert run.again.returncode == 0, run.again.stderr[-3000:]
     assert run.again.stderr.count("already complete") == NUM_SHARDS
@@ -196,6 +201,7 @@ else:
 SECRET = "ray-test-secret/DO-NOT-LEAK+0123456789"
 
 
+@pytest.mark.slow  # a second Ray cluster with S3: ~35 s loaded
 def test_attach_to_running_cluster_with_s3(
     netns: None, tiny_model: Path, shared_bench_data: Path, ray_env: dict[str, str], tmp_path: Path
 ) -> None:

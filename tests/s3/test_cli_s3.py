@@ -90,6 +90,7 @@ def test_generate_3_shards_then_waiting_reduce(
     assert s3.get("run/mt_bench/model_answer/echo.jsonl") == before
 
 
+@pytest.mark.slow  # a tiny hf model generating into moto S3: ~1 min loaded
 def test_tiny_hf_model_to_s3(run_job, s3: S3Env, tiny_model: Path, shared_bench_data: Path) -> None:
     out = s3.uri("hf-run")
     common = _common(shared_bench_data, out, f"hf/{tiny_model}", "japanese_mt_bench")

@@ -55,6 +55,7 @@ def judge_available() -> bool:
     return "judge" in COMMANDS and "report" in COMMANDS
 
 
+@pytest.mark.slow  # a Slurm array, its reducer and an allocation: ~35 s loaded
 @pytest.mark.timeout(240)
 def test_array_reduce_chain_and_srun_in_allocation(run_cmd, tmp_path, tiny_model, shared_bench_data):
     qids = first_question_ids(shared_bench_data, FIRST_N)

@@ -100,7 +100,7 @@ def sample_agg_option(f: F) -> F:
         "--sample-agg",
         type=click.Choice(["mean", "median"]),
         default="mean",
-        help="How an item's judge samples (--judge-samples K) make its score.",
+        help="How an item's judge samples (--judge-samples K) make its score (pairwise: each game's verdict).",
     )(f)
 
 

@@ -10,7 +10,8 @@
 - Rows come typed from job.records.judgments.read_judgment (a Swallow / Liquid4All list row
   is one row per choice there); `single_frame` is the one place they become a DataFrame.
 - Judge samples (--judge-samples K): `collapse_samples` scores each item by the mean (or
-  median) of its samples, `judge_spread` gives the std of the model mean across samples.
+  median) of its samples, `collapse_pair_samples` makes one pair of games of a pairwise
+  item's samples, `judge_spread` gives the std of the model mean across samples.
 - `per_question` keeps the sums a paired comparison (job.gate) resamples.
 """
 
@@ -64,22 +65,69 @@ def judge_samples(df: pd.DataFrame) -> int:
     return int(df["sample"].nunique()) if len(df) else 1
 
 
-def collapse_samples(df: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
-    """One row per item (model, question, turn, choice) scored by the mean (or median) of its
-    judge samples' scores; an item with no scored sample is one failed row. With one sample
-    (K = 1) the frame is returned as it is: duplicates stay duplicates, as in FastChat."""
+def _check_agg(how: str) -> None:
     if how not in SAMPLE_AGGS:
         raise JobError(f"--sample-agg must be mean or median, got {how!r}")
-    if judge_samples(df) <= 1:
+
+
+def collapse_samples(df: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
+    """One row per item (model, question, turn, choice) that has several judge samples, scored
+    by the mean (or median) of its samples' scores; an item with no scored sample is one
+    failed row. An item with one sample index keeps its rows as they are: duplicates stay
+    duplicates, as in FastChat (with K = 1 everywhere the frame is returned as it is)."""
+    _check_agg(how)
+    if df.empty:
         return df
     group = [*ITEM_KEY, "category"]
-    ok = df[df["ok"]].groupby(group)["score"].agg(how).reset_index()
+    multi = df.groupby(group)["sample"].transform("nunique").gt(1)
+    if not multi.any():
+        return df
+    d = df[multi]
+    ok = d[d["ok"]].groupby(group)["score"].agg(how).reset_index()
     ok["ok"] = True
-    failed = df[~df["ok"]].drop_duplicates(group).merge(ok[group], on=group, how="left", indicator=True)
+    failed = d[~d["ok"]].drop_duplicates(group).merge(ok[group], on=group, how="left", indicator=True)
     failed = failed[failed["_merge"] == "left_only"][[*group, "score", "ok"]]
     out = pd.concat([ok, failed], ignore_index=True)
     out["sample"], out["ours"] = 0, True
+    out = pd.concat([df[~multi], out], ignore_index=True)
     return out.sort_values(group, kind="stable").reset_index(drop=True)
+
+
+VERDICT_SCORE = {"model_1": 1.0, "tie": 0.5, "model_2": 0.0}
+"""a game's verdict as model_1's score, for aggregating judge samples"""
+
+
+def _verdict(verdicts: list[str], how: str) -> str:
+    scores = [VERDICT_SCORE[v] for v in verdicts]
+    s = float(np.mean(scores) if how == "mean" else np.median(scores))
+    return "model_1" if s > 0.5 else "model_2" if s < 0.5 else "tie"
+
+
+def collapse_pair_samples(rows: list[PairRow], how: str = "mean") -> list[PairRow]:
+    """One pair of games per item (judge, prompt, question, turn, model_1, model_2, choice)
+    that has several judge samples: each game's verdict is the mean (or median) of its
+    samples' verdicts scored model_1 1, tie 0.5, model_2 0 (above 0.5 model_1, below model_2,
+    else tie), over the samples with neither game `error`; an item with none is one error
+    pair. An item with one sample index keeps its rows (FastChat's duplicates count)."""
+    _check_agg(how)
+    items: dict[tuple[Any, ...], list[PairRow]] = {}
+    for r in rows:
+        key = (r.judge_name, r.prompt_name, str(r.question_id), r.turn, r.model_1, r.model_2, r.choice)
+        items.setdefault(key, []).append(r)
+    if all(len({r.sample_index for r in g}) <= 1 for g in items.values()):
+        return rows
+    out: list[PairRow] = []
+    for g in items.values():
+        if len({r.sample_index for r in g}) <= 1:
+            out += g
+            continue
+        valid = [r for r in g if "error" not in (r.g1_winner, r.g2_winner)]
+        if not valid:
+            out.append(g[0])  # every sample failed: one error pair, counted once
+            continue
+        g1, g2 = (_verdict([getattr(r, f) for r in valid], how) for f in ("g1_winner", "g2_winner"))
+        out.append(valid[0].model_copy(update={"g1_winner": g1, "g2_winner": g2, "sample": None}))
+    return out
 
 
 def judge_spread(df: pd.DataFrame, models: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -138,10 +138,19 @@ def provenance_section(prov: dict[str, Any]) -> str:
 def _judgment(j: dict[str, Any] | None) -> str:
     if not j:
         return '<div class="judg muted">not judged</div>'
-    bad = j["status"] != "ok"
-    head = f"score {esc(j.get('score'))}" if not bad else f"{esc(j['status'])}: {esc(j.get('error'))}"
-    return (f'<div class="judg{" bad" if bad else ""}"><b>judge: {head}</b>'
+    if "samples" in j:  # K judge samples: the item's score, then each sample's judgment
+        head = f"{esc(j['sample_agg'])} of {len(j['samples'])} judge samples: {_head(j)}"
+        each = "".join(_judgment({**s, "label": f"sample {s['sample']}"}) for s in j["samples"])
+        return f'<div class="judg{" bad" if j["status"] != "ok" else ""}"><b>judge: {head}</b>{each}</div>'
+    label = f"{esc(j['label'])}: " if "label" in j else ""
+    return (f'<div class="judg{" bad" if j["status"] != "ok" else ""}"><b>{label or "judge: "}{_head(j)}</b>'
             f'<div class="txt">{esc(j.get("judgment"))}</div></div>')  # fmt: skip
+
+
+def _head(j: dict[str, Any]) -> str:
+    if j["status"] != "ok":
+        return f"{esc(j['status'])}: {esc(j.get('error'))}"
+    return f"score {esc(_f(j['score']) if 'samples' in j else j.get('score'))}"
 
 
 def _question(e: dict[str, Any]) -> str:

@@ -51,7 +51,11 @@ def build_html(cfg: ReportConfig, doc: dict[str, Any]) -> dict[str, bytes]:
     if cfg.model_list:
         records = [r for r in records if not isinstance(r, SingleRow) or r.model in cfg.model_list]
     entries = question_entries(
-        questions, load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, models)[0], records, models
+        questions,
+        load_answers(cfg.output, bench_of(cfg), cfg.answers_dir, models)[0],
+        records,
+        models,
+        cfg.sample_agg,
     )
     charts, note = plots(doc)
     if note:

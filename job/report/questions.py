@@ -9,22 +9,42 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from job.records import Answer, Question, id_sort_key
 from job.records.judgments import JudgmentRow, PairRow, SingleRow
 
+Key = tuple[str, str, int, int]
+"""(model, question id, choice, turn)"""
 
-def _single_index(records: Iterable[JudgmentRow]) -> dict[tuple[str, str, int, int], dict[str, Any]]:
-    """(model, qid, choice, turn) -> the judgment shown: the last ok one, else the last one."""
-    out: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+
+def _single_index(records: Iterable[JudgmentRow], sample_agg: str = "mean") -> dict[Key, dict[str, Any]]:
+    """(model, qid, choice, turn) -> the judgment shown: per judge sample the last ok one,
+    else the last one; an item with several samples shows their aggregate and each sample."""
+    per: dict[Key, dict[int, dict[str, Any]]] = {}
     for r in records:
         if not isinstance(r, SingleRow):
             continue
-        k = (r.model, str(r.question_id), r.choice, r.turn)
-        if k in out and out[k]["status"] == "ok" and r.status_of != "ok":
+        shown = per.setdefault((r.model, str(r.question_id), r.choice, r.turn), {})
+        old = shown.get(r.sample_index)
+        if old is not None and old["status"] == "ok" and r.status_of != "ok":
             continue
-        out[k] = {"score": r.score, "status": r.status_of, "judgment": r.judgment, "error": r.error,
-                  "judge": list(r.judge or [])}  # fmt: skip
-    return out
+        shown[r.sample_index] = {"score": r.score, "status": r.status_of, "judgment": r.judgment,
+                                 "error": r.error, "judge": list(r.judge or [])}  # fmt: skip
+    return {k: _of_samples(v, sample_agg) for k, v in per.items()}
+
+
+def _of_samples(samples: dict[int, dict[str, Any]], how: str) -> dict[str, Any]:
+    """One sample: its judgment as it is; several: the score the report gives the item (mean
+    or median of the scored samples) and every sample, in sample order."""
+    if len(samples) == 1:
+        return next(iter(samples.values()))
+    each = [{**samples[k], "sample": k} for k in sorted(samples)]
+    ok = [j["score"] for j in each if j["status"] == "ok"]
+    agg = float(np.mean(ok) if how == "mean" else np.median(ok)) if ok else -1
+    first = each[0]
+    return {"score": agg, "status": "ok" if ok else first["status"], "judgment": "", "error": None if ok else first["error"],
+            "judge": first["judge"], "samples": each, "sample_agg": how}  # fmt: skip
 
 
 PAIR_SHOWN = ("model_1", "model_2", "turn", "choice", "g1_winner", "g2_winner", "g1_judgment", "g2_judgment",
@@ -44,9 +64,10 @@ def question_entries(
     answers: dict[str, list[Answer]],
     judgments: list[JudgmentRow],
     models: list[str],
+    sample_agg: str = "mean",
 ) -> list[dict[str, Any]]:
     """One entry per question that any model answered or any judgment mentions."""
-    single = _single_index(judgments)
+    single = _single_index(judgments, sample_agg)
     pairs = _pairs(judgments)
     by_model = {m: {str(a.question_id): a for a in answers.get(m, [])} for m in models}
     judged = {k[1] for k in single} | set(pairs)

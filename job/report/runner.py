@@ -45,7 +45,7 @@ class ReportConfig:
     """None: on for Japanese benches"""
     seed: int = agg.BOOTSTRAP_SEED
     sample_agg: str = "mean"
-    """how an item's judge samples (--judge-samples K) make its score: mean | median"""
+    """how an item's judge samples (--judge-samples K) make its score (pairwise: each game's verdict): mean | median"""
     step: int | None = None
     """Checkpoint step of the model(s), recorded in provenance for `job leaderboard`"""
 
@@ -131,7 +131,11 @@ def _single(
 
 
 def _pairwise(cfg: ReportConfig, loaded: Loaded, res: dict[str, Any], out: dict[str, bytes]) -> list[str]:
-    pdf = agg.pair_frame(loaded.pairs())
+    """Pairwise mode into res/out: an item's judge samples make one pair of games first, so
+    the table and the bias diagnostics count games, not samples."""
+    rows = loaded.pairs()
+    games = agg.collapse_pair_samples(rows, cfg.sample_agg)
+    pdf = agg.pair_frame(games)
     base = cfg.baseline_model if cfg.mode == "pairwise-baseline" else None
     ptable, n_err = agg.fastchat_pairwise(pdf, cfg.mode, base, cfg.model_list or None)
     models = list(ptable["model"])
@@ -139,7 +143,9 @@ def _pairwise(cfg: ReportConfig, loaded: Loaded, res: dict[str, Any], out: dict[
         m: int(pdf[(pdf["model_1"] == m) | (pdf["model_2"] == m)]["choice"].nunique()) for m in models
     }
     out["pairwise.csv"] = ptable.to_csv(index=False).encode()
-    res.update(pairwise_table=ptable, n_error_rows=n_err)
+    res.update(pairwise_table=ptable, n_error_rows=n_err, games=games)
+    if (k := len({r.sample_index for r in rows})) > 1:
+        res["sample_scoring"] = f"{cfg.sample_agg} of {k} judge samples"
     return models
 
 
@@ -187,7 +193,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     if cfg.mode == "single":
         res["bias"] = {"single": bias.single_bias(res.pop("frame"), lengths, models)}
     else:
-        res["bias"] = {"pairwise": bias.pair_bias(loaded.pairs(), lengths)}
+        res["bias"] = {"pairwise": bias.pair_bias(res.pop("games"), lengths)}
     prov = provenance(cfg, bench, data_sha, loaded, judges, res.pop("n_runs"))
     prov["sample_scoring"] = res.pop("sample_scoring", None)  # None: one judgment per item (FastChat)
     doc = {

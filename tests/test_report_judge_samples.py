@@ -122,3 +122,19 @@ def test_question_browser_shows_every_judge_sample(shared_bench_data: Path, tmp_
         for k, s in enumerate((2, 9, 10)):
             assert f'<b>sample {k}: score {s}</b><div class="txt">[[{s}]]</div>' in q81
         assert json.loads((tmp_path / how / "report.json").read_text())["provenance"]["sample_scoring"]
+
+
+def test_question_browser_names_each_pairwise_sample(shared_bench_data: Path, tmp_path: Path) -> None:
+    """q81's three samples (PAIRS) each shown with its index; a one-sample file shows no index."""
+    ans = _answers(tmp_path / "ans", {"x": "xx", "y": "yy", "z": "zz"}, [81, 82, 83, 84])
+    for name, rows in (("k3", PAIRS), ("k1", PAIRS[-2:])):
+        j = _write(tmp_path / name / "gpt-4_pair.jsonl", rows)
+        cfg = ReportConfig(bench="mt_bench", mode="pairwise-all", judgments=[str(j)], answers_dir=str(ans),
+                           output_dir=str(tmp_path / name / "rep"), bench_data=str(shared_bench_data))  # fmt: skip
+        page = build_html(cfg, run(cfg))["report.html"].decode()
+        q81 = page[page.index("<b>Q81</b>") : page.index("<b>Q82</b>")]
+        if name == "k1":
+            assert q81.count("<b>x vs z, turn 1: g1 model_1, g2 model_1</b>") == 2
+            continue
+        for k, (g1, g2) in enumerate(((M1, M1), (M1, M2), (M1, M1))):
+            assert f"<b>x vs y, turn 1, judge sample {k}: g1 {g1}, g2 {g2}</b>" in q81

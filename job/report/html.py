@@ -182,8 +182,10 @@ def _question(e: dict[str, Any]) -> str:
                              f'{_judgment(c["judgments"].get(t))}</div>')  # fmt: skip
             parts.append("</div>")
         parts.append("</div>")
+    sampled = any(p.get("sample") for p in e.get("pairs", []))  # K judge samples: say which one
     for p in e.get("pairs", []):
-        parts.append(f'<div class="pair"><b>{esc(p["model_1"])} vs {esc(p["model_2"])}, turn {esc(p["turn"])}: '
+        which = f", judge sample {esc(p['sample'])}" if sampled else ""
+        parts.append(f'<div class="pair"><b>{esc(p["model_1"])} vs {esc(p["model_2"])}, turn {esc(p["turn"])}{which}: '
                      f'g1 {esc(p["g1_winner"])}, g2 {esc(p["g2_winner"])}</b>'
                      f'<div class="txt">{esc(p.get("g1_judgment"))}</div><div class="txt">{esc(p.get("g2_judgment"))}</div></div>')  # fmt: skip
     parts.append("</details>")

@@ -55,7 +55,8 @@ def _pairs(records: Iterable[JudgmentRow]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if isinstance(r, PairRow):
-            out.setdefault(str(r.question_id), []).append({k: getattr(r, k) for k in PAIR_SHOWN})
+            shown = {k: getattr(r, k) for k in PAIR_SHOWN}
+            out.setdefault(str(r.question_id), []).append({**shown, "sample": r.sample_index})
     return out
 
 

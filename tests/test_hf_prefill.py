@@ -76,3 +76,32 @@ def test_groups_cover_every_row_with_new_tokens_once(rows: list[tuple[int, int]]
         news = [jobs[i].new for i in g]
         assert max(news) <= RATIO * min(news) + SLACK
         assert len(g) == 1 or len(g) * (max(jobs[i].done for i in g) + max(news)) <= limit
+
+
+def test_a_cache_reallocation_frees_each_old_layer_once_copied(model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SlotCache.fit copies into a larger buffer layer by layer, dropping each old layer as it
+    goes: the peak is one cache plus a layer, not two caches (which a token budget of 80% of
+    free memory would not survive)."""
+    import weakref
+
+    from job.backends import hf_cache
+    from job.backends.hf_memory import kv_shape
+
+    cache = hf_cache.SlotCache(model.config, *kv_shape(model.config), torch.float32, "cpu")
+    cache.fit([None, None], 4, 4)
+    kv = _alone(model, list(range(3, 7)))
+    cache.put(0, kv, 4)
+    old = [weakref.ref(layer.k) for layer in cache.cache.layers]
+    alive_at_alloc: list[int] = []
+    real_zeros = torch.zeros
+
+    def zeros(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(args) == 4:  # a layer's keys: how many old layers are still held
+            alive_at_alloc.append(sum(r() is not None for r in old))
+        return real_zeros(*args, **kwargs)
+
+    monkeypatch.setattr(hf_cache.torch, "zeros", zeros)
+    cache.fit([0, 1, None], 40, 8)  # a third row and more room: a new buffer
+    n = len(old)
+    assert alive_at_alloc == list(range(n, 0, -1)), "layer i is allocated once layers < i are freed"
+    assert torch.equal(cache.cache.layers[0].keys[0, :, -4:], kv[0][0][0]), "row 0 kept its keys"

@@ -256,9 +256,14 @@ class SlotCache:
         for i in range(self.layers):
             k = torch.zeros(len(rows), heads, cap, dim, dtype=self.dtype, device=self.device)
             v = torch.zeros_like(k)
-            if self.cache is not None and old:
-                k[src, :, left - old_w : left] = self.cache.layers[i].k[old, :, w.start : w.end]
-                v[src, :, left - old_w : left] = self.cache.layers[i].v[old, :, w.start : w.end]
+            if self.cache is not None:
+                was = self.cache.layers[i]
+                if old:
+                    k[src, :, left - old_w : left] = was.k[old, :, w.start : w.end]
+                    v[src, :, left - old_w : left] = was.v[old, :, w.start : w.end]
+                # the old layer goes as soon as it is copied: the peak is one cache and a layer,
+                # not two caches (a budget of 80% of free memory would not survive a doubling)
+                was.k = was.v = was.keys = was.values = None
             layers.append((k, v))
         w.start, w.end = left - old_w, left
         self.mask = mask

@@ -136,8 +136,8 @@ def test_cpu_default_budget_comes_from_host_memory_up_to_the_cap(
 ) -> None:
     c = AutoConfig.from_pretrained(tiny_model)
     per_token = c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2 * 4
-    # 1 GiB reserve + 100 MiB: 80% of 100 MiB for the fp32 KV cache
-    _host(tmp_path, monkeypatch, GiB + 100 * 2**20, {})
+    # half of it (the slot cache's spare room on CPU) is 1 GiB reserve + 100 MiB: 80% of 100 MiB
+    _host(tmp_path, monkeypatch, 2 * (GiB + 100 * 2**20), {})
     b = HFBackend("hf/tiny", str(tiny_model), device="cpu")
     assert b.token_budget == int(0.8 * 100 * 2**20 // per_token) < CPU_TOKEN_BUDGET
     _host(tmp_path, monkeypatch, 500 * GiB, {})  # plenty of memory: the CPU cap

@@ -78,30 +78,47 @@ def test_groups_cover_every_row_with_new_tokens_once(rows: list[tuple[int, int]]
         assert len(g) == 1 or len(g) * (max(jobs[i].done for i in g) + max(news)) <= limit
 
 
-def test_a_cache_reallocation_frees_each_old_layer_once_copied(model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """SlotCache.fit copies into a larger buffer layer by layer, dropping each old layer as it
-    goes: the peak is one cache plus a layer, not two caches (which a token budget of 80% of
-    free memory would not survive)."""
+def test_a_cache_reallocation_reuses_its_memory_and_frees_each_old_layer_once_copied(
+    model, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """SlotCache.fit lays the cache out anew in the same memory where it is large enough (fresh
+    memory is page-faulted in several times slower on CPU); where it must grow, each layer's old
+    memory is freed once copied: the peak is one cache plus a layer, not two caches (which a
+    token budget of 80% of free memory would not survive). Kept rows keep their keys; every
+    other column in the attention window is zeros (masked, never garbage: NaN x 0 is NaN)."""
     import weakref
 
     from job.backends import hf_cache
     from job.backends.hf_memory import kv_shape
 
     cache = hf_cache.SlotCache(model.config, *kv_shape(model.config), torch.float32, "cpu")
-    cache.fit([None, None], 4, 4)
+    cache.fit([None, None, None], 4, 30)
     kv = _alone(model, list(range(3, 7)))
-    cache.put(0, kv, 4)
-    old = [weakref.ref(layer.k) for layer in cache.cache.layers]
-    alive_at_alloc: list[int] = []
-    real_zeros = torch.zeros
+    cache.put(1, kv, 4)
+    ptr = cache.cache.layers[0].k.data_ptr()
+    cache.fit([1, None], 4, 30)  # rows 0 and 2 dropped, a new one: fits the memory it has
+    assert cache.cache.layers[0].k.data_ptr() == ptr, "the same memory, no fresh allocation"
+    layer = cache.cache.layers[0]
+    assert torch.equal(layer.keys[0, :, -4:], kv[0][0][0]), "the kept row (old row 1) kept its keys"
+    assert torch.count_nonzero(layer.keys[1:]) == 0, "the new row's window is zeros (masked, never garbage)"
+    cache.fit([0, 1], 7, 30)  # room for a longer row (as RefillLoop._place makes it)...
+    cache.put(1, _alone(model, list(range(3, 10))), 7)  # ...whose 3 more columns come into view
+    assert torch.count_nonzero(cache.cache.layers[0].keys[0, :, :3]) == 0, "and are zeros for the other rows"
 
-    def zeros(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if len(args) == 4:  # a layer's keys: how many old layers are still held
-            alive_at_alloc.append(sum(r() is not None for r in old))
-        return real_zeros(*args, **kwargs)
+    old = [weakref.ref(buf) for key, buf in cache._memory.items() if key[0] == "layer"]
+    allocs: list[tuple[int, int]] = []  # (elements, old layer buffers still held) per allocation
+    real = torch.empty
 
-    monkeypatch.setattr(hf_cache.torch, "zeros", zeros)
-    cache.fit([0, 1, None], 40, 8)  # a third row and more room: a new buffer
-    n = len(old)
-    assert alive_at_alloc == list(range(n, 0, -1)), "layer i is allocated once layers < i are freed"
-    assert torch.equal(cache.cache.layers[0].keys[0, :, -4:], kv[0][0][0]), "row 0 kept its keys"
+    def empty(*args, **kwargs):  # type: ignore[no-untyped-def]
+        allocs.append((int(args[0]), sum(r() is not None for r in old)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_cache.torch, "empty", empty)
+    cache.fit([0, None, None, None, None, None], 400, 400)  # far more rows and columns: it grows
+    monkeypatch.undo()
+    assert torch.equal(cache.cache.layers[0].keys[0, :, -4:], kv[0][0][0])
+    size = cache.cache.layers[0].k.numel()
+    held = [alive for numel, alive in allocs if numel >= size]  # the layers' new buffers, in order
+    n = len(old)  # keys and values of every layer
+    assert held == [n - 2 * (j // 2) for j in range(n)], "layer i grows once the layers before it are freed"
+    assert all(r() is None for r in old)

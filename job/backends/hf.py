@@ -159,9 +159,12 @@ class HFBackend(BatchBackend):
             budget = token_budget(config, self.dtype.itemsize, free, layers)
         else:
             free = {self.device: host_free_bytes()}
+            # half of it: on CPU the slot cache keeps up to twice the columns its rows need
+            # (hf_cache.SlotCache.fit: room that saves copies)
+            half = {self.device: free[self.device] // 2}
             budget = min(
                 CPU_TOKEN_BUDGET,
-                token_budget(config, self.dtype.itemsize, free, {self.device: num_layers(config)}),
+                token_budget(config, self.dtype.itemsize, half, {self.device: num_layers(config)}),
             )
         log.info(
             "token budget %d padded tokens per batch: %s GiB free, %d KiB of KV cache per token (--token-budget)",

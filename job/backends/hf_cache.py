@@ -276,7 +276,7 @@ class SlotCache:
                 # not two caches (a budget of 80% of free memory would not survive a doubling)
                 was.k = was.v = was.keys = was.values = None
             layers.append((pair[0], pair[1]))
-        w.start, w.end = left - old_w, left
+        w.start, w.end = a, left
         self.mask = mask
         self.cache = DynamicCache(config=self.config)
         self.cache.layers[:] = [SlotLayer(w, k, v) for k, v in layers]

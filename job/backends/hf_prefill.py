@@ -71,14 +71,12 @@ def groups(jobs: list[Prefill], limit: int = GROUP_TOKENS) -> list[list[int]]:
 @torch.inference_mode()
 def prefill(model: Any, cache_kw: str, jobs: list[Prefill], pad: int, limit: int = GROUP_TOKENS) -> list[KV]:
     """Each job's keys/values for all its `ids`: prefixes copied, new tokens computed in groups."""
-    out: list[KV | None] = [None] * len(jobs)
-    for i, job in enumerate(jobs):
-        if not job.new:  # nothing new: its prefix alone (copied: it may be a view of a slot)
-            out[i] = [(k.clone(), v.clone()) for k, v in job.prefix or []]
+    # nothing new: its prefix alone (copied: it may be a view of a slot); the rest is computed
+    out: list[KV] = [[(k.clone(), v.clone()) for k, v in j.prefix or []] if not j.new else [] for j in jobs]
     for group in groups(jobs, limit):
         for i, kv in zip(group, _forward(model, cache_kw, [jobs[i] for i in group], pad), strict=True):
             out[i] = kv
-    return [kv if kv is not None else [] for kv in out]
+    return out
 
 
 def _forward(model: Any, cache_kw: str, jobs: list[Prefill], pad: int) -> list[KV]:

@@ -235,20 +235,19 @@ class RefillLoop:
         """Each row's prompt but its last token in keys/values. What is already computed is not
         computed again: the same prompt (the choices of one question) once, and a turn-2
         prompt from its turn-1 row's cache up to where their tokens part."""
+        keys = [tuple(r.row.ids[:-1]) for r in rows]
         jobs: dict[tuple[int, ...], Prefill] = {}
-        for row in rows:
-            ids = tuple(row.row.ids[:-1])
+        for row, ids in zip(rows, keys, strict=True):
             if ids not in jobs and not (self.last is not None and self.last[0] == ids):
-                jobs[ids] = Prefill(list(ids), self._previous_turn(row.conv, row.row.ids[:-1]))
+                jobs[ids] = Prefill(list(ids), self._previous_turn(row.conv, list(ids)))
         kvs = dict(
             zip(jobs, prefill(self.b.model, self.b._cache_kw, list(jobs.values()), self._pad), strict=True)
         )
         if self.last is not None:
             kvs.setdefault(self.last[0], self.last[1])
         if rows:
-            key = tuple(rows[-1].row.ids[:-1])
-            self.last = (key, kvs[key])
-        return [kvs[tuple(r.row.ids[:-1])] for r in rows]
+            self.last = (keys[-1], kvs[keys[-1]])
+        return [kvs[k] for k in keys]
 
     def _previous_turn(self, conv: int, ids: list[int]) -> KV | None:
         """The keys/values of the conversation's previous turn (still in its slot) for the

@@ -97,9 +97,13 @@ VERDICT_SCORE = {"model_1": 1.0, "tie": 0.5, "model_2": 0.0}
 """a game's verdict as model_1's score, for aggregating judge samples"""
 
 
+def combined(values: Sequence[float], how: str) -> float:
+    """Judge samples' values made one as --sample-agg says: their mean or median."""
+    return float(np.mean(values) if how == "mean" else np.median(values))
+
+
 def _verdict(verdicts: list[str], how: str) -> str:
-    scores = [VERDICT_SCORE[v] for v in verdicts]
-    s = float(np.mean(scores) if how == "mean" else np.median(scores))
+    s = combined([VERDICT_SCORE[v] for v in verdicts], how)
     return "model_1" if s > 0.5 else "model_2" if s < 0.5 else "tie"
 
 

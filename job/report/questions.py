@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 from job.records import Answer, Question, id_sort_key
 from job.records.judgments import JudgmentRow, PairRow, SingleRow
+from job.report.aggregate import combined
 
 Key = tuple[str, str, int, int]
 """(model, question id, choice, turn)"""
@@ -41,7 +40,7 @@ def _of_samples(samples: dict[int, dict[str, Any]], how: str) -> dict[str, Any]:
         return next(iter(samples.values()))
     each = [{**samples[k], "sample": k} for k in sorted(samples)]
     ok = [j["score"] for j in each if j["status"] == "ok"]
-    agg = float(np.mean(ok) if how == "mean" else np.median(ok)) if ok else -1
+    agg = combined(ok, how) if ok else -1
     first = each[0]
     return {"score": agg, "status": "ok" if ok else first["status"], "judgment": "", "error": None if ok else first["error"],
             "judge": first["judge"], "samples": each, "sample_agg": how}  # fmt: skip
